@@ -1,0 +1,3 @@
+from medm2g_cli.main import main
+
+main()

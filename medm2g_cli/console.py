@@ -1,0 +1,155 @@
+"""Rendering for the CLI: a stderr console, one-line errors, progress bars, JSON on stdout.
+
+stdout carries only ``--json`` output; banners, progress and logs go to stderr. Progress bars are
+drawn only when stderr is a terminal; otherwise a plain line is printed every few seconds so that
+cluster logs are not flooded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class State:
+    quiet: bool = False
+    verbose: bool = False
+
+
+state = State()
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def info(message: str) -> None:
+    if not state.quiet:
+        err.print(message)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def error_line(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document per line on stdout (the only thing ever written there)."""
+    from medm2g_core.serialization import to_jsonable
+
+    sys.stdout.write(json.dumps(to_jsonable(data)) + "\n")
+    sys.stdout.flush()
+
+
+def not_available(command: str, issue: int) -> None:
+    """For commands registered before their implementation lands: say so and exit 2."""
+    error_line(f"`medm2g {command}` is not available in this version yet (tracked in issue #{issue}).")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def handle_errors(func: F) -> F:
+    """Map the project's errors to one line + exit 2, Ctrl-C to exit 130; tracebacks only with --verbose."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from medm2g_core.errors import MedM2GError
+
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            error_line("interrupted; finished outputs and saved state are kept (rerun with --resume / --skip-existing)")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (MedM2GError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            if state.verbose:
+                err.print(traceback.format_exc(), markup=False)
+            error_line(_one_line(exc))
+            raise typer.Exit(EXIT_USAGE) from None
+        except Exception as exc:  # an internal error: still one line unless --verbose
+            if state.verbose:
+                err.print(traceback.format_exc(), markup=False)
+            error_line(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --verbose for the traceback)")
+            raise typer.Exit(EXIT_SOME_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    return " ".join(str(exc).split())
+
+
+@contextlib.contextmanager
+def progress(description: str, *, total: float | None = None) -> Iterator[Callable[..., None]]:
+    """Yield a ``medm2g_core.types.ProgressFn`` that renders events as a rich bar (or plain lines)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if state.quiet:
+        yield lambda event: None
+        return
+    if not err.is_terminal:
+        last = [0.0]
+
+        def plain(event: Any) -> None:
+            now = time.monotonic()
+            done = event.total is not None and event.completed >= event.total
+            if now - last[0] < 5.0 and not done:
+                return
+            last[0] = now
+            total_text = f"/{event.total:g}" if event.total else ""
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())
+            err.print(f"{event.task}: {event.completed:g}{total_text} {metrics} {event.message or ''}".rstrip())
+
+        yield plain
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[metrics]}"),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def render(event: Any) -> None:
+            name = event.task or description
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=event.total, metrics="")
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())
+            bar.update(tasks[name], completed=event.completed, total=event.total, metrics=metrics or (event.message or ""))
+
+        yield render
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a rich table on stderr (stdout is reserved for --json)."""
+    if state.quiet:
+        return
+    result = Table(title=title, title_justify="left")
+    for column in columns:
+        result.add_column(column)
+    for row in rows:
+        result.add_row(*("" if v is None else str(v) for v in row))
+    err.print(result)

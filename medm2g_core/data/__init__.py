@@ -1,0 +1,1 @@
+"""Cohorts on disk: phantoms, manifests, datasets, transforms, importers."""
