@@ -1,0 +1,134 @@
+"""PNG (8/16-bit grayscale) and JPEG images with Pillow; X-rays are 2D ``(rows, cols)`` arrays.
+
+PNG has no standard place for a pixel spacing in mm, so medm2g stores it in a text chunk
+(``medm2g:spacing`` = "row_mm col_mm", the DICOM PixelSpacing order) and reads it back. Synthetic
+images carry ``Software: medm2g ...``, ``medm2g:synthetic: true`` and a human-readable comment.
+A file whose bytes disagree with its suffix (a JPEG named .png) is read by content and the mismatch
+is recorded in ``meta.extra["format_mismatch"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medm2g_core import __version__
+from medm2g_core.errors import InputError
+from medm2g_core.io.meta import SYNTHETIC_NOTE, check_allocation, format_from_suffix, modality_from_name, require_file, sniff_format, units_for
+from medm2g_core.serialization import atomic_path
+from medm2g_core.types import ImageMeta
+
+KEY_SPACING = "medm2g:spacing"
+KEY_SYNTHETIC = "medm2g:synthetic"
+KEY_MODALITY = "medm2g:modality"
+KEY_UNITS = "medm2g:units"
+
+_MODE_DTYPES = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16, "I": np.int32}
+
+
+def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+    """Read a PNG or JPEG → ``(array (rows, cols) uint8/uint16, ImageMeta)``.
+
+    Colour images are converted to grayscale (luminance) and ``meta.extra["converted_from"]`` says so.
+    Spacing is read from the ``medm2g:spacing`` text chunk, else 1.0 mm with
+    ``meta.extra["spacing_source"] = "unknown"``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = require_file(path)
+    content = sniff_format(path)
+    claimed = format_from_suffix(path)
+    if content not in ("png", "jpeg"):
+        raise InputError(path, f"is not a PNG or JPEG image (its first bytes are not an image signature)", "export the image again as PNG")
+    extra: dict[str, object] = {}
+    if claimed is not None and claimed != content:
+        extra["format_mismatch"] = f"named .{path.name.rsplit('.', 1)[-1]} but holds {content.upper()} data; read by content"
+    try:
+        with Image.open(path) as image:
+            columns, rows = image.size
+            bands = len(image.getbands())
+            check_allocation(path, shape=(rows, columns, bands), dtype=np.uint16)
+            text = {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+            mode = image.mode
+            if mode not in _MODE_DTYPES:
+                extra["converted_from"] = mode
+                image = image.convert("I;16" if mode in ("LA;16", "RGB;16") else "L")
+                mode = image.mode
+            array = np.asarray(image, dtype=_MODE_DTYPES[mode]).copy()
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(path, f"unreadable {content.upper()} image ({' '.join(str(error).split())})", "the file is truncated or damaged; export it again") from None
+    if mode == "I" and array.size and array.min() >= 0 and array.max() <= np.iinfo(np.uint16).max:
+        array = array.astype(np.uint16)
+    spacing = _parse_spacing(text.get(KEY_SPACING))
+    if spacing is None:
+        spacing = (1.0, 1.0)
+        extra["spacing_source"] = "unknown"
+    modality = text.get(KEY_MODALITY) or _name_modality(path)
+    meta = ImageMeta(
+        spacing=spacing,
+        shape=tuple(int(s) for s in array.shape),
+        units=text.get(KEY_UNITS) or units_for(modality),
+        modality=modality,
+        source_format=content,
+        orientation="",
+        synthetic=text.get(KEY_SYNTHETIC, "").lower() == "true",
+        extra=extra,
+    )
+    return array, meta
+
+
+def write_png(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
+    """Write a 2D uint8 or uint16 array (``(rows, cols)``) as grayscale PNG, atomically.
+
+    Pixel spacing (mm, row then column) goes into the ``medm2g:spacing`` text chunk; synthetic images
+    are marked. Other dtypes are refused: scale and cast first (e.g. ``(x * 65535).astype(np.uint16)``).
+    """
+    from PIL import Image, PngImagePlugin
+
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"PNG writing takes a 2D (rows, cols) array, got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"PNG stores 8- or 16-bit unsigned integers, got {array.dtype}; scale and cast first "
+            "(e.g. np.clip(x, 0, 1) * 65535 → uint16)"
+        )
+    image = Image.fromarray(np.ascontiguousarray(array))  # uint8 → "L", uint16 → "I;16"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", f"medm2g {__version__}")
+    info.add_text(KEY_SPACING, " ".join(repr(float(s)) for s in tuple(meta.spacing)[:2]))
+    if meta.modality:
+        info.add_text(KEY_MODALITY, str(meta.modality))
+    if meta.units:
+        info.add_text(KEY_UNITS, str(meta.units))
+    if meta.synthetic:
+        info.add_text(KEY_SYNTHETIC, "true")
+        info.add_itxt("Comment", SYNTHETIC_NOTE)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def _parse_spacing(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.replace("\\", " ").split()]
+    except ValueError:
+        return None
+    if len(values) != 2 or not all(np.isfinite(values)) or min(values) <= 0:
+        return None
+    return (values[0], values[1])
+
+
+def _name_modality(path: Path) -> str | None:
+    modality = modality_from_name(path.name)
+    return modality.value if modality is not None else None
