@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,7 +10,9 @@ from medm2g_core.config import TrainingConfig
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.training import checkpoint as ckpt
 from medm2g_core.training.loop import Task, seed_everything, train
-from tests.training.toy import LineTask, NoisyLine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy import LineTask, NoisyLine  # noqa: E402
 
 torch.set_num_threads(1)
 
