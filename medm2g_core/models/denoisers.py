@@ -1,0 +1,277 @@
+"""Cross-guided denoisers: ``ImageDenoiser`` (a diffusers UNet) and ``TextLatentDenoiser``.
+
+Both are called the same way — ``denoiser(noisy, timesteps, condition=Condition) -> prediction`` —
+and both take the bundle's ``SharedCrossAttention`` at construction: its layers ARE their
+cross-attention sub-layers (the same module objects in every flow), while everything else is the
+flow's own, including the **adaptive parameters**: the pooled condition becomes a per-flow
+scale/shift of every normalisation layer (ResNet GroupNorms of the UNet via
+``class_embed_type="projection"`` + ``resnet_time_scale_shift="scale_shift"``; AdaLN in the text
+denoiser) and a learned null token that keeps cross-attention defined when every source is dropped.
+
+``save_pretrained`` stores only the flow's own weights; the shared layers are saved once by
+``SharedCrossAttention.save_pretrained`` (``flows/shared/``) and passed back in with
+``from_pretrained(dir, shared=shared)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medm2g_core.models.conditioning import Condition, SharedCrossAttention, mask_to_bias, stack_spatial
+from medm2g_core.models.pretrained import PretrainedModule
+
+
+def _timesteps_for(timesteps: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
+    timesteps = torch.as_tensor(timesteps, device=device)
+    if timesteps.ndim == 0:
+        timesteps = timesteps.expand(batch)
+    return timesteps
+
+
+def _with_null_token(null_token: torch.Tensor, condition: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepend the learned null token (always attended) to the condition tokens: (B, 1+N, C), (B, 1+N)."""
+    batch = condition.pooled.shape[0]
+    null = null_token.to(condition.tokens.dtype).expand(batch, -1, -1)
+    tokens = torch.cat([null, condition.tokens.to(null.dtype)], dim=1)
+    mask = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=tokens.device), condition.mask.bool()], dim=1)
+    return tokens, mask
+
+
+# --------------------------------------------------------------------------- image denoiser
+@dataclass
+class ImageDenoiserConfig:
+    """A tiny-by-default ``UNet2DConditionModel`` with the shared cross-attention at low resolution.
+
+    Attributes:
+        sample_size: image (or latent) side in pixels.
+        target_channels: channels of the generated image/latent.
+        spatial_channels: channels of each spatial (registered) source; the UNet input is
+            target + Σ spatial + one presence channel per spatial source.
+        block_out_channels: UNet widths per level; the last must equal the shared ``query_dim``.
+        layers_per_block: ResNet layers per level.
+        cross_attention_at_lowest: also cross-attend in the lowest-resolution down/up blocks (more
+            insertion points, slower); otherwise only the mid block cross-attends (DESIGN §8: attention
+            at high resolution is ~4× slower on CPU).
+        condition_dim: width C of condition tokens/pooled embedding.
+        attention_heads: heads of the mid block's self-attention.
+        norm_num_groups: GroupNorm groups.
+        adaptive: pooled condition → per-flow scale/shift of every ResNet GroupNorm.
+    """
+
+    sample_size: int = 64
+    target_channels: int = 1
+    spatial_channels: tuple[int, ...] = ()
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    cross_attention_at_lowest: bool = False
+    condition_dim: int = 64
+    attention_heads: int = 4
+    norm_num_groups: int = 8
+    adaptive: bool = True
+
+    @property
+    def in_channels(self) -> int:
+        return self.target_channels + sum(self.spatial_channels) + len(self.spatial_channels)
+
+
+def build_image_unet(config: ImageDenoiserConfig):
+    """The bare diffusers ``UNet2DConditionModel`` of ``config`` (before the shared layers are tied in)."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(config.block_out_channels)
+    lowest_down = "CrossAttnDownBlock2D" if config.cross_attention_at_lowest else "DownBlock2D"
+    lowest_up = "CrossAttnUpBlock2D" if config.cross_attention_at_lowest else "UpBlock2D"
+    return UNet2DConditionModel(
+        sample_size=config.sample_size,
+        in_channels=config.in_channels,
+        out_channels=config.target_channels,
+        down_block_types=tuple(["DownBlock2D"] * (levels - 1) + [lowest_down]),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=tuple([lowest_up] + ["UpBlock2D"] * (levels - 1)),
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        cross_attention_dim=config.condition_dim,
+        attention_head_dim=config.attention_heads,
+        class_embed_type="projection" if config.adaptive else None,
+        projection_class_embeddings_input_dim=config.condition_dim if config.adaptive else None,
+        resnet_time_scale_shift="scale_shift" if config.adaptive else "default",
+    )
+
+
+class ImageDenoiser(PretrainedModule):
+    """Image (or image-latent) denoiser of one flow.
+
+    ``forward(noisy (B, target_channels, H, W), timesteps (B,) or scalar, *, condition: Condition)
+    -> (B, target_channels, H, W)`` — the prediction named by the flow's ``prediction_type``.
+    """
+
+    config_class = ImageDenoiserConfig
+
+    def __init__(self, config: ImageDenoiserConfig, *, shared: SharedCrossAttention):
+        super().__init__()
+        self.config = config
+        if config.block_out_channels[-1] != shared.config.query_dim:
+            raise ValueError(
+                f"the lowest UNet level has width {config.block_out_channels[-1]} but the shared cross-attention "
+                f"expects query_dim {shared.config.query_dim}; make block_out_channels[-1] equal to it"
+            )
+        if config.condition_dim != shared.config.condition_dim:
+            raise ValueError(f"condition_dim {config.condition_dim} != shared condition_dim {shared.config.condition_dim}")
+        self.unet = build_image_unet(config)
+        self.null_token = nn.Parameter(torch.randn(1, 1, config.condition_dim) * 0.02)
+        # Tie the shared layers in place of every cross-attention (attn2) of the UNet, in module order.
+        points = [(name, module) for name, module in self.unet.named_modules() if hasattr(module, "attn2") and module.attn2 is not None]
+        if len(points) > shared.config.num_layers:
+            raise ValueError(f"the UNet has {len(points)} cross-attention points but SharedCrossAttention has "
+                             f"{shared.config.num_layers} layers; raise num_layers")
+        for index, (_, block) in enumerate(points):
+            block.attn2 = shared.layers[index]
+        self.cross_attention_points = len(points)
+        object.__setattr__(self, "_shared", shared)  # a reference, not a registered child: owned by the bundle
+
+    @property
+    def shared(self) -> SharedCrossAttention:
+        return self._shared
+
+    def external_parameter_ids(self) -> set[int]:
+        return self._shared.parameter_ids()
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition: Condition) -> torch.Tensor:
+        spatial = stack_spatial(condition, channels=self.config.spatial_channels, like=noisy)
+        sample = noisy if spatial is None else torch.cat([noisy, spatial], dim=1)
+        tokens, mask = _with_null_token(self.null_token, condition)
+        output = self.unet(
+            sample,
+            _timesteps_for(timesteps, noisy.shape[0], noisy.device),
+            encoder_hidden_states=tokens.to(noisy.dtype),
+            encoder_attention_mask=mask,
+            class_labels=condition.pooled.to(noisy.dtype) if self.config.adaptive else None,
+            return_dict=False,
+        )[0]
+        return output
+
+    @torch.no_grad()
+    def zero_init_noise_path(self) -> None:
+        """Zero the noisy-target input channels and the time-embedding projection so the model starts
+        as (and can be warm-started from) a regressor of the condition alone (DESIGN §8)."""
+        self.unet.conv_in.weight[:, : self.config.target_channels].zero_()
+        self.unet.time_embedding.linear_2.weight.zero_()
+        self.unet.time_embedding.linear_2.bias.zero_()
+
+
+# --------------------------------------------------------------------------- text-latent denoiser
+@dataclass
+class TextLatentDenoiserConfig:
+    """Transformer over the text latent (``latent_tokens`` × ``latent_dim``).
+
+    Attributes:
+        width: model width W; must equal the shared ``query_dim``.
+        layers: blocks, each self-attention → shared cross-attention (layer i of the shared set) → MLP,
+            all AdaLN-modulated (shift, scale, gate) from time + pooled condition.
+    """
+
+    latent_tokens: int = 8
+    latent_dim: int = 32
+    width: int = 64
+    layers: int = 4
+    heads: int = 4
+    condition_dim: int = 64
+    mlp_ratio: int = 4
+
+
+class _AdaLNBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: int, cross_attention: nn.Module):
+        super().__init__()
+        from diffusers.models.attention_processor import Attention
+
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.self_attention = Attention(query_dim=width, heads=heads, dim_head=width // heads, bias=True, out_bias=True)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.cross_attention = cross_attention  # the shared module object
+        self.norm3 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width * mlp_ratio), nn.GELU(approximate="tanh"), nn.Linear(width * mlp_ratio, width))
+        # AdaLN-zero (DiT): shift/scale/gate per sub-layer, zero-initialised so each block starts as identity.
+        self.modulation = nn.Linear(width, 9 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, hidden: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        mods = self.modulation(nn.functional.silu(emb)).unsqueeze(1).chunk(9, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2, shift3, scale3, gate3 = mods
+        hidden = hidden + gate1 * self.self_attention(self.norm1(hidden) * (1 + scale1) + shift1)
+        hidden = hidden + gate2 * self.cross_attention(self.norm2(hidden) * (1 + scale2) + shift2,
+                                                       encoder_hidden_states=tokens, attention_mask=bias)
+        hidden = hidden + gate3 * self.mlp(self.norm3(hidden) * (1 + scale3) + shift3)
+        return hidden
+
+
+class TextLatentDenoiser(PretrainedModule):
+    """Denoiser of the text latent.
+
+    ``forward(noisy (B, latent_tokens, latent_dim), timesteps (B,) or scalar, *, condition: Condition)
+    -> (B, latent_tokens, latent_dim)``.
+    """
+
+    config_class = TextLatentDenoiserConfig
+
+    def __init__(self, config: TextLatentDenoiserConfig, *, shared: SharedCrossAttention):
+        super().__init__()
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+        if config.width != shared.config.query_dim or config.condition_dim != shared.config.condition_dim:
+            raise ValueError(
+                f"TextLatentDenoiser width/condition_dim ({config.width}, {config.condition_dim}) must equal the shared "
+                f"cross-attention's query_dim/condition_dim ({shared.config.query_dim}, {shared.config.condition_dim})"
+            )
+        if config.layers > shared.config.num_layers:
+            raise ValueError(f"{config.layers} layers need {config.layers} shared cross-attention layers, "
+                             f"SharedCrossAttention has {shared.config.num_layers}")
+        self.config = config
+        width = config.width
+        self.input_projection = nn.Linear(config.latent_dim, width)
+        self.position = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
+        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(width, width)
+        self.condition_embedding = nn.Linear(config.condition_dim, width)  # adaptive parameters' input
+        self.null_token = nn.Parameter(torch.randn(1, 1, config.condition_dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            _AdaLNBlock(width, config.heads, config.mlp_ratio, shared.layers[index]) for index in range(config.layers)
+        )
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.final_modulation.weight)
+        nn.init.zeros_(self.final_modulation.bias)
+        self.output_projection = nn.Linear(width, config.latent_dim)
+        object.__setattr__(self, "_shared", shared)
+
+    @property
+    def shared(self) -> SharedCrossAttention:
+        return self._shared
+
+    def external_parameter_ids(self) -> set[int]:
+        return self._shared.parameter_ids()
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition: Condition) -> torch.Tensor:
+        batch = noisy.shape[0]
+        steps = _timesteps_for(timesteps, batch, noisy.device)
+        emb = self.time_embedding(self.time_proj(steps).to(noisy.dtype))
+        emb = emb + self.condition_embedding(condition.pooled.to(noisy.dtype))
+        tokens, mask = _with_null_token(self.null_token, condition)
+        bias = mask_to_bias(mask, dtype=noisy.dtype)
+        hidden = self.input_projection(noisy) + self.position
+        for block in self.blocks:
+            hidden = block(hidden, emb, tokens.to(noisy.dtype), bias)
+        shift, scale = self.final_modulation(nn.functional.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
+        return self.output_projection(self.final_norm(hidden) * (1 + scale) + shift)
+
+    @torch.no_grad()
+    def zero_init_noise_path(self) -> None:
+        """Zero the noisy-latent input projection and the time-embedding projection (regression warm start)."""
+        self.input_projection.weight.zero_()
+        self.time_embedding.linear_2.weight.zero_()
+        self.time_embedding.linear_2.bias.zero_()
