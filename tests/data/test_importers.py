@@ -213,13 +213,13 @@ def test_iu_xray_real_shared_data(shared_data: Path, tmp_path: Path) -> None:
 # --- bad input, dispatch ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dataset", ["iu-xray"])
+@pytest.mark.parametrize("dataset", ["iu-xray", "mimic-cxr", "synthrad", "ixi", "brats"])
 def test_missing_source_is_input_error(tmp_path: Path, dataset: str) -> None:
     with pytest.raises(InputError, match="does not exist"):
         import_dataset(dataset, tmp_path / "nope", out=tmp_path / "cohort")
 
 
-@pytest.mark.parametrize("dataset", ["iu-xray"])
+@pytest.mark.parametrize("dataset", ["iu-xray", "mimic-cxr", "synthrad", "ixi", "brats"])
 def test_unrecognised_layout_is_input_error_naming_what_was_expected(tmp_path: Path, dataset: str) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "readme.txt").write_text("hello")
@@ -235,3 +235,189 @@ def test_unknown_dataset_and_misplaced_option(tmp_path: Path) -> None:
         import_dataset("chexpert", tmp_path, out=tmp_path / "cohort")
     with pytest.raises(ConfigError, match="synthrad only"):
         import_dataset("ixi", tmp_path, out=tmp_path / "cohort", mr_modality=Modality.MRI_T2)
+
+
+# --- MIMIC-CXR-JPG ----------------------------------------------------------------------------------
+
+MIMIC_REPORT = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PA AND LAT)
+
+ INDICATION:  ___F with new onset ascites  // eval for infection
+
+ COMPARISON:  None.
+
+ FINDINGS:
+
+ There is no focal consolidation, pleural effusion or pneumothorax.  Bilateral
+ nodular opacities that most likely represent nipple shadows.
+
+ IMPRESSION:
+
+ No acute cardiopulmonary process.
+"""
+
+
+def write_jpg(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), 100).save(path, format="JPEG")
+    return path
+
+
+def make_mimic_tree(root: Path, *, gz: bool = True) -> Path:
+    import gzip
+
+    study = root / "files" / "p10" / "p10000032" / "s50414267"
+    write_jpg(study / "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg")  # PA
+    write_jpg(study / "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962.jpg")  # LATERAL
+    write_jpg(study / "0a0b1c2d-00000000-00000000-00000000-00000000.jpg")  # AP
+    write_jpg(root / "files" / "p10" / "p10000032" / "s53189527" / "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab.jpg")  # AP only
+    reports = root / "mimic-cxr-reports" / "files" / "p10" / "p10000032"
+    reports.mkdir(parents=True)
+    (reports / "s50414267.txt").write_text(MIMIC_REPORT)
+    (reports / "s53189527.txt").write_text(" WET READ: ___ 3:55 PM\n  Nothing.\n")  # no FINDINGS/IMPRESSION
+    (reports / "s56699142.txt").write_text(" IMPRESSION:\n No change.\n")  # report only
+    tables = {
+        "mimic-cxr-2.0.0-metadata.csv": "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns\n"
+        "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,10000032,50414267,CHEST (PA AND LAT),PA,3056,2544\n"
+        "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962,10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544\n"
+        "0a0b1c2d-00000000-00000000-00000000-00000000,10000032,50414267,CHEST (PA AND LAT),AP,3056,2544\n"
+        "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,10000032,53189527,CHEST (PORTABLE AP),AP,2705,2539\n",
+        "mimic-cxr-2.0.0-split.csv": "dicom_id,study_id,subject_id,split\n"
+        "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014,50414267,10000032,train\n"
+        "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab,53189527,10000032,validate\n"
+        "99999999-b0ded155-c0de8eb9-c124d10e-82c5caab,56699142,10000032,test\n",
+        "mimic-cxr-2.0.0-chexpert.csv": "subject_id,study_id," + ",".join(
+            ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
+             "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices"])
+        + "\n10000032,50414267,,,,,,,,,1.0,,,,,\n10000032,53189527,,-1.0,0.0,,,,,,,1.0,,,,\n",
+    }
+    for name, text in tables.items():
+        if gz:
+            with gzip.open(root / f"{name}.gz", "wt") as handle:
+                handle.write(text)
+        else:
+            (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["csv.gz", "csv"])
+def test_mimic_cxr_fake_tree(tmp_path: Path, gz: bool) -> None:
+    source = make_mimic_tree(tmp_path / "mimic", gz=gz)
+    result = import_dataset("mimic-cxr", source, out=tmp_path / "cohort")
+    study = tmp_path / "cohort" / "p10000032_s50414267"
+    assert os.readlink(study / "xray.jpg").endswith("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg")  # PA over AP
+    assert os.readlink(study / "xray-lateral.jpg").endswith("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962.jpg")
+    assert os.readlink(study / "xray-view-2.jpg").endswith("0a0b1c2d-00000000-00000000-00000000-00000000.jpg")
+    report = read_report(study / "report.txt")
+    assert report.findings.startswith("There is no focal consolidation") and report.findings.endswith("nipple shadows.")
+    assert report.impression == "No acute cardiopulmonary process."
+    assert "INDICATION" not in report.text and "___" not in report.text
+    assert json.loads((study / "labels.json").read_text()) == {"no_finding": 1}
+    other = tmp_path / "cohort" / "p10000032_s53189527"
+    assert os.readlink(other / "xray.jpg").endswith("2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab.jpg")
+    assert not (other / "report.txt").exists()
+    assert json.loads((other / "labels.json").read_text()) == {"cardiomegaly": -1, "consolidation": 0, "pleural_effusion": 1}
+    assert read_report(tmp_path / "cohort" / "p10000032_s56699142" / "report.txt").impression == "No change."
+    assert result.patients == 3 and result.reports_only == 1 and result.problems == []
+    assert json.loads((tmp_path / "cohort" / "splits.json").read_text()) == {
+        "train": ["p10000032_s50414267"], "val": ["p10000032_s53189527"], "test": ["p10000032_s56699142"]}
+    assert any("neither a FINDINGS nor an IMPRESSION" in note for note in result.notes)
+
+
+def test_mimic_cxr_truncated_jpg_is_one_problem(tmp_path: Path) -> None:
+    source = make_mimic_tree(tmp_path / "mimic")
+    (source / "files" / "p10" / "p10000032" / "s53189527" / "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab.jpg").write_bytes(b"")
+    result = import_dataset("mimic-cxr", source, out=tmp_path / "cohort")
+    assert len(result.problems) == 1 and result.problems[0].startswith("p10000032_s53189527:")
+    assert (tmp_path / "cohort" / "p10000032_s50414267" / "xray.jpg").exists()
+
+
+# --- NIfTI datasets ---------------------------------------------------------------------------------
+
+
+def write_nifti(path: Path, *, shape: tuple[int, int, int] = (2, 3, 4), zoom: float = 1.0) -> Path:
+    import nibabel
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(np.zeros(shape, dtype=np.int16), np.diag([zoom, zoom, zoom, 1.0])), str(path))
+    return path
+
+
+def test_synthrad_fake_tree_defaults_and_override(tmp_path: Path) -> None:
+    from medm2g_core.modalities import Modality
+
+    source = tmp_path / "synthrad"
+    for case in ("Task1/brain/1BA001", "Task1/brain/1BC002", "Task1/pelvis/1PA001", "Task2/brain/2BA001"):
+        for name in ("cbct.nii.gz" if case.startswith("Task2") else "mr.nii.gz", "ct.nii.gz", "mask.nii.gz"):
+            write_nifti(source / case / name)
+    (source / "Task1" / "brain" / "overview").mkdir()
+    result = import_dataset("synthrad", source, out=tmp_path / "cohort")
+    cohort = tmp_path / "cohort"
+    assert sorted(os.listdir(cohort / "1BA001")) == ["ct.nii.gz", "mask.nii.gz", "mri-t1.nii.gz"]
+    assert sorted(os.listdir(cohort / "1PA001")) == ["ct.nii.gz", "mask.nii.gz", "mri-t2.nii.gz"]
+    assert sorted(os.listdir(cohort / "2BA001")) == ["cbct.nii.gz", "ct.nii.gz", "mask.nii.gz"]
+    assert os.readlink(cohort / "1PA001" / "mri-t2.nii.gz").endswith("Task1/pelvis/1PA001/mr.nii.gz")
+    assert result.patients == 4 and result.files["mri-t1.nii.gz"] == 2 and result.problems == []
+    assert not (cohort / "splits.json").exists()
+
+    result = import_dataset("synthrad", source / "Task1" / "pelvis", out=tmp_path / "pelvis-t1", mr_modality=Modality.MRI_T1)
+    assert sorted(os.listdir(tmp_path / "pelvis-t1" / "1PA001")) == ["ct.nii.gz", "mask.nii.gz", "mri-t1.nii.gz"]
+
+
+def test_synthrad_broken_volume_is_one_problem_and_writes_nothing_for_it(tmp_path: Path) -> None:
+    source = tmp_path / "Task1" / "brain"
+    for case in ("1BA001", "1BA002"):
+        for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz"):
+            write_nifti(source / case / name)
+    (source / "1BA002" / "ct.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    result = import_dataset("synthrad", tmp_path, out=tmp_path / "cohort")
+    assert len(result.problems) == 1 and result.problems[0].startswith("1BA002:") and "NIfTI" in result.problems[0]
+    assert not (tmp_path / "cohort" / "1BA002").exists()
+    assert result.patients == 1
+
+
+@pytest.mark.parametrize("layout", ["per-contrast", "flat"])
+def test_ixi_fake_tree(tmp_path: Path, layout: str) -> None:
+    source = tmp_path / "ixi"
+    for subject in ("IXI002-Guys-0828", "IXI012-HH-1211"):
+        for contrast in ("T1", "T2", "PD", "MRA"):
+            folder = source / f"IXI-{contrast}" if layout == "per-contrast" else source
+            write_nifti(folder / f"{subject}-{contrast}.nii.gz")
+    result = import_dataset("ixi", source, out=tmp_path / "cohort")
+    assert sorted(os.listdir(tmp_path / "cohort" / "IXI012-HH-1211")) == ["mri-pd.nii.gz", "mri-t1.nii.gz", "mri-t2.nii.gz"]
+    assert result.patients == 2 and result.files == {"mri-pd.nii.gz": 2, "mri-t1.nii.gz": 2, "mri-t2.nii.gz": 2}
+    assert any("not co-registered" in note for note in result.notes)
+
+
+def test_ixi_real_shared_data(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "brain_mri_ixi002"
+    if not source.is_dir():
+        pytest.skip("no brain_mri_ixi002 in shared data")
+    result = import_dataset("ixi", source, out=tmp_path / "cohort")
+    patient = tmp_path / "cohort" / "IXI002-Guys-0828"
+    assert sorted(os.listdir(patient)) == ["mri-t1.nii.gz", "mri-t2.nii.gz"]
+    assert Path(os.readlink(patient / "mri-t1.nii.gz")) == (source / "hd_bet_IXI002-Guys-0828-T1.nii.gz").resolve()
+    assert result.problems == [] and any("2 mask files skipped" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("naming", ["2021", "2023"])
+def test_brats_fake_tree(tmp_path: Path, naming: str) -> None:
+    source = tmp_path / "brats"
+    if naming == "2021":
+        cases = {"BraTS2021_00000": ["t1", "t1ce", "t2", "flair", "seg"], "BraTS2021_00002": ["t1", "t1ce", "t2", "flair"]}
+        name = "{case}/{case}_{sequence}.nii.gz"
+    else:
+        cases = {"BraTS-GLI-00000-000": ["t1n", "t1c", "t2w", "t2f", "seg"], "BraTS-GLI-00002-000": ["t1n", "t1c", "t2w", "t2f"]}
+        name = "{case}/{case}-{sequence}.nii.gz"
+    for case, sequences in cases.items():
+        for sequence in sequences:
+            write_nifti(source / name.format(case=case, sequence=sequence))
+    result = import_dataset("brats", source, out=tmp_path / "cohort")
+    first = sorted(cases)[0]
+    assert sorted(os.listdir(tmp_path / "cohort" / first)) == ["flair.nii.gz", "mri-t1.nii.gz", "mri-t2.nii.gz", "seg.nii.gz", "t1ce.nii.gz"]
+    assert os.readlink(tmp_path / "cohort" / first / "mri-t2.nii.gz").endswith("t2.nii.gz" if naming == "2021" else "t2w.nii.gz")
+    assert result.patients == 2 and result.problems == []
+    assert any("1 cases have no seg.nii.gz" in note for note in result.notes)

@@ -343,3 +343,24 @@ def iter_files(root: Path, *, suffixes: Iterable[str]) -> Iterator[Path]:
             if name.lower().endswith(suffixes) and not name.startswith("."):
                 yield Path(folder) / name
 
+
+
+@dataclass
+class FileStudy:
+    """A study that is only files to place: ``files`` maps output name → source file."""
+
+    patient_id: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def write_file_study(writer: CohortWriter, study: FileStudy) -> None:
+    """Check every file first (so a broken study writes nothing), then place them."""
+    for source in study.files.values():
+        check_file(source)
+    for name, source in sorted(study.files.items()):
+        writer.place(source, study.patient_id, name, check=False)
+
+
+def import_file_studies(studies: Sequence[FileStudy], *, result: ImportResult, copy: bool, progress: ProgressFn) -> CohortWriter:
+    """``run_import`` for datasets whose studies are files only (SynthRAD, IXI, BraTS)."""
+    return run_import(studies, write_file_study, study_id=lambda s: s.patient_id, result=result, copy=copy, progress=progress)
