@@ -11,24 +11,9 @@ import SimpleITK as sitk
 
 from medm2g_core import io
 from medm2g_core.errors import InputError
-from medm2g_core.types import ImageMeta
 
 
-def oblique_meta(shape=(12, 10, 8), **kwargs) -> ImageMeta:
-    angle = np.deg2rad(17.0)
-    rotation = np.array(
-        [[np.cos(angle), 0.0, np.sin(angle)], [0.0, 1.0, 0.0], [-np.sin(angle), 0.0, np.cos(angle)]]
-    ) @ np.array([[1.0, 0.0, 0.0], [0.0, np.cos(0.3), -np.sin(0.3)], [0.0, np.sin(0.3), np.cos(0.3)]])
-    return ImageMeta(
-        spacing=(0.8, 1.1, 2.5),
-        origin=(-31.5, 12.25, 80.0),
-        direction=tuple(tuple(float(x) for x in row) for row in rotation),
-        shape=shape,
-        **kwargs,
-    )
-
-
-def test_oblique_round_trip_keeps_affine_in_nibabel_and_simpleitk(tmp_path):
+def test_oblique_round_trip_keeps_affine_in_nibabel_and_simpleitk(tmp_path, oblique_meta):
     meta = oblique_meta(modality="ct", units="HU")
     array = np.arange(np.prod(meta.shape), dtype=np.int16).reshape(meta.shape) - 500
     path = io.write(tmp_path / "ct.nii.gz", array, meta)
@@ -53,7 +38,7 @@ def test_oblique_round_trip_keeps_affine_in_nibabel_and_simpleitk(tmp_path):
     assert not back_meta.synthetic
 
 
-def test_float32_and_synthetic_mark(tmp_path):
+def test_float32_and_synthetic_mark(tmp_path, oblique_meta):
     meta = oblique_meta(synthetic=True, modality="mri-t1", extra={"note": "phantom"}, dicom={"Modality": "MR"})
     array = np.random.default_rng(0).random(meta.shape, dtype=np.float32)
     path = io.write(tmp_path / "mri-t1.nii", array, meta)
@@ -86,7 +71,7 @@ def test_ras_ct_in_hu(shared_data):
     assert array.dtype == np.int32 and array.min() == -1207
 
 
-def test_truncated_gzip_raises_input_error(tmp_path):
+def test_truncated_gzip_raises_input_error(tmp_path, oblique_meta):
     meta = oblique_meta()
     path = io.write(tmp_path / "ct.nii.gz", np.random.default_rng(1).integers(-1000, 1000, meta.shape).astype(np.int16), meta)
     data = path.read_bytes()
