@@ -251,17 +251,19 @@ def stack_spatial(condition: Condition, *, channels: Sequence[int], like: torch.
     channel per source: (B, Σc_j + n_spatial, *like.shape[2:]); ``None`` when the flow has none."""
     if not channels:
         return None
-    if len(condition.spatial) != len(channels):
+    spatial = condition.spatial if condition.spatial else [None] * len(channels)  # no sources given: all missing
+    if len(spatial) != len(channels):
         raise ValueError(f"condition has {len(condition.spatial)} spatial sources, the denoiser was built for {len(channels)}")
     batch, size = like.shape[0], like.shape[2:]
     parts = []
-    for image, count in zip(condition.spatial, channels):
+    for image, count in zip(spatial, channels):
         if image is None:
             image = like.new_zeros(batch, count, *size)
         elif image.shape[1] != count or tuple(image.shape[2:]) != tuple(size):
             raise ValueError(f"spatial source has shape {tuple(image.shape[1:])}, expected ({count}, {', '.join(map(str, size))})")
         parts.append(image.to(like.dtype))
-    presence = condition.presence.to(like.dtype).reshape(batch, -1, *([1] * len(size))).expand(batch, len(channels), *size)
+    presence = condition.presence if condition.presence.shape[1] == len(channels) else like.new_zeros(batch, len(channels))
+    presence = presence.to(like.dtype).reshape(batch, -1, *([1] * len(size))).expand(batch, len(channels), *size)
     return torch.cat(parts + [presence], dim=1)
 
 

@@ -1,0 +1,100 @@
+"""``FlowConfig``: how one flow is trained and sampled (objective, schedule, dropout, sampler).
+
+Stored as ``flows/<pair>/config.json`` beside the denoiser's own config, so that a flow is always
+sampled with the convention it was trained with (STYLE.md: one convention per objective, written
+in the saved config). Two presets:
+
+- ``FlowConfig.demo_cpu()`` — DESIGN.md §8, measured on 64² phantoms: pixel space, x0 (``sample``)
+  prediction, cosine schedule, x0 clipping, DDIM 10 trailing steps, L1-regression warm start.
+- ``FlowConfig.paper_scale()`` — CoDi's defaults (MedM2G publishes none): latent space,
+  T = 1000, betas 0.00085→0.012 on the sqrt-linear ("scaled_linear") schedule as in Stable
+  Diffusion/CoDi, epsilon prediction, DDIM 50, guidance 7.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+BetaSchedule = Literal["squaredcos_cap_v2", "scaled_linear", "linear"]
+SamplerKind = Literal["ddim", "dpmsolver++"]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES = ("squaredcos_cap_v2", "scaled_linear", "linear")
+SAMPLERS = ("ddim", "dpmsolver++")
+
+
+@dataclass
+class FlowConfig:
+    """Objective, noise schedule, condition dropout and sampler of one flow.
+
+    Attributes:
+        pair: the flow's canonical name (``Pair.name``), informative.
+        latent: diffuse in autoencoder latent space (paper) or in pixel space (§8, small images).
+        prediction_type: what the denoiser outputs: ``epsilon`` (noise), ``v_prediction``
+            (v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0) or ``sample`` (x0).
+        num_train_timesteps, beta_schedule, beta_start, beta_end: DDPM schedule (diffusers names).
+        min_snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023); ``None`` = uniform.
+        source_dropout: per-source probability of dropping a source in training (one value for
+            all sources, or one per source in ``ConditionInputs`` order: semantic, then spatial).
+        condition_dropout: probability of dropping *all* sources at once (the unconditional
+            branch of classifier-free guidance).
+        sampler, sampling_steps, guidance, clip_sample, clip_range, timestep_spacing, eta: sampling.
+        warm_start_fraction: share of the training budget spent as an L1 regressor first (§8).
+        ema_decay: EMA of the denoiser weights (applied by the training loop).
+    """
+
+    pair: str = ""
+    latent: bool = False
+    prediction_type: PredictionType = "sample"
+    num_train_timesteps: int = 1000
+    beta_schedule: BetaSchedule = "squaredcos_cap_v2"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    min_snr_gamma: float | None = None
+    source_dropout: float | tuple[float, ...] = 0.0
+    condition_dropout: float = 0.1
+    sampler: SamplerKind = "ddim"
+    sampling_steps: int = 10
+    guidance: float = 1.0
+    clip_sample: bool = True
+    clip_range: float = 1.0
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
+    eta: float = 0.0
+    warm_start_fraction: float = 0.3
+    ema_decay: float = 0.999
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule {self.beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if self.sampling_steps < 1 or self.sampling_steps > self.num_train_timesteps:
+            raise ValueError(f"sampling_steps must be in 1..{self.num_train_timesteps}, got {self.sampling_steps}")
+        if not 0.0 <= self.condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
+
+    @classmethod
+    def demo_cpu(cls, **changes) -> "FlowConfig":
+        """DESIGN.md §8 settings for 64² images on CPU (pixel space, x0 prediction, cosine, DDIM 10)."""
+        return replace(cls(), **changes)
+
+    @classmethod
+    def paper_scale(cls, **changes) -> "FlowConfig":
+        """CoDi's paper-scale defaults: latent space, scaled-linear 0.00085→0.012, ε, DDIM 50, guidance 7.5."""
+        base = cls(
+            latent=True,
+            prediction_type="epsilon",
+            beta_schedule="scaled_linear",
+            sampling_steps=50,
+            guidance=7.5,
+            clip_sample=False,
+            timestep_spacing="leading",
+            warm_start_fraction=0.0,
+            ema_decay=0.9999,
+        )
+        return replace(base, **changes)

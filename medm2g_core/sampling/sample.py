@@ -1,0 +1,153 @@
+"""The visible denoising loop shared by ``generate``, ``translate`` and ``evaluate``.
+
+``sample()`` is the whole reverse process in one loop: each step evaluates the denoiser once on
+all guidance branches stacked along the batch, combines them linearly (classifier-free guidance,
+one scale per source if asked), turns the result into x0, clips it, and lets a diffusers scheduler
+(DDIM or DPM-Solver++) take the step. The scheduler is always stepped with x0 (its
+``prediction_type`` is set to ``"sample"``), so every prediction type is clipped the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from medm2g_core.flows.config import FlowConfig
+from medm2g_core.flows.objective import predicted_x0
+from medm2g_core.models.conditioning import Condition, ConditionInputs, SemanticSource, assemble_condition
+
+Denoiser = Callable[..., torch.Tensor]  # denoiser(noisy, timesteps, *, condition: Condition) -> prediction
+
+
+def make_sampling_scheduler(config: FlowConfig, *, kind: str | None = None):
+    """DDIM (``"ddim"``) or DPM-Solver++ (``"dpmsolver++"``) on the flow's training schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    kind = kind or config.sampler
+    common = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                  beta_start=config.beta_start, beta_end=config.beta_end, prediction_type="sample",
+                  timestep_spacing=config.timestep_spacing)
+    if kind == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+    if kind == "dpmsolver++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"unknown sampler {kind!r}; valid: ddim, dpmsolver++")
+
+
+def guidance_branches(present: Sequence[bool], *, guidance: float | Sequence[float]) -> tuple[list[list[bool]], list[float]]:
+    """Which sources each guidance branch keeps, and the branch coefficients (pure function).
+
+    The guided prediction is Σ_i coefficient_i · prediction(branch_i):
+    - ``guidance`` = g (one scale): branches [all, none], coefficients [g, 1−g]
+      (= uncond + g·(cond − uncond)); g = 1 → the single conditional branch.
+    - ``guidance`` = [g_1..g_S] (per source, composable guidance): branches [none, only 1, ..., only S]
+      with coefficients [1 − Σg_s, g_1, ..., g_S] (= uncond + Σ g_s·(pred_s − uncond)); missing sources
+      are skipped.
+    """
+    count = len(present)
+    if isinstance(guidance, (int, float)):
+        if float(guidance) == 1.0 or count == 0:
+            return [[True] * count], [1.0]
+        return [[True] * count, [False] * count], [float(guidance), 1.0 - float(guidance)]
+    scales = [float(g) for g in guidance]
+    if len(scales) != count:
+        raise ValueError(f"got {len(scales)} guidance scales for {count} sources; give one per source or a single number")
+    branches, coefficients = [[False] * count], [1.0]
+    for index, (scale, here) in enumerate(zip(scales, present)):
+        if not here:
+            continue
+        branches.append([j == index for j in range(count)])
+        coefficients.append(scale)
+        coefficients[0] -= scale
+    return branches, coefficients
+
+
+def _step_kwargs(scheduler, *, eta: float, generator: torch.Generator | None) -> dict:
+    names = inspect.signature(scheduler.step).parameters
+    kwargs = {"generator": generator} if "generator" in names else {}
+    if "eta" in names:
+        kwargs["eta"] = eta
+    return kwargs
+
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: ConditionInputs | None, steps: int,
+           guidance: float | Sequence[float] = 1.0, generator: torch.Generator | None = None, prediction_type: str,
+           clip_sample: bool = True, clip_range: float = 1.0, eta: float = 0.0, condition_dim: int | None = None,
+           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Generate a batch (B, ...) = ``shape`` by the reverse diffusion process.
+
+    Args:
+        denoiser: ``denoiser(noisy, t, condition=Condition) -> prediction`` (``ImageDenoiser``/``TextLatentDenoiser``).
+        scheduler: a diffusers DDIM/DPM-Solver++ scheduler on the training schedule (``make_sampling_scheduler``).
+        shape: output shape, batch first; must match the batch of ``condition``.
+        condition: the sources (``None`` = unconditional; then give ``condition_dim`` if the denoiser has no config).
+        steps: denoising steps; guidance: one scale or one per source (see ``guidance_branches``).
+        generator: seeds the initial noise (and DDIM η > 0 noise): same seed → identical output.
+        prediction_type: what the denoiser outputs (``FlowConfig.prediction_type``).
+        clip_sample, clip_range: clamp the predicted x0 to [−clip_range, clip_range] each step.
+    Returns:
+        x0 samples of ``shape`` (clipped when ``clip_sample``).
+    """
+    scheduler = type(scheduler).from_config(scheduler.config, prediction_type="sample")
+    parameter = next(iter(getattr(denoiser, "parameters", lambda: iter(()))()), None)
+    device = torch.device(device) if device is not None else (parameter.device if parameter is not None else torch.device("cpu"))
+    inputs = condition if condition is not None else ConditionInputs()
+    if condition_dim is None and hasattr(denoiser, "config"):
+        condition_dim = getattr(denoiser.config, "condition_dim", None)
+    branches, coefficients = guidance_branches(inputs.present(), guidance=guidance)
+    batch = shape[0]
+    keeps = [torch.tensor(keep, dtype=torch.bool, device=device).expand(batch, len(keep)) for keep in branches]
+    stacked = Condition.cat([assemble_condition(inputs, keep=k, condition_dim=condition_dim, batch_size=batch) for k in keeps])
+    scheduler.set_timesteps(steps, device=device)
+    latents = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
+    step_kwargs = _step_kwargs(scheduler, eta=eta, generator=generator)
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(latents, t).repeat(len(branches), *([1] * (latents.ndim - 1)))
+        outputs = denoiser(model_input, t, condition=stacked).chunk(len(branches))
+        prediction = sum(c * out for c, out in zip(coefficients, outputs))
+        x0 = predicted_x0(prediction, latents, t, alphas_cumprod=scheduler.alphas_cumprod, prediction_type=prediction_type)
+        if clip_sample:
+            x0 = x0.clamp(-clip_range, clip_range)
+        latents = scheduler.step(x0, t, latents, **step_kwargs).prev_sample
+    return latents
+
+
+@dataclass
+class SampleSet:
+    """K samples per input: ``mean``/``std`` (B, ...) (std = per-voxel uncertainty map), ``samples`` (K, B, ...).
+
+    Unpacks as ``mean, std, samples = sample_many(...)``.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    samples: torch.Tensor
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.mean, self.std, self.samples))
+
+
+def repeat_inputs(inputs: ConditionInputs, times: int) -> ConditionInputs:
+    """Each sample's sources repeated ``times`` times consecutively (B → B·times)."""
+    def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.repeat_interleave(times, dim=0)
+
+    semantic = [None if s is None else SemanticSource(rep(s.tokens), rep(s.mask), rep(s.pooled), s.weight, s.name) for s in inputs.semantic]
+    return ConditionInputs(semantic=semantic, spatial=[rep(x) for x in inputs.spatial])
+
+
+def sample_many(denoiser: Denoiser, scheduler, shape: Sequence[int], *, samples: int, condition: ConditionInputs | None,
+                **options) -> SampleSet:
+    """``samples`` = K samples per input, drawn in one batched ``sample()`` call (B·K); ``options`` as ``sample``."""
+    if samples < 1:
+        raise ValueError(f"samples must be ≥ 1, got {samples}")
+    batch = shape[0]
+    inputs = repeat_inputs(condition, samples) if condition is not None else None
+    drawn = sample(denoiser, scheduler, (batch * samples, *shape[1:]), condition=inputs, **options)
+    drawn = drawn.reshape(batch, samples, *shape[1:]).transpose(0, 1)
+    std = drawn.std(0, unbiased=False) if samples > 1 else torch.zeros_like(drawn[0])
+    return SampleSet(mean=drawn.mean(0), std=std, samples=drawn)
