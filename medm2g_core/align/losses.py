@@ -1,0 +1,109 @@
+"""Alignment losses as pure functions of tensors (DESIGN §1.2–1.3).
+
+Symbols: ``B`` local batch, ``G`` global batch (all processes), ``D`` embedding dimension,
+``s = 1/τ`` the logit scale (inverse temperature).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def gather_keep_local_grad(x: torch.Tensor, *, accelerator: Any | None) -> tuple[torch.Tensor, int]:
+    """All-gather ``x`` (B, ...) from every process → ``(G, ...)`` and the offset of this rank's rows.
+
+    ``accelerate.utils.gather`` carries no gradient; this rank's own rows are put back from ``x`` so
+    that its gradient flows (open_clip's ``gather_with_grad=False`` form). Every rank must pass the
+    same B (the training loop drops incomplete batches). Without an accelerator (or one process)
+    returns ``(x, 0)``.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        return x, 0
+    from accelerate.utils import gather
+
+    gathered = gather(x.detach().contiguous())
+    batch = x.shape[0]
+    offset = accelerator.process_index * batch
+    return torch.cat([gathered[:offset], x, gathered[offset + batch :]], dim=0), offset
+
+
+def contrastive_logits(query: torch.Tensor, keys: torch.Tensor, *, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """``s · normalize(query) @ normalize(keys).T``: (B, D) × (G, D) → (B, G) cosine logits."""
+    return logit_scale * F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T
+
+
+def info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    logit_scale: torch.Tensor | float,
+    a_all: torch.Tensor | None = None,
+    b_all: torch.Tensor | None = None,
+    offset: int = 0,
+    valid_all: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): ``½ [CE(s·â b̂_allᵀ, i) + CE(s·b̂ â_allᵀ, i)]``, both directions.
+
+    Args:
+        a, b: (B, D) paired embeddings of this process (row i of ``a`` matches row i of ``b``); they
+            are L2-normalised here.
+        logit_scale: ``s = 1/τ`` (a learnable scalar tensor, or a float).
+        a_all, b_all: (G, D) embeddings of the global batch (``gather_keep_local_grad``); default: the
+            local ones, so negatives are the local batch.
+        offset: index in the global batch of this process's first row (row i's positive is
+            ``offset + i``).
+        valid_all: (G,) bool — rows that hold a real pair (a modality can be missing for a patient).
+            Invalid rows are neither anchors nor negatives.
+
+    Returns:
+        The scalar mean over valid local anchors of both directions' cross-entropy (0 with no valid rows).
+    """
+    a_all = a if a_all is None else a_all
+    b_all = b if b_all is None else b_all
+    batch = a.shape[0]
+    target = torch.arange(batch, device=a.device) + offset
+    logits_ab = contrastive_logits(a, b_all, logit_scale=logit_scale)
+    logits_ba = contrastive_logits(b, a_all, logit_scale=logit_scale)
+    if valid_all is None:
+        return 0.5 * (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target))
+    valid_all = valid_all.to(torch.bool)
+    column_mask = ~valid_all[None, :]
+    logits_ab = logits_ab.masked_fill(column_mask, float("-inf"))
+    logits_ba = logits_ba.masked_fill(column_mask, float("-inf"))
+    anchors = valid_all[offset : offset + batch]
+    if not bool(anchors.any()):
+        return (a.sum() + b.sum()) * 0.0  # keeps the graph connected (DDP) without contributing
+    loss_ab = F.cross_entropy(logits_ab[anchors], target[anchors])
+    loss_ba = F.cross_entropy(logits_ba[anchors], target[anchors])
+    return 0.5 * (loss_ab + loss_ba)
+
+
+def batch_normalize(z: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:
+    """Standardise each dimension over the batch: ``(z − mean) / sqrt(var + eps)`` (biased var, (N, D))."""
+    mean = z.mean(dim=0, keepdim=True)
+    var = z.var(dim=0, unbiased=False, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:
+    """``C = z̃1ᵀ z̃2 / N`` of the batch-normalised views, (N, D) × (N, D) → (D, D)."""
+    return batch_normalize(z1, eps=eps).T @ batch_normalize(z2, eps=eps) / z1.shape[0]
+
+
+def visual_invariance_loss(z1: torch.Tensor, z2: torch.Tensor, *, off_diagonal_weight: float, eps: float = 1e-5) -> torch.Tensor:
+    """Medical visual-invariant loss (Barlow Twins form): ``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²``.
+
+    Args:
+        z1, z2: (N, D) embeddings of two augmentations of the same N images (N ≥ 2).
+        off_diagonal_weight: λ.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"views must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    c = cross_correlation(z1, z2, eps=eps)
+    diagonal = torch.diagonal(c)
+    on = (1.0 - diagonal).pow(2).sum()
+    off = c.pow(2).sum() - diagonal.pow(2).sum()
+    return on + off_diagonal_weight * off

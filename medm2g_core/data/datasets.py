@@ -1,0 +1,350 @@
+"""Torch datasets that stream patient folders from disk (one file read per item, small LRU cache).
+
+Inputs are ``PatientRecord``s (``medm2g_core.data.manifest.scan_cohort``; anything with
+``patient_id``, ``files: dict[Modality, Path]`` and ``labels`` works) — usually one split of them
+(``medm2g_core.data.splits.split_records``). Nothing holds the cohort in memory: each worker keeps
+at most ``cache_items`` decoded, normalised files.
+
+All datasets here set ``epoch_indexed = True``: the training loop hands them *global* indices
+``epoch * len + i``; ``index % len`` picks the item and the full index seeds its augmentation, so an
+item's randomness is a pure function of ``(seed, index)`` (reproducible with any worker count and
+after ``--resume``). Each has a ``collate(items)`` the loop uses as ``collate_fn``: tensors are
+stacked, everything else becomes a list.
+
+Images are normalised per modality to [-1, 1] (``transforms.normalize``; the ``NormState`` of the
+inverse travels with the item as a dict) and resized to ``image_size × image_size``. Volumes give
+axial slices ``volume[:, :, k]`` with ``k`` kept for reassembly.
+
+- ``AlignDataset``: one item per patient — report text and, for each available imaging modality,
+  one or more slices in two augmented views (training) or one clean view (evaluation).
+- ``PairSliceDataset``: registered image→image flows (MRI→CT, T1→T2, T2+PD→T1): one item per
+  (patient, slice) with the source slices (plus context slices) as channels and the target slice.
+- ``ImageTextDataset``: X-ray ↔ report flows (and any image ↔ report): image, report text, labels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medm2g_core.config import AugmentConfig
+from medm2g_core.data.transforms import (
+    NormState,
+    augment_view,
+    axial_slice,
+    item_generator,
+    normalize,
+    resize_image,
+    slice_indices,
+)
+from medm2g_core.modalities import Modality, parse_modality
+
+
+def collate_dicts(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors key by key (recursing into dicts); other values become lists."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], dict) and values[0] and all(isinstance(v, torch.Tensor) for v in values[0].values()):
+            out[key] = collate_dicts(values)
+        else:
+            out[key] = values
+    return out
+
+
+class _CohortReader:
+    """Reads, normalises and caches (LRU, ``cache_items`` entries) image files and reports."""
+
+    def __init__(self, *, ct_window: Sequence[float], mri_percentiles: Sequence[float], cache_items: int):
+        self.ct_window = tuple(ct_window)
+        self.mri_percentiles = tuple(mri_percentiles)
+        self.cache_items = cache_items
+        self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, NormState]] = OrderedDict()
+
+    def image(self, path: Path, modality: Modality) -> tuple[np.ndarray, NormState]:
+        key = (str(path), modality.value)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        from medm2g_core import io
+
+        array, _meta = io.read(path)
+        if array.ndim == 3 and not modality.is_volume and array.shape[-1] in (3, 4):
+            array = array[..., :3].mean(axis=-1)  # an RGB(A) X-ray → grey
+        value = normalize(array, modality, ct_window=self.ct_window, mri_percentiles=self.mri_percentiles)
+        if self.cache_items > 0:
+            self._cache[key] = value
+            while len(self._cache) > self.cache_items:
+                self._cache.popitem(last=False)
+        return value
+
+    @staticmethod
+    def report(path: Path) -> str:
+        from medm2g_core import io
+
+        return io.read_report(path).text
+
+
+def _modalities(names: Sequence[Modality | str]) -> tuple[Modality, ...]:
+    return tuple(parse_modality(n) if isinstance(n, str) else n for n in names)
+
+
+class AlignDataset(Dataset):
+    """One item per patient for alignment (text hub + visual invariance).
+
+    Args:
+        records: patient records (one split).
+        modalities: imaging modalities to load (absent files are simply missing from the item).
+        image_size: output pixels per side.
+        augment: two-view augmentation strengths; None = evaluation (one clean view, middle slices).
+        slices_per_volume: N axial slices per volume (training: jittered positions in the central part,
+            the same relative position for every volume of the patient so registered CT/MRI match;
+            evaluation: evenly spaced).
+        seed: augmentation/slice-sampling seed.
+
+    Item: ``{"patient_id": str, "text": str ("" when no report), "has_text": bool,
+    "images": {modality: (V, N, 1, H, W)}, "slice_index": {modality: [k, ...]}}`` with V = 2 views
+    (training) or 1. ``collate`` gives ``images[m]`` (B, V, N, 1, H, W) zero-filled where missing,
+    ``present[m]`` (B,) bool, ``has_text`` (B,) bool, and lists for the rest.
+    """
+
+    epoch_indexed = True
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        *,
+        modalities: Sequence[Modality | str],
+        image_size: int,
+        augment: AugmentConfig | None = None,
+        slices_per_volume: int = 1,
+        seed: int = 0,
+        ct_window: Sequence[float] = (-1024.0, 3000.0),
+        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        cache_items: int = 8,
+    ):
+        self.records = list(records)
+        self.modalities = _modalities(modalities)
+        self.image_size = image_size
+        self.augment = augment
+        self.slices_per_volume = slices_per_volume
+        self.seed = seed
+        self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def views(self) -> int:
+        return 1 if self.augment is None else 2
+
+    def _positions(self, generator: torch.Generator) -> list[float]:
+        count = self.slices_per_volume
+        if self.augment is None:
+            return [0.5] if count == 1 else [0.2 + 0.6 * i / (count - 1) for i in range(count)]
+        centres = [0.5] if count == 1 else [0.2 + 0.6 * i / (count - 1) for i in range(count)]
+        spread = 0.25 if count == 1 else 0.3 / count
+        return [min(max(c + spread * (2 * float(torch.rand((), generator=generator)) - 1), 0.0), 1.0) for c in centres]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index % len(self.records)]
+        generator = item_generator(self.seed, index)
+        positions = self._positions(generator)
+        report_path = record.files.get(Modality.REPORT)
+        text = self.reader.report(report_path) if report_path is not None else ""
+        images: dict[str, torch.Tensor] = {}
+        indices: dict[str, list[int]] = {}
+        for modality in self.modalities:
+            path = record.files.get(modality)
+            if path is None:
+                continue
+            array, _state = self.reader.image(path, modality)
+            if modality.is_volume:
+                depth = array.shape[2]
+                ks = [int(p * (depth - 1) + 0.5) for p in positions]
+                slices = [resize_image(axial_slice(array, k), self.image_size) for k in ks]
+            else:
+                ks = [0]
+                slices = [resize_image(array, self.image_size)] * len(positions)
+            stack = torch.stack(slices)  # (N, 1, H, W)
+            if self.augment is None:
+                views = stack[None]
+            else:
+                views = torch.stack(
+                    [torch.stack([augment_view(s, self.augment, generator=generator) for s in stack]) for _ in range(2)]
+                )
+            images[modality.value] = views
+            indices[modality.value] = ks
+        return {"patient_id": record.patient_id, "text": text, "has_text": bool(text.strip()), "images": images, "slice_index": indices}
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        shape = (self.views, self.slices_per_volume, 1, self.image_size, self.image_size)
+        images, present = {}, {}
+        for modality in self.modalities:
+            name = modality.value
+            present[name] = torch.tensor([name in item["images"] for item in items])
+            images[name] = torch.stack([item["images"].get(name, torch.zeros(shape)) for item in items])
+        return {
+            "patient_id": [item["patient_id"] for item in items],
+            "text": [item["text"] for item in items],
+            "has_text": torch.tensor([item["has_text"] for item in items]),
+            "images": images,
+            "present": present,
+            "slice_index": [item["slice_index"] for item in items],
+        }
+
+
+class PairSliceDataset(Dataset):
+    """Slices of registered image→image pairs (MRI→CT, T1→T2, T2+PD→T1) for flows.
+
+    Args:
+        records: patient records; those lacking a source or the target are skipped (``self.skipped``).
+        sources: source modalities (volumes), stacked as channels in this order.
+        target: target modality (volume on the same grid).
+        image_size: output pixels per side.
+        slices: "all" axial slices, "middle", or N evenly spaced slices (central 80 %) per patient.
+        context_slices: c neighbouring slices on each side added as source channels (2.5D; clamped at
+            the volume's ends), channel order ``[src0 k-c..k+c, src1 k-c..k+c, ...]``.
+        augment: optional augmentation applied identically (same random draw) to source and target.
+        seed: augmentation seed.
+
+    Building it reads each target volume once to learn its depth (nothing is kept).
+
+    Item: ``{"source": (S·(2c+1), H, W), "target": (1, H, W), "patient_id": str, "slice_index": k,
+    "depth": int, "original_shape": (h, w), "source_norm": [NormState dict per source],
+    "target_norm": NormState dict}`` in [-1, 1]; ``transforms.denormalize(x, NormState.from_json(d))``
+    and ``transforms.resize_back`` undo it for reassembly.
+    """
+
+    epoch_indexed = True
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        *,
+        sources: Sequence[Modality | str],
+        target: Modality | str,
+        image_size: int,
+        slices: str | int = "all",
+        context_slices: int = 0,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        ct_window: Sequence[float] = (-1024.0, 3000.0),
+        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        cache_items: int = 4,
+    ):
+        self.sources = _modalities(sources)
+        self.target = _modalities([target])[0]
+        for modality in (*self.sources, self.target):
+            if not modality.is_volume:
+                raise ValueError(f"PairSliceDataset pairs volumes; {modality.value} is not one (use ImageTextDataset)")
+        self.image_size = image_size
+        self.context_slices = context_slices
+        self.augment = augment
+        self.seed = seed
+        self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+        self.records, self.skipped = [], []
+        for record in records:
+            if all(m in record.files for m in (*self.sources, self.target)):
+                self.records.append(record)
+            else:
+                self.skipped.append(record.patient_id)
+        self.items: list[tuple[int, int, int]] = []  # (record index, slice k, depth)
+        from medm2g_core import io
+
+        for r, record in enumerate(self.records):
+            depth = int(io.read(record.files[self.target])[0].shape[2])
+            self.items += [(r, k, depth) for k in slice_indices(depth, slices)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        r, k, depth = self.items[index % len(self.items)]
+        record = self.records[r]
+        channels, source_norms = [], []
+        for modality in self.sources:
+            array, state = self.reader.image(record.files[modality], modality)
+            source_norms.append(state.to_json())
+            for offset in range(-self.context_slices, self.context_slices + 1):
+                kk = min(max(k + offset, 0), array.shape[2] - 1)
+                channels.append(resize_image(axial_slice(array, kk), self.image_size)[0])
+        target_array, target_state = self.reader.image(record.files[self.target], self.target)
+        original_shape = tuple(int(s) for s in target_array.shape[:2])
+        source = torch.stack(channels)
+        target = resize_image(axial_slice(target_array, k), self.image_size)
+        if self.augment is not None:
+            joint = augment_view(torch.cat([source, target]), self.augment, generator=item_generator(self.seed, index))
+            source, target = joint[:-1], joint[-1:]
+        return {
+            "source": source,
+            "target": target,
+            "patient_id": record.patient_id,
+            "slice_index": k,
+            "depth": depth,
+            "original_shape": original_shape,
+            "source_norm": source_norms,
+            "target_norm": target_state.to_json(),
+        }
+
+    collate = staticmethod(collate_dicts)
+
+
+class ImageTextDataset(Dataset):
+    """Image ↔ report pairs (X-ray ↔ report by default; volumes give their middle axial slice).
+
+    Item: ``{"image": (1, H, W) in [-1, 1], "text": str, "patient_id": str, "labels": dict | None,
+    "norm": NormState dict, "original_shape": (h, w)}``. Patients without the image or the report
+    are skipped (``self.skipped``).
+    """
+
+    epoch_indexed = True
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        *,
+        image_modality: Modality | str = Modality.XRAY,
+        image_size: int,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        ct_window: Sequence[float] = (-1024.0, 3000.0),
+        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        cache_items: int = 8,
+    ):
+        self.modality = _modalities([image_modality])[0]
+        self.image_size = image_size
+        self.augment = augment
+        self.seed = seed
+        self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+        self.records = [r for r in records if self.modality in r.files and Modality.REPORT in r.files]
+        self.skipped = [r.patient_id for r in records if not (self.modality in r.files and Modality.REPORT in r.files)]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index % len(self.records)]
+        array, state = self.reader.image(record.files[self.modality], self.modality)
+        if self.modality.is_volume:
+            array = axial_slice(array, array.shape[2] // 2)
+        image = resize_image(array, self.image_size)
+        if self.augment is not None:
+            image = augment_view(image, self.augment, generator=item_generator(self.seed, index))
+        return {
+            "image": image,
+            "text": self.reader.report(record.files[Modality.REPORT]),
+            "patient_id": record.patient_id,
+            "labels": getattr(record, "labels", None),
+            "norm": state.to_json(),
+            "original_shape": tuple(int(s) for s in array.shape[:2]),
+        }
+
+    collate = staticmethod(collate_dicts)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medm2g_core.config import AugmentConfig
+from medm2g_core.data.datasets import AlignDataset, ImageTextDataset, PairSliceDataset
+from medm2g_core.data.splits import split_of, split_records
+from medm2g_core.data.transforms import NormState, augment_view, denormalize, normalize, resize_back, resize_image, slice_indices
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tiny_cohort import write_cohort  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    return write_cohort(root, patients=4, ct_only=("P0002",))
+
+
+def test_splits_are_deterministic_patient_level():
+    ids = [f"P{i:04d}" for i in range(400)]
+    first = [split_of(i, seed=0) for i in ids]
+    assert first == [split_of(i, seed=0) for i in reversed(ids)][::-1]
+    counts = {s: first.count(s) for s in ("train", "val", "test")}
+    assert 280 < counts["train"] < 360 and counts["val"] > 20 and counts["test"] > 20
+    assert first != [split_of(i, seed=1) for i in ids]
+    class R:
+        def __init__(self, pid): self.patient_id = pid
+    groups = split_records([R(i) for i in ids])
+    assert sum(len(g) for g in groups.values()) == 400
+
+
+def test_normalisation_inverses():
+    hu = np.array([-2000, -1024, 0, 1000, 3000, 4000], dtype=np.int16)
+    y, state = normalize(hu, "ct")
+    assert y.min() == -1 and y.max() == 1 and state.kind == "window" and state.units == "HU"
+    np.testing.assert_allclose(denormalize(y, state)[1:5], [-1024, 0, 1000, 3000], atol=1e-3)
+    mri = np.random.default_rng(0).gamma(2, 100, (10, 10, 10)).astype(np.float32)
+    y, state = normalize(mri, "t1")
+    assert state.percentiles == (0.5, 99.5) and -1 <= y.min() and y.max() <= 1
+    assert state.low == pytest.approx(np.percentile(mri, 0.5))
+    xray = np.array([[0, 65535]], dtype=np.uint16)
+    y, state = normalize(xray, "xray")
+    assert y.tolist() == [[-1.0, 1.0]] and NormState.from_json(state.to_json()) == state
+    assert normalize(np.array([[0, 255]], dtype=np.uint8), "xray")[1].high == 255
+
+
+def test_slicing_resizing_and_augmentation():
+    assert slice_indices(10, "all") == list(range(10)) and slice_indices(10, "middle") == [5]
+    assert len(slice_indices(40, 4)) == 4
+    image = torch.linspace(-1, 1, 12 * 10).reshape(12, 10)
+    small = resize_image(image, 8)
+    assert small.shape == (1, 8, 8) and resize_back(small, (12, 10)).shape == (1, 12, 10)
+    config = AugmentConfig(probability=1.0)
+    view_a = augment_view(small, config, generator=torch.Generator().manual_seed(1))
+    view_b = augment_view(small, config, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(view_a, view_b) and not torch.equal(view_a, small)
+    assert view_a.min() >= -1 and view_a.max() <= 1
+    # never a left-right flip: a left-bright image stays left-bright
+    left = -torch.ones(1, 32, 32)
+    left[:, :, :8] = 1
+    for seed in range(20):
+        out = augment_view(left, config, generator=torch.Generator().manual_seed(seed))
+        assert out[:, :, :12].mean() > out[:, :, -12:].mean()
+
+
+def test_align_dataset_items_and_collate(cohort):
+    dataset = AlignDataset(cohort, modalities=["xray", "ct", "mri-t1"], image_size=8, augment=AugmentConfig(), slices_per_volume=2, cache_items=2)
+    item = dataset[1]
+    assert item["images"]["ct"].shape == (2, 2, 1, 8, 8) and "effusion" in item["text"]
+    assert torch.equal(dataset[5]["images"]["ct"], dataset[5]["images"]["ct"])  # pure function of the index
+    assert not torch.equal(dataset[1]["images"]["ct"], dataset[5]["images"]["ct"])  # same patient, next epoch
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    assert batch["images"]["mri-t1"].shape == (4, 2, 2, 1, 8, 8)
+    assert batch["present"]["mri-t1"].tolist() == [True, True, False, True]
+    assert batch["has_text"].all() and len(dataset.reader._cache) <= 2
+    evaluation = AlignDataset(cohort, modalities=["ct"], image_size=8)
+    assert evaluation[0]["images"]["ct"].shape == (1, 1, 1, 8, 8) and evaluation[0]["slice_index"]["ct"] == [3]
+
+
+def test_pair_slice_dataset(cohort):
+    dataset = PairSliceDataset(cohort, sources=["t1", "t2"], target="ct", image_size=8, slices="all", context_slices=1)
+    assert dataset.skipped == ["P0002"] and len(dataset) == 3 * 6
+    item = dataset[0]
+    assert item["source"].shape == (6, 8, 8) and item["target"].shape == (1, 8, 8)
+    assert item["slice_index"] == 0 and item["original_shape"] == (16, 16)
+    state = NormState.from_json(item["target_norm"])
+    assert state.units == "HU"
+    batch = PairSliceDataset.collate([dataset[i] for i in range(3)])
+    assert batch["source"].shape == (3, 6, 8, 8) and batch["slice_index"] == [0, 1, 2]
+    middle = PairSliceDataset(cohort, sources=["ct"], target="t1", image_size=8, slices="middle")
+    assert len(middle) == 3 and middle[0]["slice_index"] == 3
+    with pytest.raises(ValueError, match="ImageTextDataset"):
+        PairSliceDataset(cohort, sources=["xray"], target="ct", image_size=8)
+
+
+def test_image_text_dataset(cohort):
+    dataset = ImageTextDataset(cohort, image_size=8)
+    item = dataset[1]
+    assert item["image"].shape == (1, 8, 8) and "effusion" in item["text"] and item["labels"] == {"effusion": 1}
+    batch = dataset.collate([dataset[0], dataset[1]])
+    assert batch["image"].shape == (2, 1, 8, 8) and len(batch["text"]) == 2
