@@ -28,8 +28,7 @@ def import_(
 ) -> None:
     """Convert a public dataset into canonical patient folders (symlinks where possible).
 
-    Re-running is safe: files that already hold the same content are left alone. Exit code 1 when
-    some studies could not be imported (listed), 2 when SRC is missing or not the named dataset.
+    Re-running is safe: files that already hold the same content are left alone. Exit code 1 when some studies could not be imported (listed), 2 when SRC is missing or not the named dataset.
     """
     from medm2g_core.data.importers import import_dataset
     from medm2g_core.errors import ConfigError
