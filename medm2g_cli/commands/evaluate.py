@@ -10,17 +10,77 @@ import typer
 from medm2g_cli import console
 from medm2g_cli.options import JsonOut, ModelPath
 
+TASKS = ("translation", "report", "xray")
+
+
+def _parse_baselines(values: list[str]) -> dict[str, Path]:
+    baselines: dict[str, Path] = {}
+    for value in values:
+        name, separator, folder = value.partition("=")
+        if not separator or not name or not folder:
+            console.error_line(
+                f"--baseline {value!r}: give NAME=FOLDER (a folder of that baseline's predictions, same layout as --pred); "
+                "computing baselines from a bundle (identity, UNet regression, retrieval, most-frequent report) "
+                "is not available in this version yet (issue #8 item 5)"
+            )
+            raise typer.Exit(console.EXIT_USAGE)
+        if name == "model" or name in baselines:
+            console.error_line(f"--baseline {value!r}: the name {name!r} is taken; use a unique name other than 'model'")
+            raise typer.Exit(console.EXIT_USAGE)
+        baselines[name] = Path(folder)
+    return baselines
+
 
 @console.handle_errors
 def evaluate(
-    task: Annotated[str, typer.Option("--task", help="report|xray|translation")],
+    task: Annotated[str, typer.Option("--task", help="translation|report|xray")],
     pred: Annotated[Path, typer.Option("--pred", help="Folder of predictions (patient folders).")],
     ref: Annotated[Path, typer.Option("--ref", help="Folder of references (patient folders).")],
     html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report.")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Compute the baselines beside the model.")] = False,
-    features: Annotated[Optional[Path], typer.Option("--features", help="Local feature-extractor weights for FID/KID.")] = None,
+    baseline: Annotated[
+        Optional[list[str]],
+        typer.Option("--baseline", help="NAME=FOLDER of a baseline's predictions, shown beside the model (repeatable)."),
+    ] = None,
+    features: Annotated[
+        Optional[Path], typer.Option("--features", help="xray task: local feature-extractor weights (.safetensors DenseNet-121).")
+    ] = None,
+    cleaning: Annotated[str, typer.Option("--cleaning", help="report task: R2Gen cleaning, iu_xray|mimic_cxr.")] = "iu_xray",
     model: ModelPath = None,
     json_out: JsonOut = False,
 ) -> None:
     """Score predictions the way the field does (R2Gen, SynthRAD, SynDiff conventions)."""
-    console.not_available("evaluate", 8)
+    if task not in TASKS:
+        console.error_line(f"--task {task!r}: use one of {', '.join(TASKS)}")
+        raise typer.Exit(console.EXIT_USAGE)
+    if cleaning not in ("iu_xray", "mimic_cxr"):
+        console.error_line(f"--cleaning {cleaning!r}: use iu_xray or mimic_cxr")
+        raise typer.Exit(console.EXIT_USAGE)
+    if features is not None and task != "xray":
+        console.warn("--features is used only by --task xray; ignored")
+    baselines = _parse_baselines(baseline or [])
+    from medm2g_core.pipelines.evaluate import evaluate as run_evaluation
+
+    with console.progress("evaluate") as report_progress:
+        result = run_evaluation(
+            task,  # type: ignore[arg-type]
+            pred_dir=pred,
+            ref_dir=ref,
+            html=html,
+            baselines=baselines or None,
+            features=features if task == "xray" else None,
+            cleaning=cleaning,
+            progress=report_progress,
+        )
+    columns, rows = result.table()
+    console.table(f"medm2g evaluate --task {task}", ["metric [convention]", *columns], [[name, *cells] for name, cells in rows])
+    for name, system in result.systems.items():
+        for note in system.notes:
+            console.info(f"note ({name}): {note}")
+    for problem in result.problems:
+        console.warn(problem)
+    if result.html is not None:
+        console.info(f"HTML report: {result.html}")
+    if json_out:
+        console.emit_json(result)
+    if result.problems:
+        raise typer.Exit(console.EXIT_SOME_FAILED)

@@ -1,0 +1,468 @@
+"""``evaluate``: score a folder of predictions against a folder of references, the way the field does.
+
+Tasks (folders hold patient folders, matched by their path relative to the root, e.g. ``P0001``):
+
+* ``translation`` — every ``<patient>/<modality>.nii.gz`` prediction (ct, mri-t1, mri-t2, mri-pd)
+  against the reference file of the same name. CT uses the SynthRAD2023 protocol with a body mask
+  from the reference (``body_mask``: HU > −500, largest component, holes filled); MRI uses the
+  SynDiff/IXI protocol (summary over slices, per-patient slice means for the histograms). An optional
+  ``<modality>.std.nii.gz`` beside the prediction fills the uncertainty panel; the input panel shows
+  another modality from the reference folder (e.g. ``mri-t1`` for a CT prediction).
+* ``report`` — ``<patient>/report.txt`` against the reference ``report.txt``: BLEU-1..4, METEOR,
+  ROUGE-L, CIDEr-D (R2Gen cleaning, pycocoevalcap) on the FINDINGS section (the R2Gen convention; the
+  whole text when a report has no FINDINGS heading, counted in the notes) and clinical-efficacy
+  precision/recall/F1 from a labeler (rule-based unless one is given).
+* ``xray`` — FID and KID between the predicted and reference ``xray.png`` sets, on features from a
+  ``FeatureExtractor`` (a local safetensors DenseNet-121 via ``features=Path``, or any extractor object,
+  e.g. a bundle's aligned X-ray encoder). There is no default extractor without one.
+
+Baselines are evaluated by the same code from their own prediction folders (``baselines={name: dir}``)
+and appear as extra columns. Problems (missing patients, different grids, unreadable files) are
+recorded per patient and never stop the run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+from medm2g_core.errors import InputError
+from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
+
+Task = Literal["translation", "report", "xray"]
+TASKS = ("translation", "report", "xray")
+VOLUME_FILES = {"ct": "ct.nii.gz", "mri-t1": "mri-t1.nii.gz", "mri-t2": "mri-t2.nii.gz", "mri-pd": "mri-pd.nii.gz"}
+INPUT_PREFERENCE = {"ct": ("mri-t1", "mri-t2", "mri-pd"), "mri-t1": ("mri-t2", "mri-pd", "ct"),
+                    "mri-t2": ("mri-t1", "mri-pd", "ct"), "mri-pd": ("mri-t1", "mri-t2", "ct")}
+PANEL_PATIENTS = 4
+REPORT_PAIRS = 6
+
+
+@dataclass
+class MetricSummary:
+    """One table cell: ``value`` (None = not computed, see ``note``), ``std`` over ``count`` items."""
+
+    name: str
+    value: float | None
+    std: float | None = None
+    count: int = 0
+    unit: str = ""
+    note: str | None = None
+
+    def format(self) -> str:
+        if self.value is None:
+            return "not computed"
+        text = f"{self.value:.4g}" if self.std is None else f"{self.value:.4g} ± {self.std:.3g}"
+        return f"{text} (n={self.count})"
+
+
+@dataclass
+class PatientResult:
+    """Per-patient values keyed by metric name, and the problems found for this patient."""
+
+    patient_id: str
+    values: dict[str, float | None] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SystemResult:
+    """The scores of one prediction folder (the model, or a baseline)."""
+
+    name: str
+    pred_dir: Path
+    metrics: dict[str, MetricSummary] = field(default_factory=dict)
+    patients: list[PatientResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{p.patient_id}: {problem}" for p in self.patients for problem in p.problems]
+
+
+@dataclass
+class EvaluationResult:
+    """Model and baseline scores side by side. ``systems["model"]`` is the model."""
+
+    task: str
+    ref_dir: Path
+    systems: dict[str, SystemResult]
+    html: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> SystemResult:
+        return self.systems["model"]
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"[{name}] {problem}" if name != "model" else problem for name, system in self.systems.items() for problem in system.problems]
+
+    def table(self) -> tuple[list[str], list[tuple[str, list[str]]]]:
+        """Columns (system names) and rows ``(metric name, [formatted cell per system])``."""
+        columns = list(self.systems)
+        names: list[str] = []
+        for system in self.systems.values():
+            names += [n for n in system.metrics if n not in names]
+        rows = [(n, [s.metrics[n].format() if n in s.metrics else "—" for s in self.systems.values()]) for n in names]
+        return columns, rows
+
+
+def evaluate(
+    task: Task,
+    *,
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    html: str | Path | None = None,
+    baselines: Mapping[str, str | Path] | None = None,
+    features: Any = None,
+    labeler: Any = None,
+    cleaning: str = "iu_xray",
+    progress: ProgressFn = no_progress,
+) -> EvaluationResult:
+    """Score ``pred_dir`` (and each baseline folder) against ``ref_dir`` for ``task``.
+
+    Args:
+        task: "translation", "report" or "xray" (see the module docstring for files and conventions).
+        pred_dir: folder of patient folders holding the model's predictions.
+        ref_dir: folder of patient folders holding the references (and the inputs for the image panel).
+        html: write a self-contained HTML page there (atomically).
+        baselines: name → folder of that baseline's predictions (same layout as ``pred_dir``).
+        features: xray task only — a ``.safetensors`` path or a ``FeatureExtractor`` (``name`` + call).
+        labeler: report task only — a clinical ``Labeler``; default the rule-based one.
+        cleaning: report task only — R2Gen cleaning style, "iu_xray" or "mimic_cxr".
+        progress: receives one ``ProgressEvent`` per patient.
+
+    Raises:
+        InputError: unknown task, a missing folder, no usable pair at all, or no feature extractor for
+            the xray task.
+    """
+    if task not in TASKS:
+        raise InputError(None, f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    ref_dir = Path(ref_dir)
+    folders = {"model": Path(pred_dir), **{name: Path(path) for name, path in (baselines or {}).items()}}
+    for name, folder in {"reference": ref_dir, **folders}.items():
+        if not folder.is_dir():
+            raise InputError(folder, f"the {name} folder does not exist or is not a folder", "give a folder of patient folders")
+    extractor = _resolve_extractor(features) if task == "xray" else None
+    collector = _PageCollector() if html is not None else None
+    systems: dict[str, SystemResult] = {}
+    for name, folder in folders.items():
+        system = SystemResult(name=name, pred_dir=folder)
+        page = collector if name == "model" else None
+        if task == "translation":
+            _evaluate_translation(system, ref_dir, page, progress)
+        elif task == "report":
+            _evaluate_reports(system, ref_dir, page, progress, labeler=labeler, cleaning=cleaning)
+        else:
+            _evaluate_xray(system, ref_dir, progress, extractor=extractor)
+        systems[name] = system
+    if not any(s.value is not None for s in systems["model"].metrics.values()):
+        problems = "; ".join(systems["model"].problems[:5]) or "no patient folders found"
+        raise InputError(Path(pred_dir), f"no prediction could be scored against {ref_dir} ({problems})",
+                         "check that both folders hold the same patient folders with the expected file names")
+    result = EvaluationResult(task=task, ref_dir=ref_dir, systems=systems)
+    if html is not None and collector is not None:
+        from medm2g_core.metrics.report import write_page
+
+        result.html = write_page(html, collector.page(result))
+    return result
+
+
+# --- patient folders -------------------------------------------------------------------------------
+
+def find_patients(root: Path, *, names: tuple[str, ...]) -> dict[str, Path]:
+    """Patient folders under ``root`` holding at least one of ``names``, keyed by relative path."""
+    found: dict[str, Path] = {}
+    for folder, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        if any(n in files for n in names):
+            relative = Path(folder).relative_to(root).as_posix()
+            found[relative] = Path(folder)
+    return found
+
+
+def _pairs(system: SystemResult, ref_dir: Path, names: tuple[str, ...]) -> list[tuple[str, Path, Path]]:
+    predictions = find_patients(system.pred_dir, names=names)
+    references = find_patients(ref_dir, names=names)
+    pairs = []
+    for patient_id in sorted(set(predictions) | set(references)):
+        if patient_id not in references:
+            system.patients.append(PatientResult(patient_id, problems=[f"no reference patient folder in {ref_dir}"]))
+        elif patient_id not in predictions:
+            system.patients.append(PatientResult(patient_id, problems=["missing prediction"]))
+        else:
+            pairs.append((patient_id, predictions[patient_id], references[patient_id]))
+    return pairs
+
+
+def _patient(system: SystemResult, patient_id: str) -> PatientResult:
+    for patient in system.patients:
+        if patient.patient_id == patient_id:
+            return patient
+    patient = PatientResult(patient_id)
+    system.patients.append(patient)
+    return patient
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _summary(name: str, values: list[float], *, unit: str = "", note: str | None = None) -> MetricSummary:
+    from medm2g_core.metrics.image import mean_std
+
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return MetricSummary(name, None, count=0, unit=unit, note=note or "no finite values")
+    mean, std = mean_std(finite)
+    return MetricSummary(name, mean, std, len(finite), unit, note)
+
+
+def _read(path: Path) -> tuple[np.ndarray, Any]:
+    from medm2g_core import io
+
+    return io.read(path)
+
+
+# --- translation -----------------------------------------------------------------------------------
+
+def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageCollector | None", progress: ProgressFn) -> None:
+    from medm2g_core.metrics.image import SYNDIFF_NAMES, SYNTHRAD_NAMES, body_mask, syndiff_metrics, synthrad_metrics
+
+    pairs = _pairs(system, ref_dir, tuple(VOLUME_FILES.values()))
+    collected: dict[str, list[float]] = {}
+    slice_values: dict[str, list[float]] = {}
+    for index, (patient_id, pred_folder, ref_folder) in enumerate(pairs):
+        patient = _patient(system, patient_id)
+        for modality, filename in VOLUME_FILES.items():
+            pred_path = pred_folder / filename
+            if not pred_path.is_file():
+                continue
+            ref_path = ref_folder / filename
+            if not ref_path.is_file():
+                patient.problems.append(f"{filename}: no reference {ref_path}")
+                continue
+            try:
+                prediction, pred_meta = _read(pred_path)
+                reference, ref_meta = _read(ref_path)
+            except (InputError, OSError, ValueError) as error:
+                patient.problems.append(f"{filename}: unreadable ({error})")
+                continue
+            if prediction.shape != reference.shape or not pred_meta.same_grid(ref_meta, tolerance_mm=1e-2):
+                patient.problems.append(f"{filename}: prediction grid {prediction.shape} differs from the reference {reference.shape} "
+                                        "(shape or affine); resample the prediction onto the reference grid")
+                continue
+            try:
+                if modality == "ct":
+                    mask = body_mask(reference)
+                    values = synthrad_metrics(prediction, reference, mask=mask)
+                    for key, name in SYNTHRAD_NAMES.items():
+                        patient.values[f"{modality}: {name}"] = values[key]
+                        collected.setdefault(f"{modality}: {name}", []).append(values[key])
+                else:
+                    slices = syndiff_metrics(prediction, reference)
+                    for key, name in SYNDIFF_NAMES.items():
+                        per_slice = list(getattr(slices, key).values())
+                        patient.values[f"{modality}: {name}"] = _finite(float(np.mean([v for v in per_slice if math.isfinite(v)]))) if per_slice else None
+                        slice_values.setdefault(f"{modality}: {name}", []).extend(per_slice)
+                    patient.problems += [f"{filename}: {note}" for note in slices.notes]
+            except ValueError as error:
+                patient.problems.append(f"{filename}: {error}")
+                continue
+            if page is not None:
+                page.add_translation(patient_id, modality, prediction, reference, pred_folder, ref_folder, patient.values)
+        progress(ProgressEvent(task=f"evaluate {system.name}", completed=index + 1, total=len(pairs)))
+    for name, values in collected.items():
+        unit = "HU" if name.startswith("ct: MAE") else ("dB" if "PSNR" in name else "")
+        system.metrics[name] = _summary(name, values, unit=unit, note="mean ± std over patients")
+    for name, values in slice_values.items():
+        system.metrics[name] = _summary(name, values, unit="dB" if "PSNR" in name else "", note="mean ± std over slices")
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+def _scored_text(report: Any) -> tuple[str, bool]:
+    """The FINDINGS section (R2Gen convention) or, when absent, the whole text (flag True)."""
+    return (report.findings, False) if report.findings.strip() else (report.text, True)
+
+
+def _evaluate_reports(system: SystemResult, ref_dir: Path, page: "_PageCollector | None", progress: ProgressFn, *, labeler: Any, cleaning: str) -> None:
+    from medm2g_core import io
+    from medm2g_core.metrics.clinical import label_scores
+    from medm2g_core.metrics.text import BLEU_NAMES, ROUGE_NAME, score_reports
+
+    predictions: dict[str, str] = {}
+    references: dict[str, str] = {}
+    whole_text = 0
+    pairs = _pairs(system, ref_dir, ("report.txt",))
+    for index, (patient_id, pred_folder, ref_folder) in enumerate(pairs):
+        patient = _patient(system, patient_id)
+        try:
+            prediction, reference = io.read_report(pred_folder / "report.txt"), io.read_report(ref_folder / "report.txt")
+        except (InputError, OSError, ValueError) as error:
+            patient.problems.append(f"report.txt: unreadable ({error})")
+            continue
+        (pred_text, pred_whole), (ref_text, ref_whole) = _scored_text(prediction), _scored_text(reference)
+        whole_text += pred_whole or ref_whole
+        if not pred_text.strip():
+            patient.problems.append("report.txt: the prediction is empty")
+            continue
+        predictions[patient_id], references[patient_id] = pred_text, ref_text
+        progress(ProgressEvent(task=f"evaluate {system.name}", completed=index + 1, total=len(pairs)))
+    if not predictions:
+        return
+    if whole_text:
+        system.notes.append(f"{whole_text} report(s) without a FINDINGS heading were scored on their whole text")
+    text_scores = score_reports(predictions, references, cleaning=cleaning)  # type: ignore[arg-type]
+    system.notes += text_scores.notes
+    for name, value in text_scores.corpus.items():
+        note = "corpus-level" if value is not None else "; ".join(text_scores.notes)
+        system.metrics[name] = MetricSummary(name, value, None, len(predictions), note=note)
+    for name in (BLEU_NAMES[3], ROUGE_NAME):
+        for patient_id, value in text_scores.per_report[name].items():
+            _patient(system, patient_id).values[name] = value
+    clinical = label_scores(predictions, references, labeler=labeler)
+    for average in ("micro", "macro"):
+        for key in ("precision", "recall", "f1"):
+            name = f"CE-{key}[{clinical.labeler}, {average}, uncertain=positive]"
+            system.metrics[name] = MetricSummary(name, getattr(clinical, average)[key], None, len(predictions))
+    if page is not None:
+        for patient_id in list(predictions)[:REPORT_PAIRS]:
+            page.add_report(patient_id, predictions[patient_id], references[patient_id],
+                            clinical.predicted_labels[patient_id], clinical.reference_labels[patient_id])
+
+
+# --- X-ray distribution ----------------------------------------------------------------------------
+
+def _resolve_extractor(features: Any) -> Any:
+    from medm2g_core.metrics.distribution import load_feature_extractor
+
+    if features is None:
+        raise InputError(None, "the xray task (FID/KID) needs a feature extractor, and none was given",
+                         "pass --features FILE.safetensors (torchvision or torchxrayvision DenseNet-121 weights); the "
+                         "bundle's aligned X-ray encoder as default extractor is not available in this version")
+    if isinstance(features, (str, Path)):
+        return load_feature_extractor(features)
+    if not callable(features) or not isinstance(getattr(features, "name", None), str):
+        raise InputError(None, "features must be a .safetensors path or an extractor with a name and __call__(images)")
+    return features
+
+
+def _unit_float(image: np.ndarray) -> np.ndarray:
+    """A 2D X-ray as float32 in [0, 1]: integer images by their dtype's range, floats by min–max."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image.mean(axis=-1)
+    if np.issubdtype(image.dtype, np.integer):
+        return (image.astype(np.float32) / float(np.iinfo(image.dtype).max)).clip(0, 1)
+    low, high = float(image.min()), float(image.max())
+    return ((image - low) / (high - low if high > low else 1.0)).astype(np.float32)
+
+
+def _evaluate_xray(system: SystemResult, ref_dir: Path, progress: ProgressFn, *, extractor: Any) -> None:
+    from medm2g_core.metrics.distribution import frechet_distance, kernel_inception_distance
+
+    pairs = _pairs(system, ref_dir, ("xray.png",))
+    fake: list[np.ndarray] = []
+    real: list[np.ndarray] = []
+    for index, (patient_id, pred_folder, ref_folder) in enumerate(pairs):
+        patient = _patient(system, patient_id)
+        try:
+            prediction, _ = _read(pred_folder / "xray.png")
+            reference, _ = _read(ref_folder / "xray.png")
+            fake.append(np.asarray(extractor(_unit_float(prediction)[None]))[0])
+            real.append(np.asarray(extractor(_unit_float(reference)[None]))[0])
+        except (InputError, OSError, ValueError) as error:
+            patient.problems.append(f"xray.png: unreadable ({error})")
+        progress(ProgressEvent(task=f"evaluate {system.name}", completed=index + 1, total=len(pairs)))
+    fid_name, kid_name = f"FID[{extractor.name}]", f"KID[{extractor.name}, poly d3]"
+    if len(fake) < 2:
+        system.metrics[fid_name] = MetricSummary(fid_name, None, note="needs at least 2 image pairs")
+        return
+    note = f"{len(fake)} generated vs {len(real)} real images; comparable only with the same extractor"
+    system.metrics[fid_name] = MetricSummary(fid_name, frechet_distance(np.stack(fake), np.stack(real)), None, len(fake), note=note)
+    kid = kernel_inception_distance(np.stack(fake), np.stack(real), subsets=100, subset_size=1000)
+    system.metrics[kid_name] = MetricSummary(kid_name, kid.mean, kid.std, len(fake), note=f"{note}; {kid.subsets} subsets of {kid.subset_size}")
+    if len(fake) < 50:
+        system.notes.append(f"FID on {len(fake)} images is strongly biased upwards; compare only at equal sample counts")
+
+
+# --- HTML page -------------------------------------------------------------------------------------
+
+class _PageCollector:
+    """Keeps the few arrays the HTML page shows (mid axial slices of the first patients)."""
+
+    def __init__(self) -> None:
+        from medm2g_core.metrics.report import ImageRow, ReportPair
+
+        self.image_rows: list[ImageRow] = []
+        self.report_pairs: list[ReportPair] = []
+
+    def add_translation(self, patient_id: str, modality: str, prediction: np.ndarray, reference: np.ndarray,
+                        pred_folder: Path, ref_folder: Path, values: Mapping[str, float | None]) -> None:
+        from medm2g_core.metrics.report import ImageRow
+
+        if len(self.image_rows) >= PANEL_PATIENTS:
+            return
+
+        def middle(volume: np.ndarray) -> np.ndarray:
+            # (i, j) slice shown transposed: rows = j (anterior at the top), columns = i (patient right on the left).
+            return (volume[:, :, volume.shape[2] // 2] if volume.ndim == 3 else volume).T
+
+        images: dict[str, np.ndarray | None] = {"prediction": middle(prediction), "reference": middle(reference),
+                                                "error": middle(np.abs(prediction.astype(np.float64) - reference)),
+                                                "input": None, "uncertainty": None}
+        if modality == "ct":
+            window = (-160.0, 240.0)
+            windows = {"prediction": window, "reference": window, "error": (0.0, 200.0)}
+        else:
+            high = float(np.percentile(reference, 99.5)) or 1.0
+            windows = {"prediction": (0.0, high), "reference": (0.0, high), "error": (0.0, 0.25 * high)}
+        for other in INPUT_PREFERENCE[modality]:
+            path = ref_folder / VOLUME_FILES[other]
+            if path.is_file():
+                try:
+                    volume, _ = _read(path)
+                except (InputError, OSError, ValueError):
+                    continue
+                if volume.shape == reference.shape:
+                    images["input"] = middle(volume)
+                    windows["input"] = (-160.0, 240.0) if other == "ct" else (0.0, float(np.percentile(volume, 99.5)) or 1.0)
+                    break
+        std_path = pred_folder / VOLUME_FILES[modality].replace(".nii.gz", ".std.nii.gz")
+        if std_path.is_file():
+            try:
+                std, _ = _read(std_path)
+                if std.shape == reference.shape:
+                    images["uncertainty"] = middle(std)
+                    windows["uncertainty"] = (0.0, float(np.percentile(std, 99.5)) or 1.0)
+            except (InputError, OSError, ValueError):
+                pass
+        caption = modality + ": " + ", ".join(f"{k.split('[')[0].split(': ')[-1]} {v:.4g}" for k, v in values.items() if k.startswith(modality) and v is not None)
+        self.image_rows.append(ImageRow(patient_id, images, windows, caption))
+
+    def add_report(self, patient_id: str, prediction: str, reference: str, predicted: Mapping[str, int | None], referenced: Mapping[str, int | None]) -> None:
+        from medm2g_core.metrics.report import ReportPair
+
+        self.report_pairs.append(ReportPair(patient_id, prediction, reference, predicted, referenced))
+
+    def page(self, result: EvaluationResult) -> Any:
+        from medm2g_core.metrics.report import Page
+
+        columns, rows = result.table()
+        histograms: dict[str, list[float]] = {}
+        for patient in result.model.patients:
+            for name, value in patient.values.items():
+                if value is not None:
+                    histograms.setdefault(name, []).append(value)
+        notes = [f"{name}: {s.note}" for name, s in result.model.metrics.items() if s.note] + result.model.notes
+        notes += result.problems or ["no problems found"]
+        return Page(title=f"medm2g evaluate — {result.task} ({result.model.pred_dir} vs {result.ref_dir})",
+                    columns=columns, table=rows, image_rows=self.image_rows, report_pairs=self.report_pairs,
+                    histograms=histograms, notes=notes)

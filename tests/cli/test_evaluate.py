@@ -1,0 +1,51 @@
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medm2g_cli.main import app
+
+runner = CliRunner()
+
+
+def test_cli_passes_options_to_the_core(monkeypatch, tmp_path):
+    from medm2g_core.pipelines import evaluate as pipeline
+
+    seen = {}
+
+    def fake(task, **kwargs):
+        seen.update(task=task, **kwargs)
+        return pipeline.EvaluationResult(task=task, ref_dir=kwargs["ref_dir"], systems={
+            "model": pipeline.SystemResult("model", kwargs["pred_dir"], {"X[y]": pipeline.MetricSummary("X[y]", 1.5, 0.1, 3)})})
+
+    monkeypatch.setattr(pipeline, "evaluate", fake)
+    result = runner.invoke(app, ["evaluate", "--task", "report", "--pred", str(tmp_path), "--ref", str(tmp_path / "r"),
+                                 "--baseline", f"nn={tmp_path / 'nn'}", "--html", str(tmp_path / "e.html"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen["task"] == "report" and seen["baselines"] == {"nn": tmp_path / "nn"} and seen["html"] == tmp_path / "e.html"
+    assert seen["cleaning"] == "iu_xray" and seen["features"] is None
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["systems"]["model"]["metrics"]["X[y]"]["value"] == 1.5
+
+
+def test_cli_usage_errors(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--task", "nope", "--pred", str(tmp_path), "--ref", str(tmp_path)])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["evaluate", "--task", "translation", "--pred", str(tmp_path), "--ref", str(tmp_path), "--baseline", "identity"])
+    assert result.exit_code == 2 and "not available in this version" in result.output
+    result = runner.invoke(app, ["evaluate", "--task", "xray", "--pred", str(tmp_path), "--ref", str(tmp_path)])
+    assert result.exit_code == 2 and "--features" in result.output
+
+
+def test_cli_real_report_run(tmp_path: Path):
+    from medm2g_core import io
+
+    for n, (pred, ref) in enumerate([("No pleural effusion.", "No effusion."), ("The heart is enlarged.", "Cardiomegaly.")]):
+        io.write_report(tmp_path / "pred" / f"P{n}" / "report.txt", f"FINDINGS: {pred}", synthetic=True)
+        io.write_report(tmp_path / "ref" / f"P{n}" / "report.txt", f"FINDINGS: {ref}", synthetic=True)
+    io.write_report(tmp_path / "ref" / "P9" / "report.txt", "FINDINGS: Normal.", synthetic=True)
+    result = runner.invoke(app, ["evaluate", "--task", "report", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--json"])
+    assert result.exit_code == 1  # P9 has no prediction: reported, not a crash
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["systems"]["model"]["metrics"]["CE-f1[rule-based, micro, uncertain=positive]"]["value"] == 1.0
+    assert "P9: missing prediction" in result.output
