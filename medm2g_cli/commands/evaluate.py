@@ -71,13 +71,19 @@ def evaluate(
             cleaning=cleaning,
             progress=report_progress,
         )
+    from rich.markup import escape  # metric names hold "[convention]" brackets that rich would eat as markup
+
     columns, rows = result.table()
-    console.table(f"medm2g evaluate --task {task}", ["metric [convention]", *columns], [[name, *cells] for name, cells in rows])
+    console.table(
+        f"medm2g evaluate --task {task}",
+        [escape("metric [convention]"), *map(escape, columns)],
+        [[escape(name), *map(escape, cells)] for name, cells in rows],
+    )
     for name, system in result.systems.items():
         for note in system.notes:
-            console.info(f"note ({name}): {note}")
+            console.info(escape(f"note ({name}): {note}"))
     for problem in result.problems:
-        console.warn(problem)
+        console.warn(escape(problem))
     if result.html is not None:
         console.info(f"HTML report: {result.html}")
     if json_out:
