@@ -69,3 +69,16 @@ def test_problems_give_exit_1_and_are_listed(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "CXR2" in result.output and "not well-formed" in result.output
     assert (tmp_path / "c" / "CXR1" / "report.txt").is_file()
+
+
+def test_imported_real_iu_xray_passes_data_index(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "iu_xray"
+    if not source.is_dir():
+        pytest.skip("no iu_xray in shared data")
+    assert runner.invoke(app, ["data", "import", "iu-xray", str(source), "--out", str(tmp_path / "c"), "--json"]).exit_code == 0
+    result = runner.invoke(app, ["data", "index", str(tmp_path / "c"), "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert len(records) == 3336
+    assert sum(1 for r in records if set(r["files"]) == {"report"}) == 3334
+    assert {r["patient_id"] for r in records if "xray" in r["files"]} == {"CXR7", "CXR1900"}

@@ -421,3 +421,38 @@ def test_brats_fake_tree(tmp_path: Path, naming: str) -> None:
     assert os.readlink(tmp_path / "cohort" / first / "mri-t2.nii.gz").endswith("t2.nii.gz" if naming == "2021" else "t2w.nii.gz")
     assert result.patients == 2 and result.problems == []
     assert any("1 cases have no seg.nii.gz" in note for note in result.notes)
+
+
+# --- what `data index` makes of imported folders --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_iu_cohort(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    source = shared_data / "iu_xray"
+    if not source.is_dir():
+        pytest.skip("no iu_xray in shared data")
+    out = tmp_path_factory.mktemp("iu") / "cohort"
+    import_dataset("iu-xray", source, out=out)
+    return out
+
+
+def test_data_index_accepts_real_iu_xray_import(real_iu_cohort: Path) -> None:
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.modalities import Modality
+
+    records = {record.patient_id: record for record in scan_cohort(real_iu_cohort)}
+    assert len(records) == 3336
+    reports_only = [r for r in records.values() if set(r.files) == {Modality.REPORT}]
+    assert len(reports_only) == 3334 and all(not r.problems for r in reports_only)
+    for patient in ("CXR7", "CXR1900"):
+        assert set(records[patient].files) == {Modality.XRAY, Modality.REPORT}
+        assert records[patient].shapes[Modality.XRAY] == (512, 512)
+        # The only thing index has to say about them is the extra lateral view (see the xfail below).
+        assert [p for p in records[patient].problems if not p.startswith("xray-lateral.png")] == []
+
+
+@pytest.mark.xfail(reason="data index reports xray-lateral.png as an unrecognised file; it should accept extra X-ray views", strict=False)
+def test_data_index_accepts_lateral_views(real_iu_cohort: Path) -> None:
+    from medm2g_core.data.manifest import scan_cohort
+
+    assert all(not record.problems for record in scan_cohort(real_iu_cohort))

@@ -9,7 +9,7 @@ Output ``IXI002-Guys-0828/``: ``mri-t1.nii.gz``, ``mri-t2.nii.gz``, ``mri-pd.nii
 
 IXI T1, T2 and PD are **not co-registered**: T2 and PD come from one dual-echo acquisition and share a
 grid, T1 was acquired separately on another grid. Registration is the user's job; ``data index``
-flags the grid mismatch.
+shows each contrast's shape and spacing.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _FILE = re.compile(r"^(?P<prefix>.*?)(?P<subject>IXI\d{3}-[A-Za-z]+-\d{4})-(?P<c
 _CONTRASTS = {"T1": "mri-t1.nii.gz", "T2": "mri-t2.nii.gz", "PD": "mri-pd.nii.gz"}
 NOT_REGISTERED = (
     "IXI T1, T2 and PD are not co-registered (T2 and PD share a grid, T1 differs): register them before "
-    "voxel-wise training; `medm2g data index` flags the grid mismatch"
+    "voxel-wise training (`medm2g data index` shows each contrast's shape and spacing)"
 )
 
 
