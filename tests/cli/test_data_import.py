@@ -49,17 +49,6 @@ def test_unknown_dataset_exit_2(tmp_path: Path) -> None:
     assert "iu-xray" in result.output
 
 
-def test_real_iu_xray_json_summary(shared_data: Path, tmp_path: Path) -> None:
-    source = shared_data / "iu_xray"
-    if not source.is_dir():
-        pytest.skip("no iu_xray in shared data")
-    result = runner.invoke(app, ["data", "import", "iu-xray", str(source), "--out", str(tmp_path / "c"), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip())
-    assert summary["patients"] == 3336 and summary["reports_only"] == 3334 and summary["problems"] == []
-    assert summary["splits"] == {"train": 2069, "val": 296}
-
-
 def test_problems_give_exit_1_and_are_listed(tmp_path: Path) -> None:
     source = tmp_path / "iu" / "ecgen-radiology"
     source.mkdir(parents=True)
@@ -75,7 +64,11 @@ def test_imported_real_iu_xray_passes_data_index(shared_data: Path, tmp_path: Pa
     source = shared_data / "iu_xray"
     if not source.is_dir():
         pytest.skip("no iu_xray in shared data")
-    assert runner.invoke(app, ["data", "import", "iu-xray", str(source), "--out", str(tmp_path / "c"), "--json"]).exit_code == 0
+    imported = runner.invoke(app, ["data", "import", "iu-xray", str(source), "--out", str(tmp_path / "c"), "--json"])
+    assert imported.exit_code == 0, imported.output
+    summary = json.loads(imported.stdout.strip())
+    assert summary["patients"] == 3336 and summary["reports_only"] == 3334 and summary["problems"] == []
+    assert summary["splits"] == {"train": 2069, "val": 296}
     result = runner.invoke(app, ["data", "index", str(tmp_path / "c"), "--json"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medm2g_core.data.importers import import_dataset
+from medm2g_core.data.importers import ImportResult, import_dataset
 from medm2g_core.data.importers.iu_xray import import_iu_xray
 from medm2g_core.errors import ConfigError, InputError
 from medm2g_core.io import read_report
@@ -189,25 +189,6 @@ def test_iu_xray_refuses_dtd(tmp_path: Path) -> None:
     (source / "ecgen-radiology" / "6.xml").write_text(xml_report(6, "Clear.", "Normal.", []))
     result = import_iu_xray(source, out=tmp_path / "cohort")
     assert result.patients == 1 and "DTD" in result.problems[0]
-
-
-def test_iu_xray_real_shared_data(shared_data: Path, tmp_path: Path) -> None:
-    source = shared_data / "iu_xray"
-    if not source.is_dir():
-        pytest.skip("no iu_xray in shared data")
-    result = import_dataset("iu-xray", source, out=tmp_path / "cohort")
-    cohort = tmp_path / "cohort"
-    # 3,364 studies; 28 have neither findings nor impression; 2 studies (7, 1900) have images.
-    assert result.problems == []
-    assert result.patients == 3336
-    assert result.files["xray.png"] == 2 and result.files["xray-lateral.png"] == 2
-    assert result.reports_only == 3334
-    assert result.splits == {"train": 2069, "val": 296}
-    for uid, image in ((7, "CXR7_IM-2263-1001.png"), (1900, "CXR1900_IM-0584-1001.png")):
-        assert Path(os.readlink(cohort / f"CXR{uid}" / "xray.png")) == (source / "images" / image).resolve()
-    report = read_report(cohort / "CXR7" / "report.txt")
-    assert report.findings.startswith("The cardiac contours are normal.")
-    assert report.impression == "Basilar atelectasis. No confluent lobar consolidation or pleural effusion."
 
 
 # --- bad input, dispatch ---------------------------------------------------------------------------
@@ -427,20 +408,38 @@ def test_brats_fake_tree(tmp_path: Path, naming: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_iu_cohort(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+def real_iu_cohort(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, ImportResult]:
+    """The real IU X-ray reports and images in ../shared/data imported once (symlinks into it)."""
     source = shared_data / "iu_xray"
     if not source.is_dir():
         pytest.skip("no iu_xray in shared data")
     out = tmp_path_factory.mktemp("iu") / "cohort"
-    import_dataset("iu-xray", source, out=out)
-    return out
+    return out, import_dataset("iu-xray", source, out=out)
 
 
-def test_data_index_accepts_real_iu_xray_import(real_iu_cohort: Path) -> None:
+def test_iu_xray_real_shared_data(real_iu_cohort: tuple[Path, ImportResult], shared_data: Path) -> None:
+    cohort, result = real_iu_cohort
+    source = shared_data / "iu_xray"
+    # 3,364 studies; 28 have neither findings nor impression; 2 studies (7, 1900) have images.
+    assert result.problems == []
+    assert result.patients == 3336
+    assert result.files["xray.png"] == 2 and result.files["xray-lateral.png"] == 2
+    assert result.reports_only == 3334
+    assert result.splits == {"train": 2069, "val": 296}
+    for uid, image in ((7, "CXR7_IM-2263-1001.png"), (1900, "CXR1900_IM-0584-1001.png")):
+        assert Path(os.readlink(cohort / f"CXR{uid}" / "xray.png")) == (source / "images" / image).resolve()
+    report = read_report(cohort / "CXR7" / "report.txt")
+    assert report.findings.startswith("The cardiac contours are normal.")
+    assert report.impression == "Basilar atelectasis. No confluent lobar consolidation or pleural effusion."
+
+
+
+
+def test_data_index_accepts_real_iu_xray_import(real_iu_cohort: tuple[Path, ImportResult]) -> None:
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.modalities import Modality
 
-    records = {record.patient_id: record for record in scan_cohort(real_iu_cohort)}
+    records = {record.patient_id: record for record in scan_cohort(real_iu_cohort[0])}
     assert len(records) == 3336
     reports_only = [r for r in records.values() if set(r.files) == {Modality.REPORT}]
     assert len(reports_only) == 3334 and all(not r.problems for r in reports_only)
@@ -452,7 +451,7 @@ def test_data_index_accepts_real_iu_xray_import(real_iu_cohort: Path) -> None:
 
 
 @pytest.mark.xfail(reason="data index reports xray-lateral.png as an unrecognised file; it should accept extra X-ray views", strict=False)
-def test_data_index_accepts_lateral_views(real_iu_cohort: Path) -> None:
+def test_data_index_accepts_lateral_views(real_iu_cohort: tuple[Path, ImportResult]) -> None:
     from medm2g_core.data.manifest import scan_cohort
 
-    assert all(not record.problems for record in scan_cohort(real_iu_cohort))
+    assert all(not record.problems for record in scan_cohort(real_iu_cohort[0]))
