@@ -17,4 +17,38 @@ def info(
     json_out: JsonOut = False,
 ) -> None:
     """Show a bundle's modalities, flows, training data, metrics and forgetting report."""
-    console.not_available("info", 5)
+    from medm2g_core.bundle import Bundle
+
+    opened = Bundle.open(bundle)  # reads bundle.json only
+    summary = opened.summary()
+    if json_out:
+        console.emit_json(summary)
+        return
+    data = summary.get("data") or {}
+    console.table(
+        f"bundle {opened.path}",
+        ["field", "value"],
+        [
+            ["format", summary["format_version"]],
+            ["created by", f"{summary.get('created_by')} ({summary.get('created')})"],
+            ["modalities", ", ".join(summary["modalities"]) or "none"],
+            ["flows (training order)", ", ".join(summary["flows"]) or "none"],
+            ["patients", data.get("patients", "?")],
+            ["synthetic data", data.get("synthetic", "?")],
+            ["stages", ", ".join(f"{k} ({v.get('steps', '?')} steps)" for k, v in summary["stages"].items()) or "none"],
+        ],
+    )
+    rows = []
+    for stage, metrics in summary["metrics"].items():
+        for split, directions in (metrics.get("retrieval") or {}).items():
+            for direction, values in directions.items():
+                rows.append([stage, split, direction, f"{values['R@1']:.2f}", f"{values['R@5']:.2f}", f"{values['median_rank']:g}", f"{values['chance_R@1']:.2f}"])
+        for name, value in metrics.items():
+            if name != "retrieval" and not isinstance(value, dict):
+                rows.append([stage, "", name, f"{value:.4g}" if isinstance(value, float) else str(value), "", "", ""])
+    if rows:
+        console.table("metrics", ["stage", "split", "metric", "R@1/value", "R@5", "median rank", "chance R@1"], rows)
+    if summary["forgetting"]:
+        console.table("forgetting", ["flow", "report"], [[k, str(v)] for k, v in summary["forgetting"].items()])
+    if data.get("synthetic"):
+        console.warn("this bundle was trained on synthetic phantoms; its outputs mean nothing clinically")
