@@ -1,7 +1,11 @@
 """PNG (8/16-bit grayscale) and JPEG images with Pillow; X-rays are 2D ``(rows, cols)`` arrays.
 
 PNG has no standard place for a pixel spacing in mm, so medm2g stores it in a text chunk
-(``medm2g:spacing`` = "row_mm col_mm", the DICOM PixelSpacing order) and reads it back. Synthetic
+(``medm2g:spacing`` = "row_mm col_mm", the DICOM PixelSpacing order) and reads it back; the world
+geometry goes beside it (``medm2g:origin`` = "x y z" LPS mm, ``medm2g:direction`` = the 3×3 direction
+matrix row by row, nine numbers), so an X-ray keeps e.g. the PA projection frame a DRR was made in.
+Files without these chunks (any PNG not written by medm2g) read with zero origin and identity
+direction. Synthetic
 images carry ``Software: medm2g ...``, ``medm2g:synthetic: true`` and a human-readable comment.
 A file whose bytes disagree with its suffix (a JPEG named .png) is read by content and the mismatch
 is recorded in ``meta.extra["format_mismatch"]``.
@@ -23,6 +27,8 @@ KEY_SPACING = "medm2g:spacing"
 KEY_SYNTHETIC = "medm2g:synthetic"
 KEY_MODALITY = "medm2g:modality"
 KEY_UNITS = "medm2g:units"
+KEY_ORIGIN = "medm2g:origin"
+KEY_DIRECTION = "medm2g:direction"
 
 _MODE_DTYPES = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16, "I": np.int32}
 
@@ -32,7 +38,8 @@ def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
 
     Colour images are converted to grayscale (luminance) and ``meta.extra["converted_from"]`` says so.
     Spacing is read from the ``medm2g:spacing`` text chunk, else 1.0 mm with
-    ``meta.extra["spacing_source"] = "unknown"``.
+    ``meta.extra["spacing_source"] = "unknown"``; origin and direction from ``medm2g:origin`` /
+    ``medm2g:direction``, else zero and identity.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -67,6 +74,13 @@ def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
         spacing = (1.0, 1.0)
         extra["spacing_source"] = "unknown"
     modality = text.get(KEY_MODALITY) or _name_modality(path)
+    geometry: dict[str, object] = {}
+    origin = _parse_numbers(text.get(KEY_ORIGIN), 3)
+    if origin is not None:
+        geometry["origin"] = origin
+    direction = _parse_direction(text.get(KEY_DIRECTION))
+    if direction is not None:
+        geometry["direction"] = direction
     meta = ImageMeta(
         spacing=spacing,
         shape=tuple(int(s) for s in array.shape),
@@ -76,6 +90,7 @@ def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
         orientation="",
         synthetic=text.get(KEY_SYNTHETIC, "").lower() == "true",
         extra=extra,
+        **geometry,  # type: ignore[arg-type]
     )
     return array, meta
 
@@ -83,8 +98,8 @@ def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
 def write_png(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
     """Write a 2D uint8 or uint16 array (``(rows, cols)``) as grayscale PNG, atomically.
 
-    Pixel spacing (mm, row then column) goes into the ``medm2g:spacing`` text chunk; synthetic images
-    are marked. Other dtypes are refused: scale and cast first (e.g. ``(x * 65535).astype(np.uint16)``).
+    Pixel spacing (mm, row then column) goes into the ``medm2g:spacing`` text chunk, origin and
+    direction into ``medm2g:origin`` / ``medm2g:direction``; synthetic images are marked. Other dtypes are refused: scale and cast first (e.g. ``(x * 65535).astype(np.uint16)``).
     """
     from PIL import Image, PngImagePlugin
 
@@ -105,6 +120,8 @@ def write_png(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", f"medm2g {__version__}")
     info.add_text(KEY_SPACING, " ".join(repr(float(s)) for s in tuple(meta.spacing)[:2]))
+    info.add_text(KEY_ORIGIN, " ".join(repr(float(v)) for v in tuple(meta.origin)[:3]))
+    info.add_text(KEY_DIRECTION, " ".join(repr(float(v)) for row in meta.direction for v in row))
     if meta.modality:
         info.add_text(KEY_MODALITY, str(meta.modality))
     if meta.units:
@@ -127,6 +144,30 @@ def _parse_spacing(text: str | None) -> tuple[float, float] | None:
     if len(values) != 2 or not all(np.isfinite(values)) or min(values) <= 0:
         return None
     return (values[0], values[1])
+
+
+def _parse_numbers(text: str | None, count: int) -> tuple[float, ...] | None:
+    """``count`` finite numbers separated by spaces (or DICOM backslashes), else None."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.replace("\\", " ").split()]
+    except ValueError:
+        return None
+    if len(values) != count or not all(np.isfinite(values)):
+        return None
+    return tuple(values)
+
+
+def _parse_direction(text: str | None) -> tuple[tuple[float, float, float], ...] | None:
+    """Nine numbers (3×3, row by row) forming an orthonormal matrix, else None."""
+    values = _parse_numbers(text, 9)
+    if values is None:
+        return None
+    matrix = np.asarray(values, dtype=float).reshape(3, 3)
+    if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-4):
+        return None
+    return tuple(tuple(float(v) for v in row) for row in matrix)  # type: ignore[return-value]
 
 
 def _name_modality(path: Path) -> str | None:

@@ -27,6 +27,30 @@ def test_round_trip_keeps_pixels_spacing_and_synthetic(tmp_path, dtype):
     assert back_meta.synthetic and back_meta.modality == "xray" and back_meta.source_format == "png"
 
 
+def test_round_trip_keeps_origin_and_direction(tmp_path):
+    # The PA projection frame drr_from_ct gives a phantom X-ray: rows run inferior, cols run left.
+    pa = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0))
+    meta = ImageMeta(spacing=(0.7, 0.4), origin=(-120.5, 0.0, 310.25), direction=pa, shape=(6, 5), modality="xray")
+    path = io.write(tmp_path / "xray.png", np.zeros((6, 5), np.uint16), meta)
+    with Image.open(path) as image:
+        assert image.text["medm2g:origin"] and image.text["medm2g:direction"]
+    _, back = io.read(path)
+    assert back.origin == pytest.approx(meta.origin) and back.direction == pa
+    np.testing.assert_allclose(back.affine_lps, meta.affine_lps)
+    # A PNG from elsewhere (no medm2g chunks, or damaged ones) keeps the defaults.
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "plain.png")
+    _, plain = io.read(tmp_path / "plain.png")
+    assert plain.origin == (0.0, 0.0, 0.0) and plain.direction == ImageMeta(spacing=(1.0, 1.0)).direction
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("medm2g:origin", "1 2")
+    info.add_text("medm2g:direction", "2 0 0 0 1 0 0 0 1")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "odd.png", pnginfo=info)
+    _, odd = io.read(tmp_path / "odd.png")
+    assert odd.origin == (0.0, 0.0, 0.0) and odd.direction == plain.direction
+
+
 def test_real_rgb_png_is_read_as_grayscale(shared_data):
     array, meta = io.read(shared_data / "iu_xray" / "images" / "CXR7_IM-2263-1001.png")
     assert array.shape == (512, 512) and array.dtype == np.uint8
