@@ -52,12 +52,16 @@ def detect_format(path: str | Path) -> str | None:
     return claimed
 
 
-def read(path: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+def read(path: str | Path, *, series_uid: str | None = None, allow_irregular: bool = False) -> tuple[np.ndarray, ImageMeta]:
     """Read an image or volume → ``(array, ImageMeta)``.
 
     Args:
         path: a NIfTI (.nii/.nii.gz), DICOM file, DICOM series folder, MHA/MHD/NRRD, PNG or JPEG.
         series_uid: for a folder holding several DICOM series, the SeriesInstanceUID to read.
+        allow_irregular: read a DICOM series (or multi-frame file) with missing slices, uneven spacing
+            or gantry tilt anyway, instead of raising: slices are stacked in position order on the
+            median step, ``meta.extra["irregular"]`` says what was wrong and
+            ``meta.extra["slice_positions"]`` keeps each slice's position (LPS mm).
 
     Returns:
         The array — ``(i, j, k)`` for volumes, ``(rows, cols)`` for X-rays/PNG/JPEG — and its
@@ -71,7 +75,7 @@ def read(path: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray
     if path.is_dir():
         from medm2g_core.io.dicom import read_dicom_series
 
-        return read_dicom_series(path, series_uid=series_uid)
+        return read_dicom_series(path, series_uid=series_uid, allow_irregular=allow_irregular)
     require_file(path)
     claimed = format_from_suffix(path)
     if claimed == "text":
@@ -88,7 +92,7 @@ def read(path: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray
     if kind == "dicom":
         from medm2g_core.io.dicom import read_dicom_file
 
-        return read_dicom_file(path)
+        return read_dicom_file(path, allow_irregular=allow_irregular)
     if kind in ("mha", "nrrd"):
         from medm2g_core.io.sitk import read_sitk
 

@@ -5,7 +5,10 @@ Reading
     ``InputError`` listing them unless one is chosen), sorted by ImagePositionPatient projected on the
     slice normal — never by file name or InstanceNumber — and the slice spacing comes from those
     positions, not from SliceThickness. Missing slices, uneven spacing, duplicate positions, mixed
-    orientations and gantry tilt raise ``InputError``.
+    orientations and gantry tilt raise ``InputError``; with ``allow_irregular=True`` missing slices,
+    uneven spacing and gantry tilt are read anyway: the slices are stacked in position order on the
+    median step, the problem is recorded in ``meta.extra["irregular"]`` and every slice's
+    ImagePositionPatient in ``meta.extra["slice_positions"]`` (the grid alone cannot hold them).
   * RescaleSlope/Intercept are applied (CT → HU, int16 when integral). Compressed transfer syntaxes
     decode through pydicom's pixel handlers (pylibjpeg/openjpeg when installed).
   * Volumes are ``(i, j, k)`` = (column, row, slice), axis i along the DICOM row direction
@@ -270,12 +273,12 @@ def _units(dataset: Any, modality: str | None, rescaled: bool) -> str:
     return "a.u."
 
 
-def read_dicom_file(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+def read_dicom_file(path: str | Path, *, allow_irregular: bool = False) -> tuple[np.ndarray, ImageMeta]:
     """Read one DICOM file (single- or multi-frame) → ``(array, ImageMeta)``.
 
     CT/MR slices with a patient geometry give ``(cols, rows, frames)`` volumes; X-rays and images
     without ImageOrientationPatient give 2D ``(rows, cols)`` arrays (multi-frame without geometry:
-    ``(cols, rows, frames)`` with a unit grid).
+    ``(cols, rows, frames)`` with a unit grid). ``allow_irregular``: see ``read_dicom_series``.
     """
     path = require_file(path)
     dataset = _dcmread(path)
@@ -325,7 +328,9 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
         for item, offset in zip(slices, offsets):  # RT Dose style: positions given as offsets along the normal
             item.position = slices[0].position + normal * offset
     thickness = _float_list(dataset.get("SpacingBetweenSlices")) or _float_list(_functional(dataset, 0, "PixelMeasuresSequence", "SliceThickness"))
-    array, origin, direction, spacing = _assemble(slices, path, spacing_rc=spacing_rc, fallback_step=(thickness or [1.0])[0])
+    array, origin, direction, spacing = _assemble(
+        slices, path, spacing_rc=spacing_rc, fallback_step=(thickness or [1.0])[0], allow_irregular=allow_irregular, notes=notes
+    )
     meta = ImageMeta(
         spacing=spacing,
         origin=origin,
@@ -357,9 +362,26 @@ def _orientation(direction: Any) -> str:
 
 
 def _assemble(
-    slices: list[_Slice], where: Path, *, spacing_rc: tuple[float, float] | None, fallback_step: float
+    slices: list[_Slice],
+    where: Path,
+    *,
+    spacing_rc: tuple[float, float] | None,
+    fallback_step: float,
+    allow_irregular: bool = False,
+    notes: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, tuple[float, float, float], tuple[tuple[float, float, float], ...], tuple[float, float, float]]:
-    """Sort slices along their normal, check the grid is regular, and stack to ``(cols, rows, slices)``."""
+    """Sort slices along their normal, check the grid is regular, and stack to ``(cols, rows, slices)``.
+
+    With ``allow_irregular`` missing slices, uneven spacing and gantry tilt are written into
+    ``notes["irregular"]`` (and the sorted positions into ``notes["slice_positions"]``) instead of
+    raising; the step is then the median gap.
+    """
+    irregular: list[str] = []
+
+    def irregularity(problem: str, fix: str) -> None:
+        if not allow_irregular:
+            raise InputError(where, problem, fix)
+        irregular.append(problem)
     known = [s for s in slices if s.position is not None and s.orientation is not None]
     if known and len(known) != len(slices):
         raise InputError(where, f"{len(slices) - len(known)} of {len(slices)} slices lack ImagePositionPatient/ImageOrientationPatient", "export the series again with full geometry")
@@ -403,25 +425,27 @@ def _assemble(
                 if big.size:
                     first = int(big[0])
                     missing = int(round(gaps[first] / step)) - 1
-                    raise InputError(
-                        where,
+                    irregularity(
                         f"slice positions jump from {distances[first]:.2f} to {distances[first + 1]:.2f} mm along the slice normal "
                         f"(step {step:.3f} mm): about {max(missing, 1)} slice(s) missing",
-                        "re-export the complete series",
+                        "re-export the complete series (or read it anyway with --allow-irregular)",
                     )
-                raise InputError(
-                    where,
-                    f"uneven slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm between neighbouring slices)",
-                    "resample the series to a regular grid first (e.g. with dcm2niix or SimpleITK)",
-                )
+                else:
+                    irregularity(
+                        f"uneven slice spacing ({gaps.min():.3f} to {gaps.max():.3f} mm between neighbouring slices)",
+                        "resample the series to a regular grid first (e.g. with dcm2niix or SimpleITK), or read it anyway with --allow-irregular",
+                    )
+            if not irregular:
+                step = regular_step  # end-to-end average: least rounding error once the grid is known to be regular
             in_plane = [np.asarray(s.position) - origin - normal * (d - distances[0]) for s, d in zip(ordered, distances)]
             if max(float(np.linalg.norm(v)) for v in in_plane) > max(POSITION_TOLERANCE_MM * 5, 0.01 * step):
-                raise InputError(
-                    where,
+                irregularity(
                     "slice positions are not stacked along the slice normal (gantry tilt or sheared acquisition)",
-                    "resample the series to an orthogonal grid first (dcm2niix corrects gantry tilt)",
+                    "resample the series to an orthogonal grid first (dcm2niix corrects gantry tilt), or read it anyway with --allow-irregular",
                 )
-            step = regular_step  # end-to-end average: least rounding error once the grid is known to be regular
+    if irregular and notes is not None:
+        notes["irregular"] = "; ".join(irregular) + "; read on a regular grid of the median step, slice positions kept"
+        notes["slice_positions"] = [[round(float(v), 4) for v in s.position] for s in ordered]  # type: ignore[union-attr]
     raw = [np.asarray(s.pixels()).T for s in ordered]  # (rows, cols) → (cols, rows) = (i, j)
     shapes = {r.shape for r in raw}
     if len(shapes) != 1:
@@ -458,11 +482,16 @@ def list_series(folder: str | Path) -> dict[str, list[tuple[Path, Any]]]:
     return series
 
 
-def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+def read_dicom_series(
+    folder: str | Path, *, series_uid: str | None = None, allow_irregular: bool = False
+) -> tuple[np.ndarray, ImageMeta]:
     """Read a folder of DICOM slices as one volume ``(cols, rows, slices)`` with LPS geometry.
 
     Raises ``InputError`` for a folder without DICOM files, several series (unless ``series_uid``
     picks one), missing slices, uneven spacing, duplicate positions, mixed orientations, gantry tilt.
+    ``allow_irregular=True`` reads missing slices, uneven spacing and gantry tilt anyway: slices in
+    position order on the median step, the problem in ``meta.extra["irregular"]`` and the slice
+    positions (LPS mm, in array order) in ``meta.extra["slice_positions"]``.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -485,7 +514,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
     rows, columns = int(first.get("Rows", 0)), int(first.get("Columns", 0))
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         if len(members) == 1:
-            return read_dicom_file(members[0][0])
+            return read_dicom_file(members[0][0], allow_irregular=allow_irregular)
         raise InputError(folder, "holds several multi-frame files of one series", "read each file on its own")
     needed = rows * columns * len(members) * 4
     if needed > memory_limit_bytes():
@@ -510,7 +539,10 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
     thickness = _float_list(first.get("SliceThickness")) or [1.0]
     if len(slices) == 1 and (slices[0].orientation is None or str(first.get("Modality", "")).upper() in XRAY_MODALITIES):
         return read_dicom_file(members[0][0])
-    array, origin, direction, spacing = _assemble(slices, folder, spacing_rc=_pixel_spacing(first), fallback_step=thickness[0])
+    notes: dict[str, Any] = {}
+    array, origin, direction, spacing = _assemble(
+        slices, folder, spacing_rc=_pixel_spacing(first), fallback_step=thickness[0], allow_irregular=allow_irregular, notes=notes
+    )
     modality = _medm2g_modality(first)
     positions_order = sorted(
         headers, key=lambda h: float(np.dot(np.asarray(direction)[:, 2], _float_list(h.get("ImagePositionPatient")) or [0, 0, 0]))
@@ -525,6 +557,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
         source_format="dicom-series",
         orientation=_orientation(direction),
         dicom=_context(positions_order),
+        extra=notes,
     )
     return array, meta
 

@@ -158,6 +158,24 @@ def test_series_with_a_missing_slice_is_refused(shared_data, tmp_path):
         io.read(folder)
 
 
+def test_series_with_a_missing_slice_is_read_with_allow_irregular(shared_data, tmp_path):
+    complete, complete_meta = io.read(series_dir(shared_data))
+    folder = _copy_series(shared_data, tmp_path, lambda index: index != 17)
+    array, meta = io.read(folder, allow_irregular=True)
+    assert array.shape[2] == complete.shape[2] - 1
+    assert "missing" in meta.extra["irregular"] and "about 1 slice(s) missing" in meta.extra["irregular"]
+    # Positions are kept: the gap is visible there, and the step is the regular one, not the average.
+    positions = np.asarray(meta.extra["slice_positions"])
+    assert positions.shape == (array.shape[2], 3)
+    along = positions @ np.asarray(meta.direction)[:, 2]
+    steps = np.diff(along)
+    assert steps.max() == pytest.approx(2 * steps.min(), rel=1e-3)
+    assert meta.spacing[2] == pytest.approx(complete_meta.spacing[2], rel=1e-4)
+    assert meta.origin == pytest.approx(complete_meta.origin)
+    np.testing.assert_array_equal(array[:, :, :5], complete[:, :, :5])
+    assert "irregular" not in complete_meta.extra
+
+
 def test_mixed_orientations_and_several_series_are_refused(shared_data, tmp_path):
     folder = _copy_series(shared_data, tmp_path, lambda index: index < 6)
     odd = pydicom.dcmread(next(folder.glob("0003_*.dcm")))
