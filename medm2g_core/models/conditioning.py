@@ -155,6 +155,8 @@ class Condition:
         pooled: (B, C) weighted sum of the kept sources' pooled embeddings (zeros if none kept).
         spatial: per spatial source (B, c_j, H, W) zeroed where dropped, or ``None`` when missing.
         presence: (B, n_spatial) float, 1 where the spatial source is present and kept.
+        mask_is_full: True when every token is real, so denoisers may skip the attention mask (lets
+            PyTorch pick its fastest attention kernel); computed once at assembly, not per step.
     """
 
     tokens: torch.Tensor
@@ -162,6 +164,7 @@ class Condition:
     pooled: torch.Tensor
     spatial: list[torch.Tensor | None]
     presence: torch.Tensor
+    mask_is_full: bool = False
 
     @staticmethod
     def cat(conditions: Sequence["Condition"]) -> "Condition":
@@ -177,6 +180,7 @@ class Condition:
             pooled=torch.cat([c.pooled for c in conditions]),
             spatial=spatial,
             presence=torch.cat([c.presence for c in conditions]),
+            mask_is_full=all(c.mask_is_full for c in conditions),
         )
 
     def repeat(self, times: int) -> "Condition":
@@ -185,7 +189,7 @@ class Condition:
             return x.repeat_interleave(times, dim=0)
 
         return Condition(rep(self.tokens), rep(self.mask), rep(self.pooled),
-                         [None if s is None else rep(s) for s in self.spatial], rep(self.presence))
+                         [None if s is None else rep(s) for s in self.spatial], rep(self.presence), self.mask_is_full)
 
 
 def assemble_condition(inputs: ConditionInputs, *, keep: torch.Tensor | None = None, condition_dim: int | None = None,
@@ -243,7 +247,8 @@ def assemble_condition(inputs: ConditionInputs, *, keep: torch.Tensor | None = N
         kept = keep[:, offset + j]
         spatial.append(None if image is None else image * kept.to(image.dtype).reshape(-1, *([1] * (image.ndim - 1))))
     presence = keep[:, offset:].to(dtype)
-    return Condition(tokens=tokens, mask=mask, pooled=pooled, spatial=spatial, presence=presence)
+    return Condition(tokens=tokens, mask=mask, pooled=pooled, spatial=spatial, presence=presence,
+                     mask_is_full=bool(mask.all()))
 
 
 def stack_spatial(condition: Condition, *, channels: Sequence[int], like: torch.Tensor) -> torch.Tensor | None:

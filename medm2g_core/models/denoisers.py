@@ -149,7 +149,7 @@ class ImageDenoiser(PretrainedModule):
             sample,
             _timesteps_for(timesteps, noisy.shape[0], noisy.device),
             encoder_hidden_states=tokens.to(noisy.dtype),
-            encoder_attention_mask=mask,
+            encoder_attention_mask=None if condition.mask_is_full else mask,
             class_labels=condition.pooled.to(noisy.dtype) if self.config.adaptive else None,
             return_dict=False,
         )[0]
@@ -262,7 +262,7 @@ class TextLatentDenoiser(PretrainedModule):
         emb = self.time_embedding(self.time_proj(steps).to(noisy.dtype))
         emb = emb + self.condition_embedding(condition.pooled.to(noisy.dtype))
         tokens, mask = _with_null_token(self.null_token, condition)
-        bias = mask_to_bias(mask, dtype=noisy.dtype)
+        bias = None if condition.mask_is_full else mask_to_bias(mask, dtype=noisy.dtype)
         hidden = self.input_projection(noisy) + self.position
         for block in self.blocks:
             hidden = block(hidden, emb, tokens.to(noisy.dtype), bias)

@@ -92,7 +92,8 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
     Returns:
         x0 samples of ``shape`` (clipped when ``clip_sample``).
     """
-    scheduler = type(scheduler).from_config(scheduler.config, prediction_type="sample")
+    if scheduler.config.prediction_type != "sample":  # x0 is what this loop hands the scheduler
+        scheduler = type(scheduler).from_config(scheduler.config, prediction_type="sample")
     parameter = next(iter(getattr(denoiser, "parameters", lambda: iter(()))()), None)
     device = torch.device(device) if device is not None else (parameter.device if parameter is not None else torch.device("cpu"))
     inputs = condition if condition is not None else ConditionInputs()
@@ -106,9 +107,12 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
     latents = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, eta=eta, generator=generator)
     for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(latents, t).repeat(len(branches), *([1] * (latents.ndim - 1)))
-        outputs = denoiser(model_input, t, condition=stacked).chunk(len(branches))
-        prediction = sum(c * out for c, out in zip(coefficients, outputs))
+        model_input = scheduler.scale_model_input(latents, t)
+        if len(branches) == 1:
+            prediction = denoiser(model_input, t, condition=stacked)
+        else:
+            outputs = denoiser(model_input.repeat(len(branches), *([1] * (latents.ndim - 1))), t, condition=stacked)
+            prediction = sum(c * out for c, out in zip(coefficients, outputs.chunk(len(branches))))
         x0 = predicted_x0(prediction, latents, t, alphas_cumprod=scheduler.alphas_cumprod, prediction_type=prediction_type)
         if clip_sample:
             x0 = x0.clamp(-clip_range, clip_range)

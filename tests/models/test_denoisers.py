@@ -97,3 +97,25 @@ def test_zero_init_noise_path_makes_a_regressor():
             a = model(torch.randn(shape), torch.tensor([0, 10]), condition=condition)
             b = model(torch.randn(shape), torch.tensor([999, 500]), condition=condition)
         torch.testing.assert_close(a, b)  # output depends on the condition only
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_dropped_source_tokens_do_not_reach_the_output(kind):
+    torch.manual_seed(0)
+    shared = tiny_shared()
+    model = (tiny_image_denoiser(shared) if kind == "image" else tiny_text_denoiser(shared)).eval()
+    perturb(model)
+    noisy = torch.randn(2, 1, 16, 16) if kind == "image" else torch.randn(2, 4, 6)
+    kept = SemanticSource(torch.randn(2, 2, C))
+    keep = torch.tensor([[True, False], [True, False]])
+
+    def run(dropped_tokens):
+        inputs = ConditionInputs(semantic=[kept, SemanticSource(dropped_tokens)])
+        with torch.no_grad():
+            return model(noisy, torch.tensor([7, 70]), condition=assemble_condition(inputs, keep=keep))
+
+    torch.testing.assert_close(run(torch.randn(2, 3, C)), run(torch.randn(2, 3, C) * 10))
+    # masked, not merely zeroed: identical to giving only the kept source
+    with torch.no_grad():
+        alone = model(noisy, torch.tensor([7, 70]), condition=assemble_condition(ConditionInputs(semantic=[kept])))
+    torch.testing.assert_close(run(torch.randn(2, 3, C)), alone, atol=1e-5, rtol=1e-5)
