@@ -26,3 +26,10 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing o
 SamplerSteps = Annotated[Optional[int], typer.Option("--sampler-steps", help="Denoising steps (default: the flow's config).")]
 Guidance = Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale.")]
 MixedPrecision = Annotated[str, typer.Option("--mixed-precision", help="no|fp16|bf16")]
+AllowIrregular = Annotated[
+    bool,
+    typer.Option(
+        "--allow-irregular",
+        help="Read DICOM series with missing slices, uneven spacing or gantry tilt anyway (a warning, not an error).",
+    ),
+]

@@ -5,19 +5,30 @@ folder. Recognised means a canonical name (DESIGN.md §3): the stem is a modalit
 (``ct``, ``mri-t1``/``t1``, ``mri-t2``/``t2``, ``mri-pd``/``pd``, ``xray``/``cxr``) with an image
 suffix (.nii.gz, .nii, .dcm, .mha, .nrrd, .png, .jpg), a folder of that name holding DICOM files,
 ``report.txt`` or ``labels.json``. Free-form names (``IXI002-T1.nii.gz``) are reported as
-unrecognised with a hint to rename, rather than guessed. Cohorts
+unrecognised with a hint to rename, rather than guessed.
+
+**Auxiliary files** the importers place beside the canonical ones are listed in
+``PatientRecord.extras`` (name stem → path), not as modalities, and are not read: further X-ray views
+(``xray-lateral``, ``xray-lateral-N``, ``xray-frontal-N``, ``xray-view-N`` as .png/.jpg/.jpeg/.dcm)
+and volumes no flow uses yet (``mask``, ``seg``, ``t1ce``, ``flair``, ``cbct`` as .nii.gz/.nii/.mha/
+.nrrd). Only a broken link among them is a problem. Cohorts
 may be nested (``cohort/chest/P0001``); the **patient id is the folder's path relative to the root**
 (``chest/P0001``), so ids are unique by construction. Two patient folders with the same *name* in
 different places are still reported (``duplicate patient folder name``), because tools that name
 outputs by patient folder would make them collide.
+
+Paths are reported as they are inside the cohort: a symlinked file (``data import`` links into the
+downloaded dataset) is listed under its own name in the patient folder, not its target.
 
 Headers are read instead of pixels where the format allows (NIfTI, MHA/NRRD, PNG); compressed NIfTI
 is streamed once to detect truncation without holding the volume; DICOM series are read in full
 because their regularity checks need every slice's position (cheap next to the pixels).
 
 Problems found: unreadable or truncated files, empty reports, bad ``labels.json``, an MRI and the CT
-of one patient on different grids, X-rays that are not 2D, two files for one modality, duplicate
-patient folder names, and files not recognised.
+of one patient (or two of its MRI contrasts) on different grids, X-rays that are not 2D, two files
+for one modality, duplicate patient folder names, and files not recognised. **Warnings** are
+irregularities accepted on request: a DICOM series with missing slices, uneven spacing or gantry tilt
+read with ``allow_irregular=True`` (``data index --allow-irregular``).
 """
 
 from __future__ import annotations
@@ -25,10 +36,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from medm2g_core.errors import InputError
 from medm2g_core.io.meta import SUFFIX_FORMATS, format_from_suffix
@@ -40,6 +54,12 @@ MANIFEST_NAME = "manifest.jsonl"
 LABELS_NAME = "labels.json"
 IGNORED_SUFFIXES = (".json", ".md", ".log")  # sidecars and notes written beside outputs
 IMAGE_FORMATS = ("nifti", "dicom", "mha", "nrrd", "png", "jpeg")
+# Files the importers write beside the canonical ones (extra X-ray views, masks, other MRI contrasts).
+AUXILIARY_FILE = re.compile(
+    r"^(?P<stem>xray-lateral(?:-\d+)?|xray-(?:frontal|view)-\d+)\.(?:png|jpe?g|dcm)$"
+    r"|^(?P<volume>mask|seg|t1ce|flair|cbct)\.(?:nii\.gz|nii|mha|nrrd)$",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -49,12 +69,17 @@ class PatientRecord:
     Attributes:
         patient_id: folder path relative to the cohort root (POSIX separators), e.g. ``chest/P0001``.
         folder: absolute path of the patient folder.
-        files: modality → file or DICOM series folder.
+        files: modality → file or DICOM series folder (the path inside the cohort, links not followed).
+        extras: auxiliary file stem (``xray-lateral``, ``mask``, ``seg``...) → path; not read.
         labels: ``labels.json`` contents when present and valid.
         problems: human-readable problems, each naming the file concerned.
+        warnings: irregularities accepted on request (an irregular DICOM series read with
+            ``allow_irregular``), each naming the file concerned.
         shapes: modality → array shape as read (volumes ``(i, j, k)``, X-rays ``(rows, cols)``).
         spacings: modality → voxel size in mm.
         synthetic: True when any file is marked synthetic (phantom or model output).
+        cohort_root: the folder ``scan_cohort`` was given (absolute); ``splits.split_records`` reads
+            its ``splits.json``. None for records built by hand.
     """
 
     patient_id: str
@@ -65,6 +90,9 @@ class PatientRecord:
     shapes: dict[Modality, tuple[int, ...]] = field(default_factory=dict)
     spacings: dict[Modality, tuple[float, ...]] = field(default_factory=dict)
     synthetic: bool = False
+    extras: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    cohort_root: Path | None = None
 
     def to_json(self, *, root: Path | None = None) -> dict[str, Any]:
         """Plain JSON; paths relative to ``root`` when given."""
@@ -81,16 +109,21 @@ class PatientRecord:
             "patient_id": self.patient_id,
             "folder": show(self.folder),
             "files": {m.value: show(p) for m, p in self.files.items()},
+            "extras": {name: show(p) for name, p in self.extras.items()},
             "labels": self.labels,
             "shapes": {m.value: list(s) for m, s in self.shapes.items()},
             "spacings": {m.value: [round(float(v), 6) for v in s] for m, s in self.spacings.items()},
             "synthetic": self.synthetic,
             "problems": list(self.problems),
+            "warnings": list(self.warnings),
         }
 
 
-def scan_cohort(root: str | Path, *, progress: ProgressFn = no_progress) -> list[PatientRecord]:
+def scan_cohort(root: str | Path, *, progress: ProgressFn = no_progress, allow_irregular: bool = False) -> list[PatientRecord]:
     """Find every patient folder under ``root`` and check what it holds.
+
+    ``allow_irregular``: read DICOM series with missing slices, uneven spacing or gantry tilt (listed
+    in ``warnings``) instead of reporting them as unreadable problems.
 
     Raises:
         InputError: ``root`` is missing, not a folder, or holds no patient folder.
@@ -110,7 +143,9 @@ def scan_cohort(root: str | Path, *, progress: ProgressFn = no_progress) -> list
     records = []
     for index, folder in enumerate(folders):
         relative = folder.relative_to(root).as_posix()
-        records.append(scan_patient(folder, patient_id=relative if relative != "." else folder.resolve().name))
+        record = scan_patient(folder, patient_id=relative if relative != "." else folder.resolve().name, allow_irregular=allow_irregular)
+        record.cohort_root = Path(os.path.abspath(root))
+        records.append(record)
         progress(ProgressEvent(task="index", completed=index + 1, total=len(folders)))
     _flag_duplicate_names(records)
     return records
@@ -187,9 +222,14 @@ def _has_dicom(folder: Path) -> bool:
         return False
 
 
-def scan_patient(folder: Path, *, patient_id: str) -> PatientRecord:
-    """Check one patient folder: every file's header, reports, labels and cross-modality grids."""
-    record = PatientRecord(patient_id=patient_id, folder=folder.resolve())
+def scan_patient(folder: Path, *, patient_id: str, allow_irregular: bool = False) -> PatientRecord:
+    """Check one patient folder: every file's header, reports, labels and cross-modality grids.
+
+    Paths are made absolute without following links, so an imported (symlinked) file keeps its name
+    inside the patient folder.
+    """
+    folder = Path(os.path.abspath(folder))
+    record = PatientRecord(patient_id=patient_id, folder=folder)
     metas: dict[Modality, ImageMeta] = {}
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.name == MANIFEST_NAME:
@@ -199,7 +239,7 @@ def scan_patient(folder: Path, *, patient_id: str) -> PatientRecord:
             if modality is None or not _has_dicom(entry):
                 record.problems.append(f"{entry.name}/: unrecognised folder (not a DICOM series named after a modality)")
                 continue
-            _add_image(record, metas, modality, entry)
+            _add_image(record, metas, modality, entry, allow_irregular=allow_irregular)
             continue
         kind = _recognised_file(entry)
         if kind == "labels":
@@ -207,23 +247,38 @@ def scan_patient(folder: Path, *, patient_id: str) -> PatientRecord:
         elif kind is Modality.REPORT:
             _add_report(record, entry)
         elif isinstance(kind, Modality):
-            _add_image(record, metas, kind, entry)
+            _add_image(record, metas, kind, entry, allow_irregular=allow_irregular)
+        elif (auxiliary := AUXILIARY_FILE.match(entry.name)) is not None:
+            _add_extra(record, (auxiliary.group("stem") or auxiliary.group("volume")).lower(), entry)
         elif not entry.name.lower().endswith(IGNORED_SUFFIXES):
             record.problems.append(f"{entry.name}: unrecognised file (rename to ct/mri-t1/mri-t2/mri-pd.nii.gz, xray.png, report.txt or labels.json)")
     _check_grids(record, metas)
     return record
 
 
-def _add_image(record: PatientRecord, metas: dict[Modality, ImageMeta], modality: Modality, path: Path) -> None:
+def _add_extra(record: PatientRecord, name: str, path: Path) -> None:
+    if name in record.extras:
+        record.problems.append(f"{path.name}: a second {name} file (already have {record.extras[name].name}); keep one")
+    elif not path.exists():
+        record.problems.append(f"{path.name}: broken link (its target {os.readlink(path)} is gone); import the dataset again")
+    else:
+        record.extras[name] = path
+
+
+def _add_image(
+    record: PatientRecord, metas: dict[Modality, ImageMeta], modality: Modality, path: Path, *, allow_irregular: bool = False
+) -> None:
     if modality in record.files:
         record.problems.append(f"{path.name}: a second {modality.value} file (already have {record.files[modality].name}); keep one")
         return
     try:
-        meta = read_meta(path)
+        meta = read_meta(path, allow_irregular=allow_irregular)
     except InputError as error:
         record.problems.append(f"{path.name}: {error.problem}")
         return
-    record.files[modality] = path.resolve()
+    if meta.extra.get("irregular"):
+        record.warnings.append(f"{path.name}{'/' if path.is_dir() else ''}: irregular series read anyway ({meta.extra['irregular']})")
+    record.files[modality] = path
     record.shapes[modality] = tuple(meta.shape)
     record.spacings[modality] = tuple(meta.spacing)
     record.synthetic = record.synthetic or meta.synthetic
@@ -247,7 +302,7 @@ def _add_report(record: PatientRecord, path: Path) -> None:
     except InputError as error:
         record.problems.append(f"{path.name}: {error.problem}")
         return
-    record.files[Modality.REPORT] = path.resolve()
+    record.files[Modality.REPORT] = path
     record.synthetic = record.synthetic or report.synthetic
     if report.is_empty:
         record.problems.append(f"{path.name}: empty report")
@@ -266,16 +321,28 @@ def _read_labels(path: Path, record: PatientRecord) -> dict[str, int] | None:
 
 
 def _check_grids(record: PatientRecord, metas: dict[Modality, ImageMeta]) -> None:
+    mris = [(m, metas[m]) for m in (Modality.MRI_T1, Modality.MRI_T2, Modality.MRI_PD) if m in metas]
     ct = metas.get(Modality.CT)
-    if ct is None:
-        return
-    for modality in (Modality.MRI_T1, Modality.MRI_T2, Modality.MRI_PD):
-        mri = metas.get(modality)
-        if mri is not None and not ct.same_grid(mri, tolerance_mm=1e-3):
-            record.problems.append(
-                f"{modality.value} and ct are on different grids (shape {tuple(mri.shape)} vs {tuple(ct.shape)}, "
-                f"spacing {_mm(mri.spacing)} vs {_mm(ct.spacing)} mm); register/resample them for MRI↔CT flows"
-            )
+    if ct is not None:
+        for modality, mri in mris:
+            if not ct.same_grid(mri, tolerance_mm=1e-3):
+                record.problems.append(
+                    f"{modality.value} and ct are on different grids ({_grid_difference(mri, ct)}); register/resample them for MRI↔CT flows"
+                )
+    for index, (first, first_meta) in enumerate(mris):
+        for second, second_meta in mris[index + 1 :]:
+            if not first_meta.same_grid(second_meta, tolerance_mm=1e-3):
+                record.problems.append(
+                    f"{first.value} and {second.value} are on different grids ({_grid_difference(first_meta, second_meta)}); "
+                    "register them before training paired flows"
+                )
+
+
+def _grid_difference(a: ImageMeta, b: ImageMeta) -> str:
+    text = f"shape {tuple(a.shape)} vs {tuple(b.shape)}, spacing {_mm(a.spacing)} vs {_mm(b.spacing)} mm"
+    if tuple(a.shape) == tuple(b.shape) and np.allclose(a.spacing, b.spacing, atol=1e-3):
+        text += ", different origin or direction"
+    return text
 
 
 def _mm(values: tuple[float, ...]) -> str:
@@ -294,11 +361,12 @@ def _flag_duplicate_names(records: list[PatientRecord]) -> None:
             record.problems.append(f"duplicate patient folder name {name!r} (also {others}); outputs named by patient folder would collide")
 
 
-def read_meta(path: str | Path) -> ImageMeta:
+def read_meta(path: str | Path, *, allow_irregular: bool = False) -> ImageMeta:
     """An image's ``ImageMeta`` reading as little as the format allows; truncation is detected.
 
     NIfTI: header + one streaming pass over .gz data (nothing kept); PNG/JPEG: chunk CRCs, then a
     decode (X-rays are small); MHA/NRRD and DICOM: full read (series checks need every slice).
+    ``allow_irregular`` is passed to ``io.read`` for DICOM.
     """
     from medm2g_core import io
 
@@ -319,7 +387,7 @@ def read_meta(path: str | Path) -> ImageMeta:
         from medm2g_core.io.meta import require_file
 
         require_file(path)
-    return io.read(path)[1]
+    return io.read(path, allow_irregular=allow_irregular)[1]
 
 
 def _product(shape: tuple[int, ...]) -> int:

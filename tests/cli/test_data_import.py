@@ -75,3 +75,8 @@ def test_imported_real_iu_xray_passes_data_index(shared_data: Path, tmp_path: Pa
     assert len(records) == 3336
     assert sum(1 for r in records if set(r["files"]) == {"report"}) == 3334
     assert {r["patient_id"] for r in records if "xray" in r["files"]} == {"CXR7", "CXR1900"}
+    # Imported files are symlinks into ../shared/data: index lists them by their place in the cohort.
+    cxr7 = next(r for r in records if r["patient_id"] == "CXR7")
+    assert cxr7["files"] == {"xray": "CXR7/xray.png", "report": "CXR7/report.txt"}
+    assert cxr7["extras"] == {"xray-lateral": "CXR7/xray-lateral.png"}
+    assert all(r["problems"] == [] for r in records)

@@ -42,3 +42,28 @@ def test_missing_and_empty_folders_exit_two_with_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["data", "index", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "no patient folders" in result.stderr
+
+
+def test_allow_irregular_reads_a_series_with_a_gap_as_a_warning(tmp_path):
+    import numpy as np
+
+    from medm2g_core import io
+    from medm2g_core.types import ImageMeta
+
+    root = tmp_path / "cohort"
+    series = io.write(root / "P1" / "ct", np.zeros((8, 8, 6), np.int16), ImageMeta(spacing=(1.0, 1.0, 2.5), shape=(8, 8, 6), modality="ct"))
+    sorted(series.iterdir())[2].unlink()
+    (tmp_path / "seg-download.nii.gz").write_bytes(b"not read")
+    (root / "P1" / "mask.nii.gz").symlink_to(tmp_path / "seg-download.nii.gz")  # an extra, listed by its own name
+    strict = runner.invoke(app, ["data", "index", str(root), "--json"])
+    assert strict.exit_code == 0, strict.output
+    record = json.loads(strict.stdout)
+    assert record["files"] == {} and "missing" in record["problems"][0]
+    result = runner.invoke(app, ["data", "index", str(root), "--json", "--allow-irregular"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["files"] == {"ct": "P1/ct"} and record["extras"] == {"mask": "P1/mask.nii.gz"}
+    assert record["problems"] == [] and "irregular series read anyway" in record["warnings"][0]
+    assert "1 with warnings" in result.stderr
+    table = runner.invoke(app, ["data", "index", str(root), "--allow-irregular"])
+    assert table.exit_code == 0 and "warning:" in table.stderr and "(+ mask)" in table.stderr

@@ -446,11 +446,10 @@ def test_data_index_accepts_real_iu_xray_import(real_iu_cohort: tuple[Path, Impo
     for patient in ("CXR7", "CXR1900"):
         assert set(records[patient].files) == {Modality.XRAY, Modality.REPORT}
         assert records[patient].shapes[Modality.XRAY] == (512, 512)
-        # The only thing index has to say about them is the extra lateral view (see the xfail below).
-        assert [p for p in records[patient].problems if not p.startswith("xray-lateral.png")] == []
+        assert set(records[patient].extras) == {"xray-lateral"}
+        assert records[patient].problems == []
 
 
-@pytest.mark.xfail(reason="data index reports xray-lateral.png as an unrecognised file; it should accept extra X-ray views", strict=False)
 def test_data_index_accepts_lateral_views(real_iu_cohort: tuple[Path, ImportResult]) -> None:
     from medm2g_core.data.manifest import scan_cohort
 

@@ -102,3 +102,82 @@ def test_root_errors(tmp_path):
     file.write_text("x")
     with pytest.raises(InputError, match="is a file"):
         scan_cohort(file)
+
+
+def test_importer_auxiliary_files_are_extras_not_problems(tmp_path):
+    root = tmp_path / "cohort"
+    patient = root / "CXR1"
+    io.write(patient / "xray.png", np.zeros((8, 8), np.uint8), ImageMeta(spacing=(1.0, 1.0), shape=(8, 8)))
+    names = ["xray-lateral.png", "xray-lateral-2.jpg", "xray-frontal-2.png", "xray-view-3.jpg",
+             "mask.nii.gz", "seg.nii.gz", "t1ce.nii.gz", "flair.nii.gz", "cbct.nii.gz"]
+    for name in names:
+        (patient / name).write_bytes(b"not read")  # listed, never decoded
+    (patient / "xray-oblique.png").write_bytes(b"x")  # not a name any importer writes
+    (patient / "xray-lateral.jpg").write_bytes(b"x")  # the same view twice
+    record = scan_cohort(root)[0]
+    assert set(record.files) == {Modality.XRAY}
+    assert sorted(record.extras) == sorted(n.split(".")[0] for n in names)
+    assert record.extras["xray-lateral"] == patient.absolute() / "xray-lateral.jpg"
+    assert record.to_json(root=root)["extras"]["seg"] == "CXR1/seg.nii.gz"
+    assert sorted(p.split(":")[0] for p in record.problems) == ["xray-lateral.png", "xray-oblique.png"]
+    assert any(p.startswith("xray-lateral.png: a second xray-lateral file") for p in record.problems)
+    broken = tmp_path / "broken" / "P1"
+    io.write(broken / "mri-t1.nii.gz", np.zeros(GRID.shape, np.float32), GRID)
+    (broken / "SEG.nii.gz").symlink_to(tmp_path / "gone.nii.gz")  # matched case-insensitively
+    assert [p.split(" (")[0] for p in scan_cohort(broken.parent)[0].problems] == ["SEG.nii.gz: broken link"]
+
+
+def test_symlinked_files_are_listed_by_their_place_in_the_cohort(tmp_path):
+    source = tmp_path / "downloads" / "IXI"
+    io.write(source / "IXI002-Guys-0828-T1.nii.gz", np.zeros(GRID.shape, np.float32), GRID)
+    (source / "reports").mkdir()
+    io.write_report(source / "reports" / "r.txt", "FINDINGS: clear. IMPRESSION: normal.", synthetic=False)
+    root = tmp_path / "cohort"
+    (root / "IXI002").mkdir(parents=True)
+    (root / "IXI002" / "mri-t1.nii.gz").symlink_to(source / "IXI002-Guys-0828-T1.nii.gz")
+    (root / "IXI002" / "report.txt").symlink_to(source / "reports" / "r.txt")
+    record = scan_cohort(root)[0]
+    assert record.files[Modality.MRI_T1] == (root / "IXI002" / "mri-t1.nii.gz").absolute()
+    shown = record.to_json(root=root)
+    assert shown["files"] == {"mri-t1": "IXI002/mri-t1.nii.gz", "report": "IXI002/report.txt"} and shown["folder"] == "IXI002"
+    line = json.loads(write_manifest(root, [record]).read_text(encoding="utf-8"))
+    assert line["files"]["mri-t1"] == "IXI002/mri-t1.nii.gz"
+
+
+def test_mri_contrasts_of_one_patient_on_different_grids(tmp_path):
+    root = tmp_path / "cohort"
+    ixi = root / "IXI002"  # IXI: T1 sagittal, T2/PD axial, never co-registered
+    io.write(ixi / "mri-t1.nii.gz", np.zeros(GRID.shape, np.float32), GRID)
+    io.write(ixi / "mri-t2.nii.gz", np.zeros((16, 16, 8), np.float32), GRID.replace(shape=(16, 16, 8), spacing=(1.0, 1.0, 3.0)))
+    io.write(ixi / "mri-pd.nii.gz", np.zeros((16, 16, 8), np.float32), GRID.replace(shape=(16, 16, 8), spacing=(1.0, 1.0, 3.0)))
+    shifted = root / "P2"
+    io.write(shifted / "mri-t1.nii.gz", np.zeros(GRID.shape, np.float32), GRID)
+    io.write(shifted / "mri-t2.nii.gz", np.zeros(GRID.shape, np.float32), GRID.replace(origin=(0.0, 0.0, 10.0)))
+    registered = root / "P3"
+    for name in ("ct.nii.gz", "mri-t1.nii.gz", "mri-t2.nii.gz"):
+        io.write(registered / name, np.zeros(GRID.shape, np.int16), GRID)
+    records = by_id(scan_cohort(root))
+    assert records["IXI002"].problems == [
+        "mri-t1 and mri-t2 are on different grids (shape (16, 16, 6) vs (16, 16, 8), spacing 2×2×3 vs 1×1×3 mm); "
+        "register them before training paired flows",
+        "mri-t1 and mri-pd are on different grids (shape (16, 16, 6) vs (16, 16, 8), spacing 2×2×3 vs 1×1×3 mm); "
+        "register them before training paired flows",
+    ]  # T2 and PD share their grid
+    assert len(records["P2"].problems) == 1 and "different origin or direction" in records["P2"].problems[0]
+    assert records["P3"].problems == []
+
+
+def test_irregular_dicom_series_is_a_warning_with_allow_irregular(tmp_path):
+    root = tmp_path / "cohort"
+    series = io.write(root / "P1" / "ct", np.zeros(GRID.shape, np.int16), GRID.replace(modality="ct", units="HU"))
+    files = sorted(series.iterdir())
+    assert len(files) == 6
+    files[3].unlink()  # one slice missing in the middle
+    strict = scan_cohort(root)[0]
+    assert strict.files == {} and strict.warnings == []
+    assert len(strict.problems) == 1 and strict.problems[0].startswith("ct: ") and "missing" in strict.problems[0]
+    lenient = scan_cohort(root, allow_irregular=True)[0]
+    assert set(lenient.files) == {Modality.CT} and lenient.shapes[Modality.CT] == (16, 16, 5)
+    assert lenient.problems == []
+    assert len(lenient.warnings) == 1 and lenient.warnings[0].startswith("ct/: irregular series read anyway") and "missing" in lenient.warnings[0]
+    assert lenient.to_json(root=root)["warnings"] == lenient.warnings
