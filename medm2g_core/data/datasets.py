@@ -2,7 +2,9 @@
 
 Inputs are ``PatientRecord``s (``medm2g_core.data.manifest.scan_cohort``; anything with
 ``patient_id``, ``files: dict[Modality, Path]`` and ``labels`` works) — usually one split of them
-(``medm2g_core.data.splits.split_records``). Nothing holds the cohort in memory: each worker keeps
+(``medm2g_core.data.splits.split_records``, which honours the cohort's ``splits.json`` through the
+``cohort_root`` each scanned record carries; ``records_for_split`` does both steps). Nothing holds the
+cohort in memory: each worker keeps
 at most ``cache_items`` decoded, normalised files.
 
 All datasets here set ``epoch_indexed = True``: the training loop hands them *global* indices
@@ -90,6 +92,19 @@ class _CohortReader:
         from medm2g_core import io
 
         return io.read_report(path).text
+
+
+def records_for_split(
+    root: str | Path, split: str, *, seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1)
+) -> list[Any]:
+    """The scanned records of one split (``"train"``, ``"val"``, ``"test"``) of the cohort at ``root``:
+    ``root/splits.json`` where it lists a patient, the hash split otherwise (``data.splits``)."""
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.data.splits import SPLITS, split_records
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return split_records(scan_cohort(root), seed=seed, fractions=fractions, root=root)[split]
 
 
 def _modalities(names: Sequence[Modality | str]) -> tuple[Modality, ...]:

@@ -37,6 +37,43 @@ def test_splits_are_deterministic_patient_level():
     assert sum(len(g) for g in groups.values()) == 400
 
 
+def test_cohort_splits_json_wins_and_unlisted_patients_fall_back_to_the_hash(tmp_path):
+    import json
+
+    from medm2g_core.data.datasets import records_for_split
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.data.splits import read_splits_file
+    from medm2g_core.errors import InputError
+
+    write_cohort(tmp_path / "nested" / "site", patients=1)  # relative id "nested/site/P0000"
+    write_cohort(tmp_path, patients=3, ct_only=("P0000", "P0001", "P0002"))
+    hashed = {pid: split_of(pid) for pid in ("P0000", "P0001", "P0002", "nested/site/P0000")}
+    # Listed by folder name (P0001) or by relative id (nested/site/P0000), each against its hash split.
+    wanted = {"P0001": "test" if hashed["P0001"] != "test" else "val",
+              "nested/site/P0000": "val" if hashed["nested/site/P0000"] != "val" else "test"}
+    listing = {"train": [], "val": [], "test": [], "validate": []}
+    for pid, split in wanted.items():
+        listing["validate" if split == "val" else split].append(pid)
+    listing["train"].append("P9999")  # not in the cohort: ignored
+    (tmp_path / "splits.json").write_text(json.dumps(listing))
+    records = scan_cohort(tmp_path)
+    groups = split_records(records)  # root from the records (scan_cohort sets cohort_root)
+    got = {r.patient_id: name for name, group in groups.items() for r in group}
+    assert got == {**hashed, **wanted}
+    assert split_records(records, root=tmp_path / "nested") == split_records(records, root=tmp_path / "missing")  # no file there
+    assert [r.patient_id for r in records_for_split(tmp_path, got["P0001"])] == [p for p in sorted(got) if got[p] == got["P0001"]]
+    # Hand-built records (no cohort_root) keep the hash split.
+    class R:
+        def __init__(self, pid): self.patient_id = pid
+    assert {name for name, g in split_records([R("P0001")]).items() if g} == {hashed["P0001"]}
+
+    for bad, message in (("{", "not readable"), ('{"train": "P1"}', "list of patient ids"), ('{"holdout": ["P1"]}', "unknown split"),
+                         ('{"train": ["P1"], "test": ["P1"]}', "both train and test")):
+        (tmp_path / "splits.json").write_text(bad)
+        with pytest.raises(InputError, match=message):
+            read_splits_file(tmp_path)
+
+
 def test_normalisation_inverses():
     hu = np.array([-2000, -1024, 0, 1000, 3000, 4000], dtype=np.int16)
     y, state = normalize(hu, "ct")
