@@ -13,9 +13,9 @@ from medm2g_cli.options import DataDir, JsonOut, MixedPrecision, Recipe, Resume,
 
 @console.handle_errors
 def train_flow(
-    pair: Annotated[str, typer.Option("--pair", help="xray-report|report-xray|mri-ct|ct-mri|t1-t2|t2-t1|t2+pd-t1")],
     data: DataDir,
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle made by `medm2g align` (updated in place).")],
+    pair: Annotated[Optional[str], typer.Option("--pair", help="xray-report|report-xray|mri-ct|ct-mri|t1-t2|t2-t1|t2+pd-t1")] = None,
     recipe: Recipe = None,
     steps: Steps = None,
     stage: Annotated[str, typer.Option("--stage", help="flow|autoencoder|text-vae")] = "flow",
@@ -27,4 +27,51 @@ def train_flow(
     json_out: JsonOut = False,
 ) -> None:
     """Train a flow (and the latent spaces it needs) on a cohort, adding it to the bundle."""
-    console.not_available("train-flow", 6)
+    from medm2g_core.errors import ConfigError
+    from medm2g_core.pipelines.train_flow import train_flow as run_train_flow
+
+    if stage == "flow" and not pair:
+        raise ConfigError("--pair is required (xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1)")
+    with console.progress("train-flow") as progress:
+        result = run_train_flow(
+            data, bundle, pair=pair, recipe=recipe, steps=steps, stage=stage, modality=modality, resume=resume, seed=seed,
+            mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, progress=progress,
+        )
+    stages = [
+        {"name": s.name, "steps": s.steps, "seconds": round(s.seconds, 1), "resumed_from": s.resumed_from,
+         "val_start": s.val_start, "val_end": s.val_end}
+        for s in result.stages
+    ]
+    if json_out:
+        console.emit_json({"bundle": str(result.bundle), "pair": result.pair, "stages": stages, "metrics": result.metrics,
+                           "forgetting": result.forgetting, "samples": str(result.samples_dir) if result.samples_dir else None,
+                           "synthetic": result.synthetic, "seconds": round(result.seconds, 1)})
+        return
+    console.table(
+        f"trained into {result.bundle}",
+        ["component", "steps", "seconds", "val loss start → end"],
+        [[s["name"], s["steps"], s["seconds"], _loss_change(s["val_start"], s["val_end"])] for s in stages],
+    )
+    if result.metrics:
+        console.table(f"{result.pair} as loaded for inference", ["metric", "value"], [[k, f"{v:.4g}"] for k, v in result.metrics.items()])
+    if result.forgetting:
+        rows = []
+        for flow, report in result.forgetting.items():
+            for metric in sorted(set(report.get("before", {})) | set(report.get("after", {}))):
+                before, after = report.get("before", {}).get(metric), report.get("after", {}).get(metric)
+                rows.append([flow, metric, _number(before), _number(after)])
+        console.table("earlier flows before → after (forgetting)", ["flow", "metric", "before", "after"], rows)
+    if result.samples_dir is not None:
+        console.info(f"validation samples: {result.samples_dir}")
+    if result.synthetic:
+        console.warn("trained on synthetic phantoms: the flow means nothing clinically")
+
+
+def _number(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "–"
+
+
+def _loss_change(start: dict, end: dict) -> str:
+    if "loss" not in end:
+        return "–"
+    return f"{_number(start.get('loss'))} → {_number(end['loss'])}"

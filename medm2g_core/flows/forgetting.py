@@ -1,0 +1,105 @@
+"""Deterministic measurements of a flow, used before/after training and for the forgetting report.
+
+``validation_loss`` runs a task's ``validation_step`` over the first batches of a dataset with seeded
+noise (stratified timesteps are fixed by ``FlowTask.validation_step``), so the same weights always give
+the same number. ``evaluate_flow`` loads a flow from a bundle exactly as inference does (EMA weights,
+the bundle's shared cross-attention) and measures its validation loss and, for image targets, the PSNR
+of DDIM samples against the reference slices (in normalised units [-1, 1], data range 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class DatasetSubset(Dataset):
+    """Evenly spaced items of a dataset (at most ``limit``), keeping its ``collate``."""
+
+    def __init__(self, dataset: Dataset, *, limit: int):
+        self.dataset = dataset
+        count = len(dataset)
+        if limit and count > limit:
+            self.indices = [int(i * count / limit) for i in range(limit)]
+        else:
+            self.indices = list(range(count))
+        self.collate = getattr(dataset, "collate", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index % len(self.indices)]]
+
+
+def first_batch(dataset: Dataset, *, items: int) -> dict[str, Any] | None:
+    """The first ``items`` items of ``dataset`` collated (None when empty)."""
+    count = min(items, len(dataset))
+    if count == 0:
+        return None
+    collate = getattr(dataset, "collate")
+    return collate([dataset[i] for i in range(count)])
+
+
+def validation_loss(task: Any, dataset: Dataset, *, batch_size: int, batches: int = 0, seed: int = 0) -> dict[str, float]:
+    """Mean of ``task.validation_step`` over the first ``batches`` batches (0 = all), noise seeded by ``seed``."""
+    if len(dataset) == 0:
+        return {}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=getattr(dataset, "collate"))
+    modules = list(task.trainable_modules().values())
+    modes = [m.training for m in modules]
+    totals: dict[str, float] = {}
+    count = 0
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in modules:
+            module.eval()
+        for index, batch in enumerate(loader):
+            if batches and index >= batches:
+                break
+            for key, value in task.validation_step(batch).items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            count += 1
+    for module, mode in zip(modules, modes):
+        module.train(mode)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def sample_psnr(task: Any, dataset: Dataset, *, items: int, seed: int = 0, samples: int = 1) -> float | None:
+    """PSNR (dB, [-1, 1] units, data range 2) of the mean of ``samples`` DDIM samples vs the reference,
+    over the first ``items`` items (image targets only)."""
+    from medm2g_core.metrics.image import psnr
+    from medm2g_core.modalities import Modality
+
+    if task.pair.target is Modality.REPORT or items <= 0:
+        return None
+    batch = first_batch(dataset, items=items)
+    if batch is None:
+        return None
+    drawn = task.generate(batch, seed=seed, samples=samples)
+    target = task.target_of(batch)
+    if task.config.latent:
+        autoencoder = task.autoencoders[task.pair.target]
+        drawn = torch.stack([autoencoder.decode(s).clamp(-1, 1) for s in drawn])
+        target = autoencoder.decode(target).clamp(-1, 1)
+    mean = drawn.mean(0)
+    return float(psnr(mean.cpu().numpy(), target.cpu().numpy(), data_range=2.0))
+
+
+def evaluate_flow(bundle: str | Path, pair: Any, *, dataset: Dataset, batch_size: int, val_batches: int, psnr_items: int,
+                  seed: int = 0) -> dict[str, float]:
+    """Validation loss (+ PSNR for image targets) of ``flows/<pair>`` as inference would load it."""
+    from medm2g_core.flows.model import FlowModel
+    from medm2g_core.flows.task import FlowTask
+
+    model = FlowModel.load(bundle, pair)
+    task = FlowTask(model.network, model.align, text_vae=model.text_vae, tokenizer=model.tokenizer,
+                    autoencoders=model.autoencoders, shared_trainable=False)
+    metrics = validation_loss(task, dataset, batch_size=batch_size, batches=val_batches, seed=seed)
+    value = sample_psnr(task, dataset, items=psnr_items, seed=seed)
+    if value is not None:
+        metrics["psnr"] = value
+    return metrics

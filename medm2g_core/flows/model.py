@@ -1,0 +1,424 @@
+"""One flow of a bundle: its network (``FlowNetwork``), its condition path, and inference (``FlowModel``).
+
+Condition path (DESIGN §1.5, issue 11). Every source modality of a flow gives one **semantic source**
+built from the frozen aligned encoders of the bundle (``align/``):
+
+- its aligned pooled embedding (the shared, text-hub-aligned space) — L2-normalised, scaled to unit
+  RMS, projected by the flow's ``pooled_projection`` — drives the per-flow adaptive parameters and is
+  also the first condition token;
+- its encoder tokens (X-ray/CT/MRI token grid, report word states) projected per encoder family by the
+  flow's ``adapters`` follow as cross-attention tokens, plus a learned per-source embedding.
+
+Registered image flows (``mri-ct``, ``t1-t2``, ``t2+pd-t1``) also give each source as a **spatial
+source** (its slice, plus 2.5D context slices) concatenated channel-wise. Dropping a source (training
+dropout, or absent at inference) drops both its semantic and its spatial part.
+
+Composition (CoDi-style, issue 11) is ``FlowModel.predict(sources, weights=...)`` on ONE flow:
+sources beyond the flow's own (any modality the bundle's align stage encodes) are added as extra
+semantic sources; the adaptive parameters see the weighted mean of every kept source's aligned pooled
+embedding (``assemble_condition``: Σ w_s·p_s / Σ w_s), and cross-attention sees all their tokens. A
+source whose encoder family the flow was not trained with contributes only its aligned pooled token
+(the aligned space is shared across modalities; its raw encoder tokens are not). So a ``t2-t1`` flow
+trained with T2 alone can be driven by T2 and PD together (same MRI encoder family), and an
+``report-xray`` flow by a report plus a prior image.
+
+Inference contract: docs/architecture.md, "Flow inference".
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medm2g_core.errors import BundleError, ConfigError
+from medm2g_core.flows.config import FlowConfig
+from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
+from medm2g_core.models.conditioning import ConditionInputs, SemanticSource, SharedCrossAttention
+from medm2g_core.models.denoisers import ImageDenoiser, ImageDenoiserConfig, TextLatentDenoiser, TextLatentDenoiserConfig
+from medm2g_core.models.pretrained import PretrainedModule
+from medm2g_core.serialization import dataclass_from_dict
+
+SHARED_NAME = "shared"
+EMA_NAME = "ema.safetensors"
+
+
+def family_of(modality: Modality) -> str:
+    """Aligned encoder family of a modality (``report`` for text)."""
+    return modality.encoder_family
+
+
+# --------------------------------------------------------------------------- network
+@dataclass
+class FlowNetworkConfig:
+    """Everything needed to rebuild one flow (``flows/<pair>/config.json``).
+
+    Attributes:
+        sources / target: modality names (``Modality.value``), sources in condition order.
+        kind: ``"image"`` (UNet over an image or image latent) or ``"text"`` (transformer over the text latent).
+        image_size: pixels per side of images entering and leaving the flow.
+        context_slices: 2.5D neighbouring slices per side in each spatial source.
+        spatial: registered image flow (sources concatenated channel-wise).
+        embed_dim: width of the aligned pooled embeddings; token_dims: encoder family → token width.
+        flow: ``FlowConfig`` fields; denoiser: ``ImageDenoiserConfig``/``TextLatentDenoiserConfig`` fields.
+    """
+
+    sources: tuple[str, ...] = ()
+    target: str = ""
+    kind: str = "image"
+    image_size: int = 64
+    context_slices: int = 0
+    spatial: bool = False
+    embed_dim: int = 64
+    token_dims: dict[str, int] = field(default_factory=dict)
+    flow: dict[str, Any] = field(default_factory=dict)
+    denoiser: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pair(self) -> Pair:
+        return Pair(tuple(parse_modality(s) for s in self.sources), parse_modality(self.target))
+
+    @property
+    def flow_config(self) -> FlowConfig:
+        values = dict(self.flow)
+        if isinstance(values.get("source_dropout"), list):
+            values["source_dropout"] = tuple(values["source_dropout"])
+        return dataclass_from_dict(FlowConfig, values, where="flow config")
+
+    @property
+    def denoiser_config(self) -> ImageDenoiserConfig | TextLatentDenoiserConfig:
+        cls = ImageDenoiserConfig if self.kind == "image" else TextLatentDenoiserConfig
+        return dataclass_from_dict(cls, dict(self.denoiser), where="denoiser config")
+
+
+class FlowNetwork(PretrainedModule):
+    """The learnable parts of one flow: condition adapters + denoiser (the shared cross-attention is
+    held by reference and saved once in ``flows/shared/``).
+
+    ``forward(noisy, timesteps, *, condition: Condition) -> prediction`` (the denoiser's call), and
+    ``semantic_source(modality, pooled (B, D), tokens (B, N, c), mask (B, N)) -> SemanticSource``.
+    """
+
+    config_class = FlowNetworkConfig
+
+    def __init__(self, config: FlowNetworkConfig, *, shared: SharedCrossAttention):
+        super().__init__()
+        self.config = config
+        width = shared.config.condition_dim
+        self.adapters = nn.ModuleDict(
+            {family: nn.Sequential(nn.Linear(dim, width), nn.LayerNorm(width)) for family, dim in config.token_dims.items()}
+        )
+        self.pooled_projection = nn.Linear(config.embed_dim, width)
+        self.source_embedding = nn.ParameterDict(
+            {name: nn.Parameter(torch.randn(width) * 0.02) for name in config.sources}
+        )
+        denoiser_config = config.denoiser_config
+        if config.kind == "image":
+            self.denoiser: nn.Module = ImageDenoiser(denoiser_config, shared=shared)
+        elif config.kind == "text":
+            self.denoiser = TextLatentDenoiser(denoiser_config, shared=shared)
+        else:
+            raise ConfigError(f"flow kind {config.kind!r}; valid: image, text")
+        object.__setattr__(self, "_shared", shared)
+
+    @property
+    def shared(self) -> SharedCrossAttention:
+        return self._shared
+
+    def external_parameter_ids(self) -> set[int]:
+        return self._shared.parameter_ids()
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition) -> torch.Tensor:
+        return self.denoiser(noisy, timesteps, condition=condition)
+
+    def semantic_source(self, modality: Modality, *, pooled: torch.Tensor, tokens: torch.Tensor | None,
+                        mask: torch.Tensor | None, weight: float = 1.0) -> SemanticSource:
+        """Condition tokens of one source from its aligned encoder outputs (see the module docstring)."""
+        scale = math.sqrt(pooled.shape[-1])
+        projected = self.pooled_projection(F.normalize(pooled.float(), dim=-1) * scale)
+        parts, masks = [projected[:, None]], [torch.ones(pooled.shape[0], 1, dtype=torch.bool, device=pooled.device)]
+        family = family_of(modality)
+        if tokens is not None and family in self.adapters:
+            parts.append(self.adapters[family](tokens.float()))
+            masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else mask.bool())
+        condition_tokens = torch.cat(parts, 1)
+        if modality.value in self.source_embedding:
+            condition_tokens = condition_tokens + self.source_embedding[modality.value]
+        return SemanticSource(tokens=condition_tokens, mask=torch.cat(masks, 1), pooled=projected, weight=weight, name=modality.value)
+
+
+# --------------------------------------------------------------------------- condition from sources
+def center_channels(source: torch.Tensor, *, context_slices: int) -> torch.Tensor:
+    """The centre slice (B, 1, H, W) of a source with 2.5D context channels (B, 2c+1, H, W)."""
+    return source[:, context_slices : context_slices + 1]
+
+
+@torch.no_grad()
+def encode_aligned(align: Any, modality: Modality, value: torch.Tensor | Sequence[str], *, context_slices: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Frozen aligned encoder outputs of one source: pooled (B, D), tokens (B, N, c), mask (B, N) or None."""
+    if modality is Modality.REPORT:
+        pooled, tokens, mask = align.encode_text(list(value))
+        return pooled.float(), tokens.float(), mask.bool()
+    image = center_channels(value, context_slices=context_slices) if value.ndim == 4 else value
+    pooled, tokens = align.encode_image(image.float(), modality)
+    return pooled.float(), tokens.float(), None
+
+
+def build_condition(network: FlowNetwork, align: Any, sources: dict[Modality, Any], *,
+                    weights: dict[Modality, float] | None = None, spatial: dict[Modality, torch.Tensor] | None = None
+                    ) -> tuple[ConditionInputs, list[Modality]]:
+    """``ConditionInputs`` of a batch and the modality of each semantic source.
+
+    Semantic order: the flow's sources (``None`` when absent), then extra sources (composition) in the
+    order given. Spatial order: the flow's sources (registered flows only); ``spatial`` may replace the
+    image given to the spatial path (e.g. autoencoder latents of latent flows).
+    """
+    config = network.config
+    own = [parse_modality(s) for s in config.sources]
+    extra = [m for m in sources if m not in own]
+    semantic: list[SemanticSource | None] = []
+    order: list[Modality] = []
+    for modality in own + extra:
+        order.append(modality)
+        value = sources.get(modality)
+        if value is None:
+            semantic.append(None)
+            continue
+        if modality not in own and not modality.is_image and modality is not Modality.REPORT:
+            raise ValueError(f"cannot condition on {modality.value}")
+        pooled, tokens, mask = encode_aligned(align, modality, value, context_slices=config.context_slices)
+        weight = 1.0 if weights is None else float(weights.get(modality, 1.0))
+        semantic.append(network.semantic_source(modality, pooled=pooled, tokens=tokens, mask=mask, weight=weight))
+    spatial_inputs: list[torch.Tensor | None] = []
+    if config.spatial:
+        for modality in own:
+            value = (spatial or {}).get(modality, sources.get(modality))
+            spatial_inputs.append(None if value is None else value.float())
+    return ConditionInputs(semantic=semantic, spatial=spatial_inputs), order
+
+
+def expand_keep(keep: torch.Tensor, *, spatial: bool) -> torch.Tensor:
+    """Per-modality keep mask (B, S) → per-condition-source mask (semantic then spatial parts)."""
+    return torch.cat([keep, keep], 1) if spatial else keep
+
+
+# --------------------------------------------------------------------------- inference
+@dataclass
+class Prediction:
+    """Output of ``FlowModel.predict``.
+
+    Image targets: ``mean`` (B, 1, H, W) in [-1, 1], ``std`` (B, 1, H, W) or None when samples == 1,
+    ``samples`` (K, B, 1, H, W). Report targets: ``texts`` B × K strings; ``mean``/``samples`` then hold
+    the text latents ((B, T, d) and (K, B, T, d)) and ``std`` is None.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor | None
+    samples: torch.Tensor
+    texts: list[list[str]] | None = None
+
+
+# Flows loaded in one process share ONE SharedCrossAttention object per bundle state (and one AlignModel),
+# so the shared cross-attention is literally shared at inference as in training. Weak values: freed when
+# no flow uses them any more; the key includes the weight files' mtimes so a retrained bundle reloads.
+_LOADED: "weakref.WeakValueDictionary[tuple, nn.Module]" = weakref.WeakValueDictionary()
+
+
+def _cache_key(kind: str, directory: Path, *, device: str, use_ema: bool) -> tuple:
+    stamps = tuple(p.stat().st_mtime_ns if p.is_file() else 0 for p in (directory / "model.safetensors", directory / EMA_NAME))
+    return (kind, str(directory.resolve()), stamps, str(device), use_ema)
+
+
+def _read_shared(bundle: Path, *, device: str, use_ema: bool, cached: bool = False) -> SharedCrossAttention:
+    from medm2g_core.serialization import load_weights
+
+    directory = Path(bundle) / "flows" / SHARED_NAME
+    if not (directory / "config.json").is_file():
+        raise BundleError(f"{directory} is missing; train a flow with `medm2g train-flow` first")
+    key = _cache_key("shared", directory, device=device, use_ema=use_ema)
+    if cached and key in _LOADED:
+        return _LOADED[key]
+    shared = SharedCrossAttention.from_pretrained(directory, device=device)
+    if use_ema and (directory / EMA_NAME).is_file():
+        shared.load_own_state(load_weights(directory / EMA_NAME), where=str(directory / EMA_NAME))
+    shared.eval()
+    if cached:
+        _LOADED[key] = shared
+    return shared
+
+
+def _read_align(bundle: Path, *, device: str) -> nn.Module:
+    from medm2g_core.align.model import AlignModel
+
+    directory = Path(bundle) / "align"
+    key = _cache_key("align", directory, device=device, use_ema=False)
+    if key not in _LOADED:
+        model = AlignModel.from_pretrained(directory, device=device)
+        _LOADED[key] = model
+        return model
+    return _LOADED[key]
+
+
+class FlowModel:
+    """A trained flow loaded from a bundle, ready to ``predict`` (docs/architecture.md "Flow inference").
+
+    Attributes:
+        pair, config (``FlowConfig``), image_size, context_slices; network (``FlowNetwork``), align
+        (``AlignModel``), shared (``SharedCrossAttention``), text_vae + tokenizer (report targets),
+        autoencoders (latent flows: modality → ``ImageAutoencoder``).
+    """
+
+    def __init__(self, *, network: FlowNetwork, align: Any, text_vae: Any = None, tokenizer: Any = None,
+                 autoencoders: dict[Modality, Any] | None = None, device: str = "cpu"):
+        self.network = network.eval()
+        self.align = align.eval()
+        self.text_vae = None if text_vae is None else text_vae.eval()
+        self.tokenizer = tokenizer
+        self.autoencoders = autoencoders or {}
+        self.device = device
+        self.pair: Pair = network.config.pair
+        self.config: FlowConfig = network.config.flow_config
+        self.image_size: int = network.config.image_size
+        self.context_slices: int = network.config.context_slices
+
+    @property
+    def shared(self) -> SharedCrossAttention:
+        return self.network.shared
+
+    @classmethod
+    def load(cls, bundle: str | Path, pair: Pair | str, *, device: str = "cpu", use_ema: bool = True,
+             shared: SharedCrossAttention | None = None, align: Any = None) -> "FlowModel":
+        """Load ``flows/<pair>`` with what it needs from ``bundle``.
+
+        Flows of one bundle loaded in one process use the same ``SharedCrossAttention`` and
+        ``AlignModel`` objects (cached while in use); ``shared``/``align`` pass them explicitly.
+        """
+        from medm2g_core.serialization import load_weights
+
+        bundle = Path(bundle)
+        pair = parse_pair(pair) if isinstance(pair, str) else pair
+        directory = bundle / "flows" / pair.name
+        if not (directory / "config.json").is_file():
+            from medm2g_core.bundle import Bundle
+
+            known = ", ".join(Bundle.open(bundle).flows) or "none"
+            raise BundleError(f"{bundle}: has no flow {pair.name} (flows: {known}); train it with `medm2g train-flow --pair ...`")
+        shared = shared if shared is not None else _read_shared(bundle, device=device, use_ema=use_ema, cached=True)
+        network = FlowNetwork.from_pretrained(directory, device=device, shared=shared)
+        if use_ema and (directory / EMA_NAME).is_file():
+            network.load_own_state(load_weights(directory / EMA_NAME), where=str(directory / EMA_NAME))
+        align = align if align is not None else _read_align(bundle, device=device)
+        text_vae = tokenizer = None
+        if pair.target is Modality.REPORT:
+            text_vae, tokenizer = load_text_vae(bundle, device=device)
+        autoencoders = {}
+        if network.config.flow_config.latent:
+            from medm2g_core.models.autoencoders import ImageAutoencoder
+
+            for modality in (*pair.sources, pair.target):
+                if modality.is_image and (bundle / "autoencoders" / modality.value / "config.json").is_file():
+                    autoencoders[modality] = ImageAutoencoder.from_pretrained(bundle / "autoencoders" / modality.value, device=device).eval()
+        return cls(network=network, align=align, text_vae=text_vae, tokenizer=tokenizer, autoencoders=autoencoders, device=device)
+
+    # -- helpers shared with training ---------------------------------------------------------------
+    def target_shape(self, batch: int) -> tuple[int, ...]:
+        cfg = self.network.config.denoiser_config
+        if self.network.config.kind == "text":
+            return (batch, cfg.latent_tokens, cfg.latent_dim)
+        return (batch, cfg.target_channels, cfg.sample_size, cfg.sample_size)
+
+    def condition(self, sources: dict[Modality, Any], *, weights: dict[Modality, float] | None = None) -> ConditionInputs:
+        """``ConditionInputs`` for ``sources`` (image tensors moved to the device; latents for latent flows)."""
+        moved = {m: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for m, v in sources.items()}
+        spatial = None
+        if self.network.config.spatial and self.autoencoders:
+            spatial = {m: encode_channels(self.autoencoders[m], v) for m, v in moved.items() if m in self.autoencoders and m in self.pair.sources}
+        inputs, _ = build_condition(self.network, self.align, moved, weights=weights, spatial=spatial)
+        return inputs
+
+    @torch.no_grad()
+    def predict(self, sources: dict[Modality | str, torch.Tensor | list[str]], *, samples: int = 1, seed: int = 0,
+                steps: int | None = None, guidance: float | Sequence[float] | None = None,
+                weights: dict[Modality | str, float] | None = None) -> Prediction:
+        """Generate the target for a batch of sources (shapes and ranges: docs/architecture.md).
+
+        Args:
+            sources: modality → (B, 1 + 2·context_slices, H, W) tensor in [-1, 1] at ``image_size``, or a
+                list of B report strings. Flow sources may be missing (multi-source flows); modalities
+                beyond the flow's own are composed CoDi-style (module docstring).
+            samples: K samples per input (mean and per-pixel std returned).
+            seed: seeds the initial noise; same seed → identical output.
+            steps, guidance: sampler overrides (default: the flow's ``FlowConfig``).
+            weights: CoDi composition weight per source modality (missing ones: 1.0).
+        """
+        from medm2g_core.sampling.sample import make_sampling_scheduler, sample_many
+
+        parsed = {parse_modality(m) if isinstance(m, str) else m: v for m, v in sources.items() if v is not None}
+        if not parsed:
+            raise ValueError(f"no source given; the {self.pair} flow takes {', '.join(s.value for s in self.pair.sources)}")
+        parsed_weights = None if weights is None else {parse_modality(m) if isinstance(m, str) else m: float(w) for m, w in weights.items()}
+        for modality, value in parsed.items():
+            if isinstance(value, torch.Tensor):
+                expected = (1 + 2 * self.context_slices, self.image_size, self.image_size)
+                if value.ndim != 4 or (modality in self.pair.sources and tuple(value.shape[1:]) != expected) \
+                        or (modality not in self.pair.sources and tuple(value.shape[2:]) != expected[1:]):
+                    raise ValueError(f"{modality.value} source has shape {tuple(value.shape)}, expected (B, {', '.join(map(str, expected))})")
+        batch = next(len(v) if not isinstance(v, torch.Tensor) else v.shape[0] for v in parsed.values())
+        inputs = self.condition(parsed, weights=parsed_weights)
+        config = self.config
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        latent_shape = self.target_shape(batch)
+        drawn = sample_many(
+            self.network, make_sampling_scheduler(config), latent_shape, samples=samples, condition=inputs,
+            steps=steps or config.sampling_steps, guidance=config.guidance if guidance is None else guidance,
+            generator=generator, prediction_type=config.prediction_type, clip_sample=config.clip_sample,
+            clip_range=config.clip_range, eta=config.eta, device=self.device,
+        )
+        if self.pair.target is Modality.REPORT:
+            texts = decode_texts(self.text_vae, self.tokenizer, drawn.samples)
+            return Prediction(mean=drawn.mean, std=None, samples=drawn.samples, texts=texts)
+        images = drawn.samples
+        autoencoder = self.autoencoders.get(self.pair.target)
+        if config.latent and autoencoder is not None:
+            images = torch.stack([autoencoder.decode(s).clamp(-1, 1) for s in images])
+        std = images.std(0, unbiased=False) if samples > 1 else None
+        return Prediction(mean=images.mean(0), std=std, samples=images)
+
+
+def encode_channels(autoencoder: Any, images: torch.Tensor) -> torch.Tensor:
+    """Latents of every channel of (B, c, H, W) with a 1-channel autoencoder → (B, c·latent_channels, h, w)."""
+    parts = [autoencoder.encode(images[:, i : i + 1]) for i in range(images.shape[1])]
+    return torch.cat(parts, 1)
+
+
+@torch.no_grad()
+def decode_texts(text_vae: Any, tokenizer: Any, latents: torch.Tensor) -> list[list[str]]:
+    """Text latents (K, B, T, d) → B × K report strings."""
+    from medm2g_core.models.text_vae import ids_to_texts
+
+    samples, batch = latents.shape[:2]
+    ids = text_vae.decode(latents.flatten(0, 1), max_tokens=text_vae.config.max_tokens)
+    flat = ids_to_texts(tokenizer, ids, eos_id=text_vae.config.eos_id, pad_id=text_vae.config.pad_id)
+    return [[flat[k * batch + b] for k in range(samples)] for b in range(batch)]
+
+
+def load_text_vae(bundle: str | Path, *, device: str = "cpu") -> tuple[Any, Any]:
+    """``text_vae/`` of a bundle: the ``TextVAE`` (EMA weights when saved) and its tokenizer."""
+    from medm2g_core.models.text_tokenizer import load_tokenizer
+    from medm2g_core.models.text_vae import TextVAE
+    from medm2g_core.serialization import load_weights
+
+    directory = Path(bundle) / "text_vae"
+    if not (directory / "config.json").is_file():
+        raise BundleError(f"{directory} is missing; run `medm2g train-flow --stage text-vae` (or train a report flow)")
+    vae = TextVAE.from_pretrained(directory, device=device)
+    if (directory / EMA_NAME).is_file():
+        vae.load_own_state(load_weights(directory / EMA_NAME), where=str(directory / EMA_NAME))
+    return vae.eval(), load_tokenizer(directory / "tokenizer")

@@ -1,0 +1,101 @@
+"""``FlowRecipe``: the ``flows:`` section of a recipe (YAML → dataclass, unknown keys rejected).
+
+```yaml
+flows:
+  shared: frozen              # later flows reuse flows/shared/ frozen, or "finetune" it
+  shared_attention: {num_layers: 4, query_dim: 64, condition_dim: 64, heads: 4}
+  image_denoiser: {block_out_channels: [32, 64, 64]}   # ImageDenoiserConfig overrides
+  text_denoiser: {layers: 4}                          # TextLatentDenoiserConfig overrides
+  objective: {warm_start_fraction: 0.3}               # FlowConfig overrides (every flow)
+  slices: 24                  # axial slices per patient for paired image flows ("all", "middle", N)
+  context_slices: 0           # 2.5D: neighbouring slices per side as extra source channels
+  source_dropout: 0.15        # per-source dropout of multi-source flows (missing-source robustness)
+  forgetting: {val_batches: 2, psnr_samples: 8}
+  training: {steps: 300}      # TrainingConfig overrides for every flow
+  pairs:                      # per-pair overrides of any key above (except pairs/shared*)
+    xray-report: {training: {steps: 250}, objective: {clip_sample: false}}
+```
+
+``resolve(pair)`` merges the pair's overrides over the section-level values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from medm2g_core.config import build_dataclass
+from medm2g_core.errors import ConfigError
+from medm2g_core.modalities import Pair, parse_pair
+
+SHARED_MODES = ("frozen", "finetune")
+
+
+@dataclass(frozen=True)
+class ForgettingConfig:
+    """How earlier flows are re-measured after a new flow: ``val_batches`` validation batches at
+    fixed seeds/timesteps, and the PSNR of ``psnr_samples`` DDIM samples for image flows (0 = off)."""
+
+    val_batches: int = 2
+    psnr_samples: int = 8
+
+
+@dataclass(frozen=True)
+class FlowRecipe:
+    """The ``flows:`` section (see the module docstring). Dict-valued fields are overrides of the
+    named dataclass and are validated when a flow is built."""
+
+    shared: str = "frozen"
+    shared_attention: dict[str, Any] = field(default_factory=dict)
+    image_denoiser: dict[str, Any] = field(default_factory=dict)
+    text_denoiser: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
+    slices: Any = 24
+    context_slices: int = 0
+    source_dropout: float = 0.15
+    val_items: int = 64
+    sample_items: int = 4
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    training: dict[str, Any] = field(default_factory=dict)
+    pairs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.shared not in SHARED_MODES:
+            raise ConfigError(f"flows.shared must be one of {', '.join(SHARED_MODES)}, not {self.shared!r}")
+        if self.context_slices < 0:
+            raise ConfigError("flows.context_slices must be ≥ 0")
+        if not 0.0 <= self.source_dropout < 1.0:
+            raise ConfigError("flows.source_dropout must be in [0, 1)")
+        for key in self.pairs:
+            try:
+                parse_pair(key)
+            except ValueError as error:
+                raise ConfigError(f"flows.pairs: {error}") from None
+
+    def resolve(self, pair: Pair) -> "FlowRecipe":
+        """The section with ``pairs[<pair>]`` overrides merged in (dict fields merged key by key)."""
+        overrides: dict[str, Any] = {}
+        for key, value in self.pairs.items():
+            if parse_pair(key) == pair:
+                overrides = dict(value or {})
+        if not overrides:
+            return self
+        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_attention"}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ConfigError(f"flows.pairs.{pair}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            current = getattr(self, key)
+            if isinstance(current, dict):
+                changes[key] = {**current, **(value or {})}
+            elif key == "forgetting":
+                changes[key] = build_dataclass(ForgettingConfig, {**current.__dict__, **(value or {})}, where=f"flows.pairs.{pair}.forgetting")
+            else:
+                changes[key] = value
+        return replace(self, **changes)
+
+
+def parse_flow_recipe(section: dict[str, Any] | None) -> FlowRecipe:
+    """``FlowRecipe`` from a recipe's raw ``flows`` mapping (``Recipe.flows``)."""
+    return build_dataclass(FlowRecipe, section or {}, where="flows")

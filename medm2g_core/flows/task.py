@@ -1,0 +1,325 @@
+"""Training tasks of the generative stage, each implementing the loop's ``Task`` protocol.
+
+- ``ImageAutoencoderTask``: the KL autoencoder of one imaging modality (L1 reconstruction + KL).
+- ``TextVAETask``: the report autoencoder (cross-entropy, token accuracy; validation adds the ROUGE-L of
+  decode(encode(report)) on held-out reports).
+- ``FlowTask``: one cross-guided diffusion flow (``FlowNetwork``) in pixel or latent space. Its condition
+  comes from the frozen aligned encoders (``flows.model.build_condition``); each source modality is
+  dropped with ``source_dropout`` and all at once with ``FlowConfig.condition_dropout`` (classifier-free
+  guidance). For the first ``warm_start_steps`` it is trained as an L1 regressor of x0 from the
+  condition alone (noisy input zero, t = T−1; the noise path of the denoiser starts zero-initialised),
+  then with the DDPM objective of its ``FlowConfig`` (DESIGN §8). Validation: the diffusion loss at
+  stratified timesteps with seeded noise (deterministic), and a sample grid / decoded texts written to
+  the stage's ``samples/`` folder.
+
+Batches come from ``ImageTextDataset`` (``image``, ``text``) or ``PairSliceDataset`` (``source``,
+``target``) of ``medm2g_core.data.datasets``, and ``ReportDataset`` below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from medm2g_core.flows.config import FlowConfig
+from medm2g_core.flows.model import FlowNetwork, build_condition, center_channels, encode_channels, expand_keep
+from medm2g_core.flows.objective import (
+    add_noise,
+    diffusion_loss,
+    make_noise_scheduler,
+    min_snr_weights,
+    regression_loss,
+    sample_keep_mask,
+    training_target,
+)
+from medm2g_core.modalities import Modality, Pair
+from medm2g_core.models.conditioning import assemble_condition
+
+
+# --------------------------------------------------------------------------- reports
+class ReportDataset(Dataset):
+    """Report texts of patient records (those with ``report.txt``): items ``{"text", "patient_id"}``."""
+
+    def __init__(self, records: Sequence[Any]):
+        from medm2g_core import io
+
+        self.items = [(r.patient_id, io.read_report(r.files[Modality.REPORT]).text) for r in records if Modality.REPORT in r.files]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        patient_id, text = self.items[index % len(self.items)]
+        return {"text": text, "patient_id": patient_id}
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"text": [i["text"] for i in items], "patient_id": [i["patient_id"] for i in items]}
+
+
+# --------------------------------------------------------------------------- autoencoders
+def _images_of(batch: dict[str, Any]) -> torch.Tensor:
+    return batch["target"] if "target" in batch else batch["image"]
+
+
+class ImageAutoencoderTask:
+    """Train an ``ImageAutoencoder`` on slices (``PairSliceDataset`` target) or X-rays (``ImageTextDataset``)."""
+
+    def __init__(self, autoencoder: nn.Module):
+        self.autoencoder = autoencoder
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"autoencoder": self.autoencoder}
+
+    def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
+        return self.autoencoder.loss(_images_of(batch).to(self._device()))
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        from medm2g_core.metrics.image import psnr
+
+        images = _images_of(batch).to(self._device())
+        losses = self.autoencoder.loss(images)
+        reconstruction = self.autoencoder(images).clamp(-1, 1)
+        value = psnr(reconstruction.cpu().numpy(), images.cpu().numpy(), data_range=2.0)
+        return {"loss": float(losses["loss"]), "recon": float(losses["recon"]), "psnr": value}
+
+    def _device(self) -> torch.device:
+        return next(self.autoencoder.parameters()).device
+
+
+class TextVAETask:
+    """Train a ``TextVAE`` on report texts with a tokenizer (the align stage's WordPiece)."""
+
+    def __init__(self, vae: nn.Module, tokenizer: Any):
+        self.vae = vae
+        self.tokenizer = tokenizer
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"text_vae": self.vae}
+
+    def ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from medm2g_core.models.text_vae import texts_to_ids
+
+        device = next(self.vae.parameters()).device
+        ids, mask = texts_to_ids(self.tokenizer, texts, max_tokens=self.vae.config.max_tokens, pad_id=self.vae.config.pad_id)
+        return ids.to(device), mask.to(device)
+
+    def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
+        return self.vae.loss(*self.ids(batch["text"]))
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        ids, mask = self.ids(batch["text"])
+        losses = self.vae.loss(ids, mask)
+        return {"loss": float(losses["loss"]), "token_accuracy": float(losses["token_accuracy"]),
+                "rouge_l": self.reconstruction_rouge(batch["text"])}
+
+    @torch.no_grad()
+    def reconstruction_rouge(self, texts: Sequence[str]) -> float:
+        """ROUGE-L of decode(encode(report)) against the report (R2Gen cleaning, no METEOR)."""
+        from medm2g_core.metrics.text import ROUGE_NAME, score_reports
+        from medm2g_core.models.text_vae import ids_to_texts
+
+        ids, mask = self.ids(texts)
+        decoded = ids_to_texts(self.tokenizer, self.vae.decode(self.vae.encode(ids, mask), max_tokens=self.vae.config.max_tokens),
+                               eos_id=self.vae.config.eos_id, pad_id=self.vae.config.pad_id)
+        keys = [str(i) for i in range(len(texts))]
+        scores = score_reports(dict(zip(keys, decoded)), dict(zip(keys, texts)), meteor=False)
+        return float(scores.corpus[ROUGE_NAME])
+
+
+# --------------------------------------------------------------------------- flows
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return ((image.float().clamp(-1, 1).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+
+
+def write_grid(path: Path, rows: list[list[torch.Tensor]]) -> Path:
+    """A PNG of (H, W) images in [-1, 1], one row per item (e.g. source | sample | target)."""
+    from medm2g_core import io
+    from medm2g_core.types import ImageMeta
+
+    gap = 2
+    height, width = rows[0][0].shape[-2:]
+    columns = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            canvas[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = _to_uint8(image.reshape(height, width))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return io.write(path, canvas, ImageMeta(spacing=(1.0, 1.0), shape=canvas.shape, synthetic=True, units="normalised"))
+
+
+class FlowTask:
+    """One flow's training (see the module docstring).
+
+    Args:
+        network: the flow's ``FlowNetwork`` (its shared cross-attention is trained too when
+            ``shared_trainable``; otherwise its parameters are frozen).
+        align: the frozen ``AlignModel`` of the bundle.
+        text_vae, tokenizer: report targets (frozen).
+        autoencoders: latent flows: modality → frozen ``ImageAutoencoder``.
+        warm_start_steps: L1-regression steps before the diffusion objective (``sample`` prediction only).
+        source_dropout: per-source-modality dropout probability (multi-source flows).
+        sample_batch: a collated batch of a few validation items for the sample grid.
+        gradient_checkpointing: recompute UNet activations in backward.
+    """
+
+    def __init__(self, network: FlowNetwork, align: nn.Module, *, text_vae: nn.Module | None = None, tokenizer: Any = None,
+                 autoencoders: dict[Modality, nn.Module] | None = None, warm_start_steps: int = 0,
+                 source_dropout: float = 0.0, shared_trainable: bool = True, sample_batch: dict[str, Any] | None = None,
+                 gradient_checkpointing: bool = False):
+        self.network = network
+        self.align = align.eval().requires_grad_(False)
+        self.text_vae = None if text_vae is None else text_vae.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.autoencoders = {m: ae.eval().requires_grad_(False) for m, ae in (autoencoders or {}).items()}
+        self.pair: Pair = network.config.pair
+        self.config: FlowConfig = network.config.flow_config
+        self.warm_start_steps = warm_start_steps if self.config.prediction_type == "sample" else 0
+        self.source_dropout = source_dropout if len(self.pair.sources) > 1 else 0.0
+        self.shared_trainable = shared_trainable
+        network.shared.requires_grad_(shared_trainable)
+        self.sample_batch = sample_batch
+        self.alphas_cumprod = make_noise_scheduler(self.config).alphas_cumprod
+        if gradient_checkpointing and hasattr(network.denoiser, "unet"):
+            network.denoiser.unet.enable_gradient_checkpointing()
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {"flow": self.network}
+        if self.shared_trainable:
+            modules["shared"] = self.network.shared
+        return modules
+
+    def on_train_start(self, accelerator: Any) -> None:
+        self.align.to(accelerator.device)
+        for module in (self.text_vae, *self.autoencoders.values()):
+            if module is not None:
+                module.to(accelerator.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    # -- batches → (sources, x0) ---------------------------------------------------------------
+    def sources_of(self, batch: dict[str, Any]) -> dict[Modality, Any]:
+        """Source modality → image tensor (B, 2c+1, H, W) or list of report strings."""
+        device = self.device
+        if "source" in batch:
+            per_source = batch["source"].shape[1] // len(self.pair.sources)
+            return {m: batch["source"][:, i * per_source:(i + 1) * per_source].to(device) for i, m in enumerate(self.pair.sources)}
+        (source,) = self.pair.sources
+        return {source: list(batch["text"]) if source is Modality.REPORT else batch["image"].to(device)}
+
+    @torch.no_grad()
+    def target_of(self, batch: dict[str, Any]) -> torch.Tensor:
+        """x0 the flow generates: image/slice in [-1, 1], its autoencoder latent, or the text latent."""
+        if self.pair.target is Modality.REPORT:
+            from medm2g_core.models.text_vae import texts_to_ids
+
+            ids, mask = texts_to_ids(self.tokenizer, batch["text"], max_tokens=self.text_vae.config.max_tokens,
+                                     pad_id=self.text_vae.config.pad_id)
+            return self.text_vae.encode(ids.to(self.device), mask.to(self.device))
+        image = (batch["target"] if "target" in batch else batch["image"]).to(self.device)
+        if self.config.latent:
+            return self.autoencoders[self.pair.target].encode(image)
+        return image
+
+    def condition_inputs(self, sources: dict[Modality, Any]):
+        spatial = None
+        if self.config.latent and self.network.config.spatial:
+            with torch.no_grad():
+                spatial = {m: encode_channels(self.autoencoders[m], v) for m, v in sources.items()}
+        inputs, _ = build_condition(self.network, self.align, sources, spatial=spatial)
+        return inputs
+
+    # -- the loop's contract ----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
+        sources = self.sources_of(batch)
+        x0 = self.target_of(batch)
+        batch_size = x0.shape[0]
+        keep = sample_keep_mask(batch_size, num_sources=len(self.pair.sources), source_dropout=self.source_dropout,
+                                condition_dropout=self.config.condition_dropout, device=x0.device)
+        condition = assemble_condition(self.condition_inputs(sources), keep=expand_keep(keep, spatial=self.network.config.spatial))
+        if step < self.warm_start_steps:
+            timesteps = torch.full((batch_size,), self.config.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
+            prediction = self.network(torch.zeros_like(x0), timesteps, condition=condition)
+            loss = regression_loss(prediction, x0)
+            return {"loss": loss, "l1": loss.detach()}
+        noise = torch.randn_like(x0)
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=x0.device)
+        return {"loss": self._diffusion_loss(x0, noise, timesteps, condition)}
+
+    def _diffusion_loss(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
+        noisy = add_noise(x0, noise, timesteps, alphas_cumprod=self.alphas_cumprod)
+        prediction = self.network(noisy, timesteps, condition=condition)
+        target = training_target(x0, noise, timesteps, alphas_cumprod=self.alphas_cumprod, prediction_type=self.config.prediction_type)
+        weights = None
+        if self.config.min_snr_gamma:
+            weights = min_snr_weights(timesteps, alphas_cumprod=self.alphas_cumprod, gamma=self.config.min_snr_gamma,
+                                      prediction_type=self.config.prediction_type)
+        return diffusion_loss(prediction, target, weights=weights)
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Diffusion loss at stratified timesteps (t_i = (i + ½)/B · T) with the caller-seeded noise,
+        every source kept; deterministic for a given batch and seed."""
+        sources = self.sources_of(batch)
+        x0 = self.target_of(batch)
+        batch_size = x0.shape[0]
+        T = self.config.num_train_timesteps
+        timesteps = ((torch.arange(batch_size, device=x0.device) + 0.5) / batch_size * T).long().clamp(0, T - 1)
+        noise = torch.randn_like(x0)
+        condition = assemble_condition(self.condition_inputs(sources))
+        return {"loss": float(self._diffusion_loss(x0, noise, timesteps, condition))}
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], *, seed: int = 0, samples: int = 1) -> torch.Tensor:
+        """K samples (K, B, ...) of the flow's x0 space for a batch, with the current weights."""
+        from medm2g_core.sampling.sample import make_sampling_scheduler, sample_many
+
+        sources = self.sources_of(batch)
+        x0 = self.target_of(batch)
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            drawn = sample_many(
+                self.network, make_sampling_scheduler(self.config), tuple(x0.shape), samples=samples,
+                condition=self.condition_inputs(sources), steps=self.config.sampling_steps, guidance=self.config.guidance,
+                generator=torch.Generator(device=x0.device).manual_seed(seed), prediction_type=self.config.prediction_type,
+                clip_sample=self.config.clip_sample, clip_range=self.config.clip_range, eta=self.config.eta, device=x0.device,
+            )
+        finally:
+            self.network.train(was_training)
+        return drawn.samples
+
+    def on_validation(self, step: int, out_dir: Path) -> None:
+        """Write ``out_dir/step-NNNNNNNN.png`` (source | sample | target per row) or ``.txt`` (report targets)."""
+        if not self.sample_batch:
+            return
+        batch = self.sample_batch
+        drawn = self.generate(batch, seed=0)[0]
+        out_dir = Path(out_dir)
+        if self.pair.target is Modality.REPORT:
+            from medm2g_core.flows.model import decode_texts
+            from medm2g_core.serialization import write_text
+
+            texts = decode_texts(self.text_vae, self.tokenizer, drawn[None])
+            lines = [f"# {self.pair} samples at step {step} (generated | reference)", ""]
+            for patient, generated, reference in zip(batch.get("patient_id", []), texts, batch["text"]):
+                lines += [f"## {patient}", f"GENERATED: {generated[0]}", f"REFERENCE: {' '.join(reference.split())}", ""]
+            write_text(out_dir / f"step-{step:08d}.txt", "\n".join(lines))
+            return
+        target = self.target_of(batch)
+        if self.config.latent:
+            autoencoder = self.autoencoders[self.pair.target]
+            drawn, target = autoencoder.decode(drawn).clamp(-1, 1), autoencoder.decode(target).clamp(-1, 1)
+        rows = []
+        sources = self.sources_of(batch)
+        for i in range(target.shape[0]):
+            row = [center_channels(v[i:i + 1], context_slices=self.network.config.context_slices)[0, 0]
+                   for v in sources.values() if isinstance(v, torch.Tensor)]
+            rows.append(row + [drawn[i, 0], target[i, 0]])
+        write_grid(out_dir / f"step-{step:08d}.png", rows)

@@ -1,0 +1,474 @@
+"""``train_flow()``: add one generation flow (or a latent space) to a bundle (DESIGN §1.4–1.7, issue 6/11).
+
+One call = one ``medm2g train-flow`` run, through the one training loop (``training.loop.train``):
+
+- ``stage="text-vae"``: the report autoencoder → ``text_vae/`` (also trained first, when missing, by a
+  flow whose target is the report);
+- ``stage="autoencoder"``: the KL autoencoder of ``modality`` → ``autoencoders/<modality>/`` (also
+  trained first by latent flows that need it);
+- ``stage="flow"``: the flow ``pair`` → ``flows/<pair>/{config.json, model.safetensors, ema.safetensors}``.
+  The shared cross-attention lives once in ``flows/shared/``: the first flow trains it; later flows load
+  it (EMA weights, as inference does) and keep it frozen or fine-tune it (``flows.shared`` in the
+  recipe). Afterwards the new flow is measured (validation loss at fixed seeds/timesteps, PSNR of DDIM
+  samples for image targets) and every earlier flow is re-measured on its own validation split:
+  ``bundle.json["forgetting"][<new flow>][<earlier flow>] = {"before": ..., "after": ...}``.
+
+On several processes every rank calls it; only rank 0 writes the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medm2g_core.config import Recipe, apply_overrides, load_recipe, merge_training, recipe_to_dict, stage_training
+from medm2g_core.errors import BundleError, ConfigError, InputError
+from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
+from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
+
+STAGES = ("flow", "autoencoder", "text-vae")
+
+
+@dataclass
+class StageReport:
+    """One trained component: ``name`` (``flows/xray__report``, ``text_vae``, ``autoencoders/ct``), steps,
+    seconds, ``val_start``/``val_end`` (validation metrics before and after training), ``val_history``."""
+
+    name: str
+    steps: int
+    seconds: float
+    resumed_from: int | None = None
+    val_start: dict[str, float] = field(default_factory=dict)
+    val_end: dict[str, float] = field(default_factory=dict)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainFlowResult:
+    """What ``train_flow`` did.
+
+    Attributes:
+        bundle: the bundle folder; pair: the flow's canonical name (or the component for other stages).
+        stages: every component trained by this call, prerequisites first (``StageReport``).
+        metrics: the new flow measured as inference loads it (``loss``; ``psnr`` dB in [-1, 1] units).
+        forgetting: earlier flow → {"before": metrics, "after": metrics}.
+        samples_dir: where validation sample grids / texts were written.
+        synthetic: trained on phantoms. seconds: wall time of the whole call.
+    """
+
+    bundle: Path
+    pair: str
+    stages: list[StageReport]
+    metrics: dict[str, float] = field(default_factory=dict)
+    forgetting: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    samples_dir: Path | None = None
+    synthetic: bool = False
+    seconds: float = 0.0
+
+
+def train_flow(
+    data_dir: str | Path,
+    bundle_dir: str | Path,
+    *,
+    pair: str | Pair | None = None,
+    recipe: Recipe | str | Path | None = None,
+    steps: int | None = None,
+    stage: str = "flow",
+    modality: str | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
+    progress: ProgressFn = no_progress,
+) -> TrainFlowResult:
+    """Train a flow (or a latent space) on the cohort at ``data_dir`` into the bundle ``bundle_dir``.
+
+    Args:
+        pair: ``xray-report``, ``report-xray``, ``mri-ct``, ``ct-mri``, ``t1-t2``, ``t2-t1``, ``t2+pd-t1``...
+            (required for ``stage="flow"``).
+        recipe: a ``Recipe``, YAML path or recipe name (None = demo-cpu); ``steps`` overrides the
+            stage's training steps; ``seed``/``mixed_precision`` likewise.
+        stage: ``flow``, ``autoencoder`` (with ``modality``) or ``text-vae``.
+        resume: continue the stage from ``BUNDLE/training/<name>/`` exactly.
+        gradient_checkpointing: recompute UNet activations in backward (less memory).
+        progress: receives training events (rank 0 only).
+    """
+    from accelerate import PartialState
+
+    from medm2g_core.bundle import Bundle
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.data.splits import split_records
+    from medm2g_core.flows.recipe import parse_flow_recipe
+
+    started = time.monotonic()
+    if stage not in STAGES:
+        raise ConfigError(f"--stage {stage!r}; valid: {', '.join(STAGES)}")
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}")
+    data_dir, bundle_dir = Path(data_dir), Path(bundle_dir)
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    flows = parse_flow_recipe(recipe.flows)
+    bundle = Bundle.open(bundle_dir)
+    if not bundle.has_component("align"):
+        raise BundleError(f"{bundle_dir} has no align stage; run `medm2g align --data {data_dir} --out {bundle_dir}` first")
+    if not data_dir.is_dir():
+        raise InputError(data_dir, "no such cohort folder", "pass --data DIR holding patient folders (see `medm2g data index`)")
+    records = scan_cohort(data_dir)
+    if not records:
+        raise InputError(data_dir, "no patient folders found", "create one with `medm2g data synth` or `medm2g data import`")
+    splits = split_records(records, seed=recipe.data.split_seed, fractions=recipe.data.split_fractions)
+    state = PartialState()
+    if not state.is_main_process:
+        progress = no_progress
+    context = _Context(bundle=bundle, recipe=recipe, flows=flows, splits=splits, data_dir=data_dir, steps=steps, seed=seed,
+                       mixed_precision=mixed_precision, resume=resume, progress=progress, is_main=state.is_main_process,
+                       gradient_checkpointing=gradient_checkpointing)
+    synthetic = any(getattr(r, "synthetic", False) for r in records)
+    if stage == "text-vae":
+        reports = [_train_text_vae(context, final=True)]
+        return TrainFlowResult(bundle=bundle_dir, pair="text_vae", stages=reports, synthetic=synthetic, seconds=time.monotonic() - started)
+    if stage == "autoencoder":
+        if modality is None:
+            raise ConfigError("--stage autoencoder needs --modality (xray, ct, mri-t1, mri-t2, mri-pd)")
+        reports = [_train_autoencoder(context, parse_modality(modality), final=True)]
+        return TrainFlowResult(bundle=bundle_dir, pair=f"autoencoders/{parse_modality(modality).value}", stages=reports,
+                               synthetic=synthetic, seconds=time.monotonic() - started)
+    if pair is None:
+        raise ConfigError("--pair is required for --stage flow (e.g. xray-report, mri-ct, t2+pd-t1)")
+    pair = parse_pair(pair) if isinstance(pair, str) else pair
+    return _train_flow_stage(context, pair, started=started, synthetic=synthetic)
+
+
+# --------------------------------------------------------------------------- internals
+@dataclass
+class _Context:
+    bundle: Any
+    recipe: Recipe
+    flows: Any
+    splits: dict[str, list]
+    data_dir: Path
+    steps: int | None
+    seed: int
+    mixed_precision: str
+    resume: bool
+    progress: ProgressFn
+    is_main: bool
+    gradient_checkpointing: bool
+
+    def training(self, section: dict[str, Any] | None, *, final: bool, extra: dict[str, Any] | None = None):
+        """TrainingConfig: recipe top level + ``extra`` defaults + ``section`` overrides (+ CLI flags on the final stage)."""
+        config = merge_training(self.recipe.training, {**(extra or {}), **(section or {})}, where="training")
+        flags: dict[str, Any] = {"seed": self.seed, "mixed_precision": self.mixed_precision}
+        if final and self.steps is not None:
+            flags["steps"] = self.steps
+        return merge_training(config, flags, where="training (command line)")
+
+    def dataset_options(self) -> dict[str, Any]:
+        data = self.recipe.data
+        return dict(image_size=data.image_size, ct_window=data.ct_window, mri_percentiles=data.mri_percentiles)
+
+
+def _run(context: _Context, task: Any, *, train_dataset, val_dataset, config, name: str):
+    from medm2g_core.flows.forgetting import validation_loss
+    from medm2g_core.training.loop import train
+
+    if len(train_dataset) < config.batch_size:
+        raise InputError(context.data_dir, f"{name}: only {len(train_dataset)} training items, fewer than one batch of {config.batch_size}",
+                         "add patients or lower training.batch_size in the recipe")
+    val_start = {}
+    if val_dataset is not None and not context.resume:
+        val_start = validation_loss(task, val_dataset, batch_size=config.batch_size, batches=config.val_batches, seed=config.seed)
+    result = train(task, train_dataset=train_dataset, val_dataset=val_dataset, config=config,
+                   state_dir=context.bundle.training_dir(name.replace("/", "-")), resume=context.resume,
+                   progress=context.progress, description=name)
+    return result, val_start
+
+
+def _own_ema(result: Any, module: Any, name: str) -> dict[str, Any] | None:
+    if result.ema_state_dicts is None or name not in result.ema_state_dicts:
+        return None
+    own = set(module.own_state_dict()) if hasattr(module, "own_state_dict") else set(module.state_dict())
+    return {k: v for k, v in result.ema_state_dicts[name].items() if k in own}
+
+
+def _save_component(directory: Path, module: Any, ema: dict[str, Any] | None, *, extra=None) -> None:
+    from medm2g_core.serialization import atomic_dir, save_weights
+
+    with atomic_dir(directory) as tmp:
+        module.save_pretrained(tmp)
+        if ema is not None:
+            save_weights(tmp / "ema.safetensors", ema)
+        if extra is not None:
+            extra(tmp)
+
+
+def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
+    from medm2g_core.flows.forgetting import DatasetSubset
+    from medm2g_core.flows.task import ReportDataset, TextVAETask
+    from medm2g_core.models.text_tokenizer import load_tokenizer
+    from medm2g_core.models.text_vae import TextVAE, TextVAEConfig
+    from medm2g_core.training.loop import seed_everything
+
+    section = dict(context.recipe.text_vae)
+    overrides = section.pop("training", {})
+    config = context.training(overrides, final=final)
+    tokenizer = load_tokenizer(context.bundle.path / "align" / "tokenizer")
+    train_dataset = ReportDataset(context.splits["train"])
+    val_dataset = DatasetSubset(ReportDataset(context.splits["val"] or context.splits["test"]), limit=32)
+    if len(train_dataset) == 0:
+        raise InputError(context.data_dir, "no reports in the training split; the text VAE needs report.txt files")
+    seed_everything(config.seed)
+    vae = TextVAE(TextVAEConfig.from_tokenizer(tokenizer, **section))
+    task = TextVAETask(vae, tokenizer)
+    result, val_start = _run(context, task, train_dataset=train_dataset, val_dataset=val_dataset if len(val_dataset) else None,
+                             config=config, name="text_vae")
+    report = StageReport("text_vae", result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
+    if context.is_main:
+        _save_component(context.bundle.component_dir("text_vae"), vae.eval(), _own_ema(result, vae, "text_vae"),
+                        extra=lambda tmp: _save_tokenizer(tokenizer, tmp / "tokenizer"))
+        context.bundle.record_component("text_vae")
+        context.bundle.record_stage("text_vae", recipe=context.recipe.text_vae, steps=result.steps, seconds=round(result.seconds, 1),
+                                    val_start=val_start, val_end=result.final_val)
+        context.bundle.set_metrics("text_vae", result.final_val)
+        context.bundle.save()
+    return report
+
+
+def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    tokenizer.save_pretrained(str(directory))
+    for leftover in directory.glob("*.bin"):
+        leftover.unlink()
+
+
+def _slice_dataset(context: _Context, records, *, sources, target, slices, context_slices: int):
+    from medm2g_core.data.datasets import PairSliceDataset
+
+    volumes = (len(sources) + 1) * max(len(records), 1)
+    return PairSliceDataset(records, sources=sources, target=target, slices=slices, context_slices=context_slices,
+                            cache_items=min(max(context.recipe.data.cache_items, volumes), 256), **context.dataset_options())
+
+
+def _train_autoencoder(context: _Context, modality: Modality, *, final: bool) -> StageReport:
+    from medm2g_core.data.datasets import ImageTextDataset
+    from medm2g_core.flows.forgetting import DatasetSubset
+    from medm2g_core.flows.task import ImageAutoencoderTask
+    from medm2g_core.models.autoencoders import ImageAutoencoder, ImageAutoencoderConfig
+    from medm2g_core.serialization import dataclass_from_dict
+    from medm2g_core.training.loop import seed_everything
+
+    if not modality.is_image:
+        raise ConfigError(f"autoencoders are for imaging modalities; {modality.value} is text (use --stage text-vae)")
+    section = dict(context.recipe.autoencoders)
+    overrides = section.pop("training", {})
+    config = context.training(overrides, final=final)
+
+    def dataset(records):
+        if modality.is_volume:
+            return _slice_dataset(context, records, sources=[modality], target=modality, slices=context.flows.slices, context_slices=0)
+        data = context.dataset_options()
+        return ImageTextDataset(records, image_modality=modality, **data)
+
+    train_dataset = dataset(context.splits["train"])
+    val_dataset = DatasetSubset(dataset(context.splits["val"] or context.splits["test"]), limit=context.flows.val_items)
+    seed_everything(config.seed)
+    autoencoder = ImageAutoencoder(dataclass_from_dict(ImageAutoencoderConfig, section, where="autoencoders"))
+    name = f"autoencoders/{modality.value}"
+    result, val_start = _run(context, ImageAutoencoderTask(autoencoder), train_dataset=train_dataset,
+                             val_dataset=val_dataset if len(val_dataset) else None, config=config, name=name)
+    ema = _own_ema(result, autoencoder, "autoencoder")
+    if ema is not None:
+        autoencoder.load_state_dict(ema)
+    from medm2g_core.flows.forgetting import first_batch
+
+    batch = first_batch(train_dataset, items=32)
+    autoencoder.eval().fit_scaling_factor((batch["target"] if "target" in batch else batch["image"]).to(next(autoencoder.parameters()).device))
+    if context.is_main:
+        _save_component(context.bundle.component_dir("autoencoders", modality.value), autoencoder, None)
+        context.bundle.record_component("autoencoders", modality.value)
+        context.bundle.record_stage(name, recipe=context.recipe.autoencoders, steps=result.steps, seconds=round(result.seconds, 1),
+                                    val_start=val_start, val_end=result.final_val)
+        context.bundle.set_metrics(name, result.final_val)
+        context.bundle.save()
+    return StageReport(name, result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
+
+
+def flow_datasets(context: _Context, pair: Pair, flows: Any) -> tuple[Any, Any]:
+    """Training and (subsampled) validation datasets of a flow."""
+    from medm2g_core.data.datasets import ImageTextDataset
+    from medm2g_core.flows.forgetting import DatasetSubset
+
+    val_records = context.splits["val"] or context.splits["test"]
+    if pair.is_paired_image:
+        def make(records):
+            return _slice_dataset(context, records, sources=list(pair.sources), target=pair.target, slices=flows.slices,
+                                  context_slices=flows.context_slices)
+    else:
+        image = pair.target if pair.sources == (Modality.REPORT,) else pair.sources[0]
+        if len(pair.sources) != 1 or Modality.REPORT not in (pair.target, *pair.sources) or not image.is_image:
+            raise ConfigError(f"flow {pair}: supported are image↔report flows and registered volume flows (mri-ct, t2+pd-t1)")
+
+        def make(records):
+            return ImageTextDataset(records, image_modality=image, **context.dataset_options())
+    train_dataset = make(context.splits["train"])
+    val_dataset = DatasetSubset(make(val_records), limit=flows.val_items)
+    if len(train_dataset) == 0:
+        raise InputError(context.data_dir, f"no training patient has every modality of the {pair} flow",
+                         "check the cohort with `medm2g data index`")
+    return train_dataset, val_dataset
+
+
+def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, shared_config: Any, *, text_vae: Any, autoencoders: dict):
+    from medm2g_core.flows.config import FlowConfig
+    from medm2g_core.flows.model import FlowNetworkConfig, family_of
+    from medm2g_core.models.denoisers import ImageDenoiserConfig, TextLatentDenoiserConfig
+    from medm2g_core.serialization import dataclass_from_dict, to_jsonable
+
+    objective = dict(flows.objective)
+    if pair.target is Modality.REPORT:
+        objective.setdefault("clip_sample", False)  # text latents are unit-RMS, not bounded to [-1, 1]
+    flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
+    if flow_config.latent:
+        flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(flow_config), "clip_sample": objective.get("clip_sample", False)}, where="flows.objective")
+    token_dims = {}
+    for source in pair.sources:
+        family = family_of(source)
+        token_dims[family] = int(align.text.backbone.config.hidden_size) if source is Modality.REPORT else int(align.images[family].token_dim)
+    size = context.recipe.data.image_size
+    if pair.target is Modality.REPORT:
+        denoiser = TextLatentDenoiserConfig(latent_tokens=text_vae.config.latent_tokens, latent_dim=text_vae.config.latent_dim,
+                                            width=shared_config.query_dim, condition_dim=shared_config.condition_dim,
+                                            layers=min(4, shared_config.num_layers), heads=shared_config.heads)
+        denoiser = dataclass_from_dict(TextLatentDenoiserConfig, {**to_jsonable(denoiser), **flows.text_denoiser}, where="flows.text_denoiser")
+        kind = "text"
+    else:
+        channels, sample_size, spatial = 1, size, ()
+        if flow_config.latent:
+            ae = autoencoders[pair.target]
+            channels, sample_size = ae.config.latent_channels, size // ae.config.downsample
+        if pair.is_paired_image:
+            per_source = 1 + 2 * flows.context_slices
+            spatial = tuple(per_source * (autoencoders[s].config.latent_channels if flow_config.latent else 1) for s in pair.sources)
+        denoiser = ImageDenoiserConfig(sample_size=sample_size, target_channels=channels, spatial_channels=spatial,
+                                       block_out_channels=(32, shared_config.query_dim, shared_config.query_dim),
+                                       condition_dim=shared_config.condition_dim, attention_heads=shared_config.heads)
+        denoiser = dataclass_from_dict(ImageDenoiserConfig, {**to_jsonable(denoiser), **flows.image_denoiser}, where="flows.image_denoiser")
+        kind = "image"
+    return FlowNetworkConfig(
+        sources=tuple(s.value for s in pair.sources), target=pair.target.value, kind=kind, image_size=size,
+        context_slices=flows.context_slices if pair.is_paired_image else 0, spatial=pair.is_paired_image,
+        embed_dim=int(align.config.embed_dim), token_dims=token_dims, flow=to_jsonable(flow_config), denoiser=to_jsonable(denoiser),
+    )
+
+
+def _train_flow_stage(context: _Context, pair: Pair, *, started: float, synthetic: bool) -> TrainFlowResult:
+    from medm2g_core.align.model import AlignModel
+    from medm2g_core.flows.forgetting import evaluate_flow, first_batch
+    from medm2g_core.flows.model import EMA_NAME, SHARED_NAME, FlowNetwork, _read_shared, load_text_vae
+    from medm2g_core.flows.task import FlowTask
+    from medm2g_core.models.autoencoders import ImageAutoencoder
+    from medm2g_core.models.conditioning import SharedCrossAttention, SharedCrossAttentionConfig
+    from medm2g_core.serialization import dataclass_from_dict
+    from medm2g_core.training.loop import seed_everything
+
+    bundle = context.bundle
+    flows = context.flows.resolve(pair)
+    stages: list[StageReport] = []
+    if pair.target is Modality.REPORT and not bundle.has_component("text_vae"):
+        stages.append(_train_text_vae(context, final=False))
+    objective_latent = bool(flows.objective.get("latent", False))
+    autoencoders = {}
+    if objective_latent:
+        for modality in (*pair.sources, pair.target):
+            if modality.is_image:
+                if not bundle.has_component("autoencoders", modality.value):
+                    stages.append(_train_autoencoder(context, modality, final=False))
+                autoencoders[modality] = ImageAutoencoder.from_pretrained(bundle.component_dir("autoencoders", modality.value))
+    text_vae = tokenizer = None
+    if pair.target is Modality.REPORT:
+        text_vae, tokenizer = load_text_vae(bundle.path)
+
+    earlier = [name for name in bundle.flows if name != pair.name]
+    name = f"flows/{pair.name}"
+    config = context.training(flows.training, final=True, extra={"ema_decay": 0.999})
+    align = AlignModel.from_pretrained(bundle.path / "align")
+    seed_everything(config.seed)
+    shared_dir = bundle.path / "flows" / SHARED_NAME
+    if (shared_dir / "config.json").is_file():
+        shared = _read_shared(bundle.path, device="cpu", use_ema=True)
+        shared_trainable = flows.shared == "finetune"
+    else:
+        shared = SharedCrossAttention(dataclass_from_dict(SharedCrossAttentionConfig, dict(flows.shared_attention), where="flows.shared_attention"))
+        shared_trainable = True
+    network = FlowNetwork(_network_config(context, pair, flows, align, shared.config, text_vae=text_vae, autoencoders=autoencoders),
+                          shared=shared)
+    warm_start_steps = int(round(network.config.flow_config.warm_start_fraction * config.steps))
+    if warm_start_steps and network.config.flow_config.prediction_type == "sample":
+        network.denoiser.zero_init_noise_path()
+    train_dataset, val_dataset = flow_datasets(context, pair, flows)
+    task = FlowTask(network, align, text_vae=text_vae, tokenizer=tokenizer, autoencoders=autoencoders,
+                    warm_start_steps=warm_start_steps, source_dropout=flows.source_dropout, shared_trainable=shared_trainable,
+                    sample_batch=first_batch(val_dataset, items=flows.sample_items),
+                    gradient_checkpointing=context.gradient_checkpointing)
+    result, val_start = _run(context, task, train_dataset=train_dataset, val_dataset=val_dataset if len(val_dataset) else None,
+                             config=config, name=name)
+    stages.append(StageReport(name, result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history))
+    out = TrainFlowResult(bundle=bundle.path, pair=pair.name, stages=stages, synthetic=synthetic,
+                          samples_dir=bundle.training_dir(name.replace("/", "-")) / "samples")
+    if not context.is_main:
+        return out
+
+    _save_component(bundle.component_dir("flows", pair.name), network.eval(), _own_ema(result, network, "flow"))
+    if shared_trainable:
+        _save_component(shared_dir, shared.eval(), _own_ema(result, shared, "shared"))
+        bundle.data["components"]["flows/shared"] = f"flows/{SHARED_NAME}"
+    bundle.record_component("flows", pair.name)
+    bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
+    forgetting_config = flows.forgetting
+    context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
+    out.metrics = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=config.batch_size,
+                                val_batches=forgetting_config.val_batches, psnr_items=forgetting_config.psnr_samples, seed=config.seed)
+    bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
+                        data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)",
+                        val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from)
+    for index, previous in enumerate(earlier):
+        report = _remeasure(context, previous, flows_recipe=context.flows, batch_size=config.batch_size, seed=config.seed)
+        if report is not None:
+            out.forgetting[previous] = report
+            bundle.set_metrics(f"flows/{previous}", report["after"])
+        context.progress(ProgressEvent(task="measure flows", completed=index + 2, total=1 + len(earlier)))
+    bundle.set_metrics(name, out.metrics)
+    if earlier:
+        bundle.set_forgetting(pair.name, out.forgetting)
+    bundle.save()
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _remeasure(context: _Context, name: str, *, flows_recipe: Any, batch_size: int, seed: int) -> dict[str, Any] | None:
+    """Re-measure an earlier flow on its own cohort's validation split: {"before", "after"} or None."""
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.data.splits import split_records
+    from medm2g_core.flows.forgetting import evaluate_flow
+    from medm2g_core.serialization import load_config
+    from medm2g_core.flows.model import FlowNetworkConfig
+
+    bundle = context.bundle
+    stage = bundle.data["stages"].get(f"flows/{name}", {})
+    before = bundle.data["metrics"].get(f"flows/{name}")
+    data_dir = Path(stage.get("data", ""))
+    if before is None or not data_dir.is_dir():
+        return {"before": before or {}, "after": {}, "note": f"cohort {data_dir} not available; not re-measured"}
+    network_config = load_config(bundle.component_dir("flows", name), FlowNetworkConfig)
+    pair = network_config.pair
+    records = scan_cohort(data_dir)
+    splits = split_records(records, seed=context.recipe.data.split_seed, fractions=context.recipe.data.split_fractions)
+    earlier_context = _Context(**{**context.__dict__, "splits": splits, "data_dir": data_dir})
+    resolved = flows_recipe.resolve(pair)
+    resolved = type(resolved)(**{**resolved.__dict__, "context_slices": network_config.context_slices})
+    _, val_dataset = flow_datasets(earlier_context, pair, resolved)
+    after = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=batch_size, val_batches=resolved.forgetting.val_batches,
+                          psnr_items=resolved.forgetting.psnr_samples, seed=seed)
+    return {"before": before, "after": after}
