@@ -84,7 +84,7 @@ class ImageAutoencoderTask:
 
         images = _images_of(batch).to(self._device())
         losses = self.autoencoder.loss(images)
-        reconstruction = self.autoencoder(images).clamp(-1, 1)
+        reconstruction = self.autoencoder(images).detach().clamp(-1, 1)
         value = psnr(reconstruction.cpu().numpy(), images.cpu().numpy(), data_range=2.0)
         return {"loss": float(losses["loss"]), "recon": float(losses["recon"]), "psnr": value}
 

@@ -396,7 +396,9 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     align = AlignModel.from_pretrained(bundle.path / "align")
     seed_everything(config.seed)
     shared_dir = bundle.path / "flows" / SHARED_NAME
-    if (shared_dir / "config.json").is_file():
+    trained_by = bundle.data["stages"].get("flows/shared", {}).get("trained_by", [])
+    # Resuming the flow that trained the shared layers rebuilds them as that run did (fresh, trainable).
+    if (shared_dir / "config.json").is_file() and not (context.resume and trained_by[-1:] == [pair.name]):
         shared = _read_shared(bundle.path, device="cpu", use_ema=True)
         shared_trainable = flows.shared == "finetune"
     else:
@@ -424,6 +426,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     if shared_trainable:
         _save_component(shared_dir, shared.eval(), _own_ema(result, shared, "shared"))
         bundle.data["components"]["flows/shared"] = f"flows/{SHARED_NAME}"
+        bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name])
     bundle.record_component("flows", pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
     forgetting_config = flows.forgetting

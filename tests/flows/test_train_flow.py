@@ -1,0 +1,145 @@
+"""train_flow end to end on a tiny phantom cohort: multi-flow bundle, sharing, forgetting, reload, resume."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_fixtures import build_aligned, fresh_bundle  # noqa: E402
+
+from medm2g_core.bundle import Bundle
+from medm2g_core.errors import BundleError
+from medm2g_core.flows.model import FlowModel
+from medm2g_core.pipelines.train_flow import train_flow
+from medm2g_core.serialization import load_weights
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flows")
+    chest, head, recipe = build_aligned(root)
+    return root, chest, head, recipe
+
+
+@pytest.fixture(scope="module")
+def multi(cohorts):
+    """xray-report, then mri-ct, then t1-t2 into one bundle."""
+    root, chest, head, recipe = cohorts
+    bundle = fresh_bundle(root, "multi.m2g")
+    results = [train_flow(chest, bundle, pair="xray-report", recipe=recipe),
+               train_flow(head, bundle, pair="mri-ct", recipe=recipe),
+               train_flow(head, bundle, pair="t1-t2", recipe=recipe)]
+    return bundle, results
+
+
+def test_every_flow_lowers_its_validation_loss(multi):
+    _, results = multi
+    for result in results:
+        for stage in result.stages:
+            assert stage.val_end["loss"] < stage.val_start["loss"], stage
+
+
+def test_multi_flow_bundle_reuses_shared_parts_and_reports_forgetting(multi):
+    bundle, results = multi
+    data = Bundle.open(bundle).data
+    assert data["flows"] == ["xray__report", "mri-t1__ct", "mri-t1__mri-t2"]
+    # The text VAE was trained once, by the first (report-target) flow only.
+    assert [s.name for s in results[0].stages] == ["text_vae", "flows/xray__report"]
+    assert [s.name for s in results[1].stages] == ["flows/mri-t1__ct"]
+    assert data["stages"]["flows/mri-t1__ct"]["shared"] == "frozen (reused)"
+    report = data["forgetting"]["mri-t1__mri-t2"]
+    assert set(report) == {"xray__report", "mri-t1__ct"}
+    # Frozen shared layers: earlier flows measure exactly as before.
+    assert report["mri-t1__ct"]["before"] == report["mri-t1__ct"]["after"]
+    assert "psnr" in report["mri-t1__ct"]["after"]
+
+
+def test_shared_cross_attention_is_saved_once_and_shared_in_memory(multi):
+    bundle, _ = multi
+    shared_keys = set(load_weights(bundle / "flows" / "shared" / "model.safetensors"))
+    assert shared_keys and all(k.startswith("layers.") for k in shared_keys)
+    for flow in ("xray__report", "mri-t1__ct", "mri-t1__mri-t2"):
+        own = load_weights(bundle / "flows" / flow / "model.safetensors")
+        ema = load_weights(bundle / "flows" / flow / "ema.safetensors")
+        assert set(own) == set(ema)
+        assert not any("attn2" in k or "cross_attention" in k for k in own), flow
+    report, ct = FlowModel.load(bundle, "xray-report"), FlowModel.load(bundle, "mri-ct")
+    assert report.shared is ct.shared
+    assert {id(p) for p in report.shared.parameters()} <= {id(p) for p in report.network.parameters()}  # text: every layer
+    first_layer = {id(p) for p in report.shared.layers[0].parameters()}  # the UNet's mid-block cross-attention
+    assert first_layer <= {id(p) for p in ct.network.parameters()}
+    # Adaptive parameters are per flow: different objects and values.
+    t2 = FlowModel.load(bundle, "t1-t2")
+    a = ct.network.denoiser.unet.class_embedding.linear_1.weight
+    b = t2.network.denoiser.unet.class_embedding.linear_1.weight
+    assert a is not b and not torch.equal(a, b)
+
+
+def test_reload_gives_bit_identical_samples(multi):
+    bundle, _ = multi
+    source = torch.rand(2, 1, 32, 32) * 2 - 1
+    first = FlowModel.load(bundle, "mri-ct").predict({"mri-t1": source}, samples=2, seed=3)
+    import medm2g_core.flows.model as flow_model
+
+    flow_model._LOADED.clear()
+    second = FlowModel.load(bundle, "mri-ct").predict({"mri-t1": source}, samples=2, seed=3)
+    assert torch.equal(first.samples, second.samples) and first.std.shape == (2, 1, 32, 32)
+    texts = FlowModel.load(bundle, "xray-report").predict({"xray": source}, samples=2, seed=0).texts
+    assert len(texts) == 2 and len(texts[0]) == 2 and all(isinstance(t, str) for t in texts[0])
+
+
+def test_composition_depends_on_both_sources(multi):
+    bundle, _ = multi
+    model = FlowModel.load(bundle, "t1-t2")  # trained with T1 only
+    t1, pd = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
+    weights = {"mri-t1": 0.7, "mri-pd": 0.3}
+    base = model.predict({"mri-t1": t1, "mri-pd": pd}, weights=weights, seed=0).mean
+    assert not torch.equal(base, model.predict({"mri-t1": -t1, "mri-pd": pd}, weights=weights, seed=0).mean)
+    assert not torch.equal(base, model.predict({"mri-t1": t1, "mri-pd": -pd}, weights=weights, seed=0).mean)
+    assert not torch.equal(base, model.predict({"mri-t1": t1, "mri-pd": pd}, weights={"mri-t1": 0.3, "mri-pd": 0.7}, seed=0).mean)
+
+
+def test_many_to_one_flow_trains_and_predicts_with_a_source_missing(cohorts):
+    root, _, head, recipe = cohorts
+    bundle = fresh_bundle(root, "many.m2g")
+    result = train_flow(head, bundle, pair="t2+pd-t1", recipe=recipe)
+    assert result.stages[-1].val_end["loss"] < result.stages[-1].val_start["loss"]
+    model = FlowModel.load(bundle, "t2+pd-t1")
+    t2 = torch.rand(1, 1, 32, 32) * 2 - 1
+    both = model.predict({"mri-t2": t2, "mri-pd": t2}, seed=0).mean
+    only_t2 = model.predict({"mri-t2": t2}, seed=0).mean
+    assert only_t2.shape == (1, 1, 32, 32) and torch.isfinite(only_t2).all() and not torch.equal(both, only_t2)
+    assert any(p.suffix == ".png" for p in result.samples_dir.iterdir())
+
+
+def test_resume_equals_uninterrupted(cohorts):
+    import shutil
+
+    from medm2g_core.training import checkpoint
+
+    root, chest, _, recipe = cohorts
+    interrupted = root / "interrupt.yaml"
+    interrupted.write_text(recipe.read_text().replace("save_every: 0", "save_every: 2, keep_checkpoints: 2"))
+    whole, resumed = fresh_bundle(root, "whole.m2g"), fresh_bundle(root, "resumed.m2g")
+    train_flow(chest, whole, pair="report-xray", recipe=interrupted, steps=4)
+    train_flow(chest, resumed, pair="report-xray", recipe=interrupted, steps=4)
+    state = resumed / "training" / "flows-report__xray"
+    saved = checkpoint.list_checkpoints(state)
+    assert [step for step, _ in saved] == [2, 4]
+    shutil.rmtree(saved[-1][1])  # as if killed after step 2
+    result = train_flow(chest, resumed, pair="report-xray", recipe=interrupted, steps=4, resume=True)
+    assert result.stages[-1].resumed_from == 2
+    a = load_weights(whole / "flows" / "report__xray" / "model.safetensors")
+    b = load_weights(resumed / "flows" / "report__xray" / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_flow_requires_the_align_stage(tmp_path, cohorts):
+    _, chest, _, recipe = cohorts
+    Bundle.create(tmp_path / "empty.m2g")
+    with pytest.raises(BundleError, match="medm2g align"):
+        train_flow(chest, tmp_path / "empty.m2g", pair="xray-report", recipe=recipe)
