@@ -13,22 +13,31 @@ from medm2g_cli.options import JsonOut, ModelPath
 TASKS = ("translation", "report", "xray")
 
 
-def _parse_baselines(values: list[str]) -> dict[str, Path]:
-    baselines: dict[str, Path] = {}
+BUNDLE_BASELINES = {"translation": ("identity", "regression"), "report": ("retrieval", "most-frequent"), "xray": ()}
+
+
+def _parse_baselines(values: list[str], task: str) -> tuple[dict[str, Path], list[str]]:
+    """``NAME=FOLDER`` → ready-made prediction folders; a bare ``NAME`` → computed from the bundle."""
+    folders: dict[str, Path] = {}
+    computed: list[str] = []
     for value in values:
         name, separator, folder = value.partition("=")
-        if not separator or not name or not folder:
-            console.error_line(
-                f"--baseline {value!r}: give NAME=FOLDER (a folder of that baseline's predictions, same layout as --pred); "
-                "computing baselines from a bundle (identity, UNet regression, retrieval, most-frequent report) "
-                "is not available in this version yet (issue #8 item 5)"
-            )
+        if separator and (not name or not folder):
+            console.error_line(f"--baseline {value!r}: give NAME=FOLDER (a folder of that baseline's predictions) or a bare NAME")
             raise typer.Exit(console.EXIT_USAGE)
-        if name == "model" or name in baselines:
+        if name == "model" or name in folders or name in computed:
             console.error_line(f"--baseline {value!r}: the name {name!r} is taken; use a unique name other than 'model'")
             raise typer.Exit(console.EXIT_USAGE)
-        baselines[name] = Path(folder)
-    return baselines
+        if separator:
+            folders[name] = Path(folder)
+            continue
+        valid = BUNDLE_BASELINES.get(task, ())
+        if name not in valid:
+            hint = f"the {task} task computes {', '.join(valid)} from --model" if valid else f"the {task} task has no bundle baselines"
+            console.error_line(f"--baseline {name!r}: {hint}; or give NAME=FOLDER of ready-made predictions")
+            raise typer.Exit(console.EXIT_USAGE)
+        computed.append(name)
+    return folders, computed
 
 
 @console.handle_errors
@@ -39,7 +48,12 @@ def evaluate(
     html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report.")] = None,
     baseline: Annotated[
         Optional[list[str]],
-        typer.Option("--baseline", help="NAME=FOLDER of a baseline's predictions, shown beside the model (repeatable)."),
+        typer.Option("--baseline", help="identity|regression (translation), retrieval|most-frequent (report), computed from "
+                     "--model's fitted baselines; or NAME=FOLDER of ready-made predictions. Repeatable."),
+    ] = None,
+    pair: Annotated[Optional[str], typer.Option("--pair", help="Flow whose fitted baselines to use (default: the only one).")] = None,
+    baseline_out: Annotated[
+        Optional[Path], typer.Option("--baseline-out", help="Keep the computed baseline predictions in this folder.")
     ] = None,
     features: Annotated[
         Optional[Path], typer.Option("--features", help="xray task: local feature-extractor weights (.safetensors DenseNet-121).")
@@ -57,7 +71,7 @@ def evaluate(
         raise typer.Exit(console.EXIT_USAGE)
     if features is not None and task != "xray":
         console.warn("--features is used only by --task xray; ignored")
-    baselines = _parse_baselines(baseline or [])
+    baselines, computed = _parse_baselines(baseline or [], task)
     from medm2g_core.pipelines.evaluate import evaluate as run_evaluation
 
     with console.progress("evaluate") as report_progress:
@@ -69,6 +83,10 @@ def evaluate(
             baselines=baselines or None,
             features=features if task == "xray" else None,
             cleaning=cleaning,
+            model=model,
+            bundle_baselines=computed,
+            pair=pair,
+            baseline_out=baseline_out,
             progress=report_progress,
         )
     from rich.markup import escape  # metric names hold "[convention]" brackets that rich would eat as markup

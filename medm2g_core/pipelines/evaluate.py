@@ -17,7 +17,10 @@ Tasks (folders hold patient folders, matched by their path relative to the root,
   e.g. a bundle's aligned X-ray encoder). There is no default extractor without one.
 
 Baselines are evaluated by the same code from their own prediction folders (``baselines={name: dir}``)
-and appear as extra columns. Problems (missing patients, different grids, unreadable files) are
+and appear as extra columns. Bare baseline names (``bundle_baselines=["identity", "regression"]`` for
+translation, ``["retrieval", "most-frequent"]`` for reports) are computed from the baselines fitted into
+``model`` (``pipelines.baselines``) for exactly the patients of ``pred_dir``, with inputs read from
+``ref_dir``, into ``baseline_out`` (default: a temporary folder). Problems (missing patients, different grids, unreadable files) are
 recorded per patient and never stop the run.
 """
 
@@ -27,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -123,6 +126,10 @@ def evaluate(
     features: Any = None,
     labeler: Any = None,
     cleaning: str = "iu_xray",
+    model: str | Path | None = None,
+    bundle_baselines: Sequence[str] = (),
+    pair: str | None = None,
+    baseline_out: str | Path | None = None,
     progress: ProgressFn = no_progress,
 ) -> EvaluationResult:
     """Score ``pred_dir`` (and each baseline folder) against ``ref_dir`` for ``task``.
@@ -136,11 +143,17 @@ def evaluate(
         features: xray task only — a ``.safetensors`` path or a ``FeatureExtractor`` (``name`` + call).
         labeler: report task only — a clinical ``Labeler``; default the rule-based one.
         cleaning: report task only — R2Gen cleaning style, "iu_xray" or "mimic_cxr".
+        model: the bundle holding fitted baselines (needed by ``bundle_baselines``).
+        bundle_baselines: baseline names computed from ``model`` (module docstring); shown after the
+            ``baselines`` folders.
+        pair: the flow whose baselines to use (default: the only fitted one matching the task/predictions).
+        baseline_out: keep the computed baseline predictions there (``<baseline_out>/<name>/...``).
         progress: receives one ``ProgressEvent`` per patient.
 
     Raises:
         InputError: unknown task, a missing folder, no usable pair at all, or no feature extractor for
             the xray task.
+        BundleError: a bundle baseline was asked for and is not fitted (the message names the fix).
     """
     if task not in TASKS:
         raise InputError(None, f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
@@ -149,6 +162,77 @@ def evaluate(
     for name, folder in {"reference": ref_dir, **folders}.items():
         if not folder.is_dir():
             raise InputError(folder, f"the {name} folder does not exist or is not a folder", "give a folder of patient folders")
+    scratch = None
+    if bundle_baselines:
+        clash = [n for n in bundle_baselines if n in folders]
+        if clash:
+            raise InputError(None, f"baseline name(s) {', '.join(clash)} given twice", "give each baseline once")
+        if baseline_out is None:
+            import tempfile
+
+            scratch = tempfile.TemporaryDirectory(prefix="medm2g-baselines-")
+        folders.update(_bundle_baselines(task, model=model, names=bundle_baselines, pair=pair, pred_dir=Path(pred_dir),
+                                         ref_dir=ref_dir, out_dir=Path(baseline_out) if baseline_out is not None else Path(scratch.name),
+                                         progress=progress))
+    try:
+        return _evaluate_folders(task, folders, ref_dir=ref_dir, pred_dir=Path(pred_dir), html=html, features=features,
+                                 labeler=labeler, cleaning=cleaning, progress=progress)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+BUNDLE_BASELINES = {"translation": ("identity", "regression"), "report": ("retrieval", "most-frequent"), "xray": ()}
+
+
+def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[str], pair: str | None, pred_dir: Path,
+                      ref_dir: Path, out_dir: Path, progress: ProgressFn) -> dict[str, Path]:
+    """Compute the named baselines from the bundle for the patients of ``pred_dir``: name → folder."""
+    from medm2g_core.bundle import resolve_model
+    from medm2g_core.errors import BundleError
+    from medm2g_core.pipelines.baselines import baselines_for, fit_command, fitted_baselines, pairs_with_baselines, predict_baselines
+    from medm2g_core.pipelines.baselines import read_pair as parse_pair
+
+    valid = BUNDLE_BASELINES[task]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise InputError(None, f"--baseline {', '.join(unknown)}: not a baseline of the {task} task",
+                         f"use {', '.join(valid) or 'NAME=FOLDER only'} (or NAME=FOLDER for ready-made predictions)")
+    bundle = resolve_model(model)
+    names_in_pred = tuple(VOLUME_FILES.values()) if task == "translation" else ("report.txt",)
+    patients = find_patients(pred_dir, names=names_in_pred)
+    if pair is None:
+        predicted = {m for folder in patients.values() for m, f in VOLUME_FILES.items() if (folder / f).is_file()}
+        candidates = []
+        for name in pairs_with_baselines(bundle):
+            flow = parse_pair(name)
+            try:
+                if set(names) <= set(baselines_for(flow)) and (task == "report" or flow.target.value in predicted):
+                    candidates.append(flow)
+            except ValueError:
+                continue
+        if not candidates:
+            raise BundleError(f"{bundle} has no fitted {task} baselines" + (f" for {', '.join(sorted(predicted))}" if predicted else "")
+                              + f"; fit them first: `{fit_command(parse_pair('mri-ct' if task == 'translation' else 'xray-report'), bundle)}` "
+                              "(with the flow's pair)")
+        if len(candidates) > 1:
+            raise InputError(None, f"{bundle} has baselines for several flows ({', '.join(c.name for c in candidates)})",
+                             "name one with --pair")
+        flow = candidates[0]
+    else:
+        try:
+            flow = parse_pair(pair)
+        except ValueError as error:
+            raise InputError(None, f"--pair: {error}") from None
+    missing = [n for n in names if n not in fitted_baselines(bundle, flow)]
+    if missing:
+        raise BundleError(f"{bundle} has no fitted {', '.join(missing)} baseline for {flow}; run `{fit_command(flow, bundle)}` first")
+    return predict_baselines(bundle, pair=flow, inputs=ref_dir, out_dir=out_dir, names=list(names), split=None,
+                             patients=sorted(patients), progress=progress)
+
+
+def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pred_dir: Path, html: Any, features: Any,
+                      labeler: Any, cleaning: str, progress: ProgressFn) -> EvaluationResult:
     extractor = _resolve_extractor(features) if task == "xray" else None
     collector = _PageCollector() if html is not None else None
     systems: dict[str, SystemResult] = {}
