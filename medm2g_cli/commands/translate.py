@@ -11,26 +11,85 @@ from medm2g_cli import console
 from medm2g_cli.options import BatchSize, Device, Guidance, JsonOut, ModelPath, Overwrite, Samples, SamplerSteps, Seed, SkipExisting
 
 
+def batch_item_reporter(json_out: bool):
+    """Per-input callback: a failure is one stderr line naming the file and cause; --json prints one
+    object per input on stdout (the only thing written there)."""
+
+    def report(item) -> None:  # medm2g_core.pipelines.batch.ItemResult
+        if item.status == "failed":
+            console.error_line(item.message or f"{item.input}: failed")
+        elif console.state.verbose:
+            console.info(f"{item.status}: {item.input} → {item.output}")
+        if json_out:
+            console.emit_json(item.to_json())
+
+    return report
+
+
+def batch_summary(title: str, result) -> None:  # medm2g_core.pipelines.batch.BatchResult
+    """The summary table (stderr): counts and time; the run record's path."""
+    counts = result.counts
+    console.table(
+        title,
+        ["ok", "failed", "skipped", "time", "device"],
+        [[counts["ok"], counts["failed"], counts["skipped"], f"{result.seconds:.1f} s", result.device]],
+    )
+    if result.run_json is not None:
+        console.info(f"run record: {result.run_json}")
+
+
 @console.handle_errors
 def translate(
-    inputs: Annotated[List[str], typer.Argument(help="Files, patient folders, globs, or - (paths on stdin).")],
+    inputs: Annotated[List[str], typer.Argument(help="Files, patient folders, cohort folders, DICOM series folders, globs, or - (paths on stdin).")],
     to: Annotated[str, typer.Option("--to", help="ct|mri-t1|mri-t2|mri-pd")],
-    source: Annotated[Optional[str], typer.Option("--from", "--from-modality", help="Source modality or modalities (mri-t2,mri-pd).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder: OUT/<patient>/<modality>.nii.gz")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", "--from-modality", help="Source modality or modalities (mri-t2,mri-pd); default: from the file name or DICOM header.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder: OUT/<patient>/<modality>.nii.gz (default ./medm2g-output).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file (one input only).")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="nifti|dicom")] = "nifti",
+    output_format: Annotated[str, typer.Option("--format", help="nifti|dicom (a DICOM series folder per output).")] = "nifti",
     model: ModelPath = None,
     samples: Samples = 1,
     seed: Seed = 0,
     steps: SamplerSteps = None,
     guidance: Guidance = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Composition weights for several sources.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Composition weights, one per --from source (0.7,0.3).")] = None,
     skip_existing: SkipExisting = False,
     overwrite: Overwrite = False,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: process every N-th input starting at k.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: this job's share of the sorted inputs (k = 0..N-1).")] = None,
     device: Device = "auto",
     batch_size: BatchSize = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Refuse volumes needing more than this (4G, 512M); default half the RAM.")] = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Translate volumes to another modality, keeping their geometry exactly."""
-    console.not_available("translate", 7)
+    """Translate volumes to another modality, keeping their geometry exactly.
+
+    Exit codes: 0 all done, 1 some inputs failed (the rest finished), 2 usage or input error.
+    """
+    from medm2g_core.pipelines.translate import translate_batch
+
+    with console.progress("translate") as report_progress:
+        result = translate_batch(
+            inputs,
+            to=to,
+            source=source,
+            out=out,
+            output=output,
+            output_format=output_format,
+            model=model,
+            samples=samples,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            weights=weights,
+            skip_existing=skip_existing,
+            overwrite=overwrite,
+            shard=shard,
+            device=device,
+            batch_size=batch_size,
+            max_memory=max_memory,
+            progress=report_progress,
+            on_result=batch_item_reporter(json_out),
+            on_warning=console.warn,
+        )
+    batch_summary("medm2g translate", result)
+    if result.failed:
+        raise typer.Exit(console.EXIT_SOME_FAILED)
