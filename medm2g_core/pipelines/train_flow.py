@@ -398,7 +398,9 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     shared_dir = bundle.path / "flows" / SHARED_NAME
     trained_by = bundle.data["stages"].get("flows/shared", {}).get("trained_by", [])
     # Resuming the flow that trained the shared layers rebuilds them as that run did (fresh, trainable).
-    if (shared_dir / "config.json").is_file() and not (context.resume and trained_by[-1:] == [pair.name]):
+    # No recorded trainer means the run that wrote flows/shared was killed before bundle.json recorded
+    # it (bundle.json is saved last), i.e. it was this interrupted run.
+    if (shared_dir / "config.json").is_file() and not (context.resume and trained_by[-1:] in ([pair.name], [])):
         shared = _read_shared(bundle.path, device="cpu", use_ema=True)
         shared_trainable = flows.shared == "finetune"
     else:

@@ -32,7 +32,10 @@ a pure function of the step. On CPU, stopping after k steps and resuming ends wi
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,6 +92,35 @@ class TrainResult:
     num_processes: int
     is_main_process: bool
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _InterruptRequest:
+    """Ctrl-C (SIGINT) while training: finish the current optimizer step, save resumable state, then stop.
+
+    Installed only in the main thread of a single-process run: with several processes each rank would see
+    the signal at a different step and the collective save would hang, so there the last periodic
+    checkpoint is what ``--resume`` continues from. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self, enabled: bool) -> Iterator["_InterruptRequest"]:
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def seed_everything(seed: int) -> None:
@@ -308,42 +340,46 @@ def train(
     model.train()
     progress(ProgressEvent(task=description, completed=start_step, total=config.steps, message="resumed" if resumed_from else None))
 
-    for step in range(start_step, config.steps):
-        lr = get_lr(step, lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr_ratio=config.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums: dict[str, float] = {}
-        for _ in range(config.grad_accum):
-            batch = next(batches)
-            with accelerator.accumulate(model):
-                out = model(batch, step)
-                if "loss" not in out:
-                    raise TypeError(f"{type(task).__name__}.training_step must return a dict with 'loss'")
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and config.grad_clip:
-                    accelerator.clip_grad_norm_(parameters, config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + _scalar(value)
-        last_losses = {k: v / config.grad_accum for k, v in sums.items()}
-        if not math.isfinite(last_losses["loss"]):
-            raise FloatingPointError(f"{description}: loss became {last_losses['loss']} at step {step + 1}; lower training.lr")
-        done = step + 1
-        if ema is not None:
-            ema.update(dict(container.parts.items()))
-        if done % max(config.log_every, 1) == 0 or done == config.steps:
-            progress(ProgressEvent(task=description, completed=done, total=config.steps, metrics={**last_losses, "lr": lr}))
-        if val_loader is not None and ((config.val_every and done % config.val_every == 0) or done == config.steps):
-            final_val = _validate(task, model, val_loader, accelerator, config)
-            val_history.append({"step": done, **final_val})
-            if hasattr(task, "on_validation") and accelerator.is_main_process:
-                task.on_validation(done, state_dir / "samples")
-            progress(ProgressEvent(task=description, completed=done, total=config.steps, metrics={**last_losses, **{f"val_{k}": v for k, v in final_val.items()}}))
-        if (config.save_every and done % config.save_every == 0) or done == config.steps:
-            last_checkpoint = ckpt.save_checkpoint(
-                accelerator, state_dir, step=done, trainer_state={**state_signature, "val_history": val_history}, keep=config.keep_checkpoints
-            )
+    interrupt = _InterruptRequest()  # Ctrl-C: finish this step, save, stop (exit 130 in the CLI)
+    with interrupt.installed(world == 1):
+        for step in range(start_step, config.steps):
+            lr = get_lr(step, lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr_ratio=config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums: dict[str, float] = {}
+            for _ in range(config.grad_accum):
+                batch = next(batches)
+                with accelerator.accumulate(model):
+                    out = model(batch, step)
+                    if "loss" not in out:
+                        raise TypeError(f"{type(task).__name__}.training_step must return a dict with 'loss'")
+                    accelerator.backward(out["loss"])
+                    if accelerator.sync_gradients and config.grad_clip:
+                        accelerator.clip_grad_norm_(parameters, config.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for key, value in out.items():
+                    sums[key] = sums.get(key, 0.0) + _scalar(value)
+            last_losses = {k: v / config.grad_accum for k, v in sums.items()}
+            if not math.isfinite(last_losses["loss"]):
+                raise FloatingPointError(f"{description}: loss became {last_losses['loss']} at step {step + 1}; lower training.lr")
+            done = step + 1
+            if ema is not None:
+                ema.update(dict(container.parts.items()))
+            if done % max(config.log_every, 1) == 0 or done == config.steps:
+                progress(ProgressEvent(task=description, completed=done, total=config.steps, metrics={**last_losses, "lr": lr}))
+            if val_loader is not None and ((config.val_every and done % config.val_every == 0) or done == config.steps):
+                final_val = _validate(task, model, val_loader, accelerator, config)
+                val_history.append({"step": done, **final_val})
+                if hasattr(task, "on_validation") and accelerator.is_main_process:
+                    task.on_validation(done, state_dir / "samples")
+                progress(ProgressEvent(task=description, completed=done, total=config.steps, metrics={**last_losses, **{f"val_{k}": v for k, v in final_val.items()}}))
+            if (config.save_every and done % config.save_every == 0) or done == config.steps or interrupt.requested:
+                last_checkpoint = ckpt.save_checkpoint(
+                    accelerator, state_dir, step=done, trainer_state={**state_signature, "val_history": val_history}, keep=config.keep_checkpoints
+                )
+            if interrupt.requested:
+                raise KeyboardInterrupt  # after saving step ``done``: --resume continues exactly from here
 
     if start_step >= config.steps and val_loader is not None and not final_val:
         final_val = _validate(task, model, val_loader, accelerator, config)

@@ -1,0 +1,156 @@
+"""Issue 10 §1, crash safety: SIGKILL at random points never leaves a partial file under a final name;
+``--resume`` / ``--skip-existing`` finish the job; resumed training is bit-identical on CPU; Ctrl-C
+stops training after saving its state, with exit code 130.
+
+Kill points are drawn from a seeded ``random.Random`` after the process reports it has started the
+work (training's ``0/N`` progress line, translate's synthetic-model warning), so every run kills
+somewhere inside training, checkpoint saving, bundle writing or output writing — reproducibly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reliability_support import (FLOW, FLOW_STEPS, Running, Tiny, assert_same_weights, check_ok, copy_bundle, final_files,
+                                 is_temporary, run_cli)
+
+CHECKPOINT_FILES = {"trainer_state.json", "rng-0.json", "model.safetensors", "optimizer.bin", "random_states_0.pkl"}
+
+
+def assert_bundle_files_complete(bundle: Path) -> None:
+    """Every file under a final name is whole: JSON parses, safetensors load, checkpoints have every part."""
+    from safetensors.torch import load_file
+
+    for path in final_files(bundle):
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            load_file(str(path))
+    for checkpoint in (bundle / "training").glob("*/checkpoint-*"):
+        present = {p.name for p in checkpoint.iterdir()}
+        assert CHECKPOINT_FILES <= present, f"{checkpoint} is incomplete under its final name: {sorted(present)}"
+    for component in [*(bundle / "flows").glob("*")] if (bundle / "flows").is_dir() else []:
+        if component.name.startswith("."):
+            continue
+        names = {p.name for p in component.iterdir()}
+        assert {"config.json", "model.safetensors"} <= names, f"{component} is a partial component: {sorted(names)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_train_flow_killed_at_random_points_resumes_to_identical_weights(tiny: Tiny, tmp_path: Path, seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    bundle = copy_bundle(tiny.aligned, tmp_path / "killed.m2g")
+    run = Running(tiny.train_flow_args(bundle), env=tiny.env())
+    assert run.wait_for(rf"flows/{FLOW}: 0/{FLOW_STEPS}"), "".join(run.stderr)
+    # training 24 steps with 6 checkpoints, then writing the bundle, takes ~3-5 s after this line
+    time.sleep(rng.uniform(0.0, 5.0))
+    run.process.send_signal(signal.SIGKILL)
+    code, _, stderr = run.finish()
+    assert code in (-signal.SIGKILL, 0), stderr
+
+    assert_bundle_files_complete(bundle)
+    leftovers = [p for p in bundle.rglob("*") if is_temporary(p, bundle)]
+    assert all(".tmp" in p.name or any(".tmp" in part for part in p.relative_to(bundle).parts) for p in leftovers)
+
+    resumed = check_ok(run_cli(tiny.train_flow_args(bundle, "--resume", "--json"), env=tiny.env()))
+    assert "Traceback" not in resumed.stderr
+    assert_bundle_files_complete(bundle)
+    assert_same_weights(bundle, tiny.reference)
+    # the finished bundle loads for inference despite any temporary leftovers of the killed run
+    info = check_ok(run_cli(["info", str(bundle), "--json"], env=tiny.env()))
+    assert FLOW in json.loads(info.stdout)["flows"]
+
+
+def test_ctrl_c_during_training_saves_state_and_exits_130(tiny: Tiny, tmp_path: Path) -> None:
+    """SIGINT mid-training: the loop finishes the step, saves a checkpoint there (periodic saves are off
+    in this run, so any checkpoint is the interrupt's), prints one line and exits 130; --resume continues."""
+    recipe = tmp_path / "no-periodic-saves.yaml"
+    recipe.write_text(tiny.recipe.read_text().replace("save_every: 4", "save_every: 0"))
+    bundle = copy_bundle(tiny.aligned, tmp_path / "interrupted.m2g")
+    args = ["train-flow", "--pair", "mri-ct", "--data", str(tiny.cohort), "--bundle", str(bundle), "--recipe", str(recipe)]
+    run = Running([*args, "--steps", "400"], env=tiny.env())
+    assert run.wait_for(rf"flows/{FLOW}: 0/400"), "".join(run.stderr)
+    time.sleep(1.5)
+    run.process.send_signal(signal.SIGINT)
+    code, stdout, stderr = run.finish(timeout=120)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert "interrupted" in stderr and "--resume" in stderr
+    state_dir = bundle / "training" / f"flows-{FLOW}"
+    checkpoints = sorted(state_dir.glob("checkpoint-*"))
+    assert checkpoints, f"no state saved on Ctrl-C: {sorted(p.name for p in state_dir.iterdir())}"
+    saved_step = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["step"]
+    assert 0 < saved_step < 400
+    assert CHECKPOINT_FILES <= {p.name for p in checkpoints[-1].iterdir()}
+
+    resumed = check_ok(run_cli([*args, "--steps", str(saved_step + 2), "--resume", "--json"], env=tiny.env()))
+    stage = json.loads(resumed.stdout)["stages"][-1]
+    assert stage["resumed_from"] == saved_step and stage["steps"] == saved_step + 2
+
+
+# -- batch translate -------------------------------------------------------------------------------
+
+
+def translate_args(tiny: Tiny, out: Path, *more: str) -> list[str]:
+    return ["translate", str(tiny.cohort), "--to", "ct", "--out", str(out), "--model", str(tiny.reference), "--device", "cpu", *more]
+
+
+@pytest.fixture(scope="module")
+def reference_translation(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("translate-reference") / "out"
+    check_ok(run_cli(translate_args(tiny, out), env=tiny.env()))
+    return out
+
+
+def read_volume(path: Path) -> np.ndarray:
+    from medm2g_core import io
+
+    return io.read(path)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batch_translate_killed_at_random_points_skip_existing_finishes(tiny: Tiny, reference_translation: Path, tmp_path: Path,
+                                                                        seed: int) -> None:
+    rng = random.Random(2000 + seed)
+    out = tmp_path / "out"
+    run = Running(translate_args(tiny, out), env=tiny.env())
+    assert run.wait_for(r"trained on synthetic phantoms"), "".join(run.stderr)
+    time.sleep(rng.uniform(0.0, 7.0))  # six volumes take ~1 s each
+    run.process.send_signal(signal.SIGKILL)
+    run.finish()
+
+    expected = {p.relative_to(reference_translation) for p in final_files(reference_translation) if p.name == "ct.nii.gz"}
+    done_before = 0
+    for path in final_files(out) if out.exists() else []:
+        relative = path.relative_to(out)
+        if path.name == "ct.nii.gz":  # under its final name: whole, and exactly the uninterrupted output
+            assert relative in expected
+            np.testing.assert_array_equal(read_volume(path), read_volume(reference_translation / relative))
+        elif path.name == "ct.json":
+            card = json.loads(path.read_text())
+            assert (path.parent / "ct.nii.gz").is_file(), "a sidecar marks an output that does not exist"
+            assert card["outputs"] == ["ct.nii.gz"]
+            done_before += 1
+        else:
+            assert path.name == "run.json", f"unexpected file {relative}"
+
+    finished = check_ok(run_cli(translate_args(tiny, out, "--skip-existing", "--json"), env=tiny.env()))
+    items = [json.loads(line) for line in finished.stdout.splitlines()]
+    assert len(items) == len(expected)
+    assert sum(item["status"] == "skipped" for item in items) == done_before
+    assert all(item["status"] in ("ok", "skipped") for item in items)
+    got = {p.relative_to(out) for p in final_files(out) if p.name == "ct.nii.gz"}
+    assert got == expected
+    for relative in expected:
+        np.testing.assert_array_equal(read_volume(out / relative), read_volume(reference_translation / relative))
+    # leftovers of the killed run are only temporary names, which nothing reads as inputs or outputs
+    assert all(is_temporary(p, out) for p in out.rglob("*") if p.is_file() and p not in final_files(out))
