@@ -26,7 +26,6 @@ def align(
 ) -> None:
     """Train the aligned encoders (text hub InfoNCE + visual-invariant loss)."""
     from medm2g_core.pipelines.align import align as run_align
-    from medm2g_core.pipelines.align import summarize_retrieval
 
     from medm2g_core.errors import ConfigError
 
@@ -39,7 +38,6 @@ def align(
             data, out, recipe=recipe, steps=steps, text_encoder=text_encoder, vi_weight=vi_weight, resume=resume,
             seed=seed, mixed_precision=None if mixed_precision == "no" else mixed_precision, progress=progress,
         )
-    rows = summarize_retrieval(result.retrieval)
     if json_out:
         console.emit_json(
             {
@@ -50,11 +48,31 @@ def align(
             }
         )
         return
-    console.table(
-        f"retrieval after {result.steps} steps ({result.patients.get('train', 0)} training patients)",
-        ["split", "direction", "R@1", "R@5", "R@10", "median rank", "n", "chance R@1"],
-        [[r["split"], r["direction"], f"{r['R@1']:.2f}", f"{r['R@5']:.2f}", f"{r['R@10']:.2f}", f"{r['median_rank']:g}", int(r["n"]), f"{r['chance_R@1']:.2f}"] for r in rows],
-    )
+    for split, directions in result.retrieval.items():
+        console.table(
+            f"{_SPLIT_TITLES.get(split, split)} retrieval after {result.steps} steps "
+            f"({result.patients.get('train', 0)} training patients) — value (chance); "
+            "'label': a hit is any patient with the query's labels.json",
+            ["direction", "n", "R@1", "R@5", "median rank", "label R@1", "label R@5", "finding AUC"],
+            [_retrieval_row(direction, metrics) for direction, metrics in directions.items()],
+        )
     if result.synthetic:
         console.warn("trained on synthetic phantoms: the encoders mean nothing clinically")
     console.info(f"bundle: {result.bundle}")
+
+
+def _with_chance(row: dict, key: str, chance: str) -> str:
+    return f"{row[key]:.2f} ({row[chance]:.2f})" if key in row and chance in row else "-"
+
+
+_SPLIT_TITLES = {"val": "validation", "heldout": "held-out (validation + test)"}
+
+
+def _retrieval_row(direction: str, row: dict) -> list[str]:
+    return [
+        direction, str(int(row["n"])),
+        _with_chance(row, "R@1", "chance_R@1"), _with_chance(row, "R@5", "chance_R@5"),
+        f"{row['median_rank']:g} ({row['chance_median_rank']:g})" if "chance_median_rank" in row else f"{row['median_rank']:g}",
+        _with_chance(row, "label_R@1", "label_chance_R@1"), _with_chance(row, "label_R@5", "label_chance_R@5"),
+        f"{row['finding_auc']:.2f} (0.50)" if "finding_auc" in row else "-",
+    ]

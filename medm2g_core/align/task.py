@@ -47,10 +47,14 @@ class AlignTask:
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         return {k: float(v) for k, v in self.losses(batch, accelerator=None).items()}
 
-    def image_embeddings(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{modality: (B, V, D)}``: pooled embeddings per view, averaged over a volume's N slices."""
+    def image_embeddings(self, batch: dict[str, Any], *, views: int | None = None) -> dict[str, torch.Tensor]:
+        """``{modality: (B, V, D)}``: pooled embeddings per view, averaged over a volume's N slices.
+
+        ``views``: encode only the first ``views`` views (None = all).
+        """
         out = {}
         for name, images in batch["images"].items():
+            images = images if views is None else images[:, :views]
             b, v, n = images.shape[:3]
             pooled, _ = self.model.encode_image(images.flatten(0, 2), name)
             out[name] = pooled.view(b, v, n, -1).mean(dim=2)
@@ -63,7 +67,8 @@ class AlignTask:
         text, _, _ = model.encode_text(batch["text"])
         text_all, offset = gather_keep_local_grad(text, accelerator=accelerator)
         has_text = batch["has_text"].to(text.device)
-        images = self.image_embeddings(batch)
+        # The second view only feeds the visual-invariant loss: not encoded when that loss is off.
+        images = self.image_embeddings(batch, views=None if self.config.vi_weight > 0 else 1)
         present = {name: flags.to(text.device) for name, flags in batch["present"].items()}
         out: dict[str, torch.Tensor] = {}
         nce_terms, vi_terms = [], []

@@ -1,11 +1,11 @@
-"""Torch datasets that stream patient folders from disk (one file read per item, small LRU cache).
+"""Torch datasets that stream patient folders from disk (bounded LRU caches of decoded files/slices).
 
 Inputs are ``PatientRecord``s (``medm2g_core.data.manifest.scan_cohort``; anything with
 ``patient_id``, ``files: dict[Modality, Path]`` and ``labels`` works) — usually one split of them
 (``medm2g_core.data.splits.split_records``, which honours the cohort's ``splits.json`` through the
-``cohort_root`` each scanned record carries; ``records_for_split`` does both steps). Nothing holds the
-cohort in memory: each worker keeps
-at most ``cache_items`` decoded, normalised files.
+``cohort_root`` each scanned record carries; ``records_for_split`` does both steps). Nothing loads the
+cohort eagerly: each worker process keeps at most ``cache_items`` decoded, normalised files (flows) or
+resized slice stacks per (patient, modality) (alignment), least recently used first out.
 
 All datasets here set ``epoch_indexed = True``: the training loop hands them *global* indices
 ``epoch * len + i``; ``index % len`` picks the item and the full index seeds its augmentation, so an
@@ -62,29 +62,60 @@ def collate_dicts(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class _CohortReader:
-    """Reads, normalises and caches (LRU, ``cache_items`` entries) image files and reports."""
+    """Reads and normalises image files and reports, with two bounded LRU caches (``cache_items`` each).
+
+    - ``image(path, modality)``: the whole normalised array (flows, which need full resolution).
+    - ``slice_stack(path, modality, size)``: the normalised slices already resized to ``size²`` —
+      (D, size, size) for a volume's axial slices, (1, size, size) for a 2D image — one entry per
+      (file, modality), i.e. per (patient, modality). At 64² a 64-slice volume is 1 MB, against 300 MB
+      for a 512²×300 CT read whole, so alignment can keep every patient of an epoch decoded.
+
+    Nothing is loaded eagerly; each DataLoader worker process has its own caches (they fill as it sees
+    patients and are lost when the worker exits).
+    """
 
     def __init__(self, *, ct_window: Sequence[float], mri_percentiles: Sequence[float], cache_items: int):
         self.ct_window = tuple(ct_window)
         self.mri_percentiles = tuple(mri_percentiles)
         self.cache_items = cache_items
         self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, NormState]] = OrderedDict()
+        self._stacks: OrderedDict[tuple[str, str, int], tuple[torch.Tensor, NormState]] = OrderedDict()
+
+    def _remember(self, cache: OrderedDict, key: tuple, value: Any) -> None:
+        if self.cache_items > 0:
+            cache[key] = value
+            while len(cache) > self.cache_items:
+                cache.popitem(last=False)
+
+    def _decode(self, path: Path, modality: Modality) -> tuple[np.ndarray, NormState]:
+        from medm2g_core import io
+
+        array, _meta = io.read(path)
+        if array.ndim == 3 and not modality.is_volume and array.shape[-1] in (3, 4):
+            array = array[..., :3].mean(axis=-1)  # an RGB(A) X-ray → grey
+        return normalize(array, modality, ct_window=self.ct_window, mri_percentiles=self.mri_percentiles)
 
     def image(self, path: Path, modality: Modality) -> tuple[np.ndarray, NormState]:
         key = (str(path), modality.value)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        from medm2g_core import io
+        value = self._decode(path, modality)
+        self._remember(self._cache, key, value)
+        return value
 
-        array, _meta = io.read(path)
-        if array.ndim == 3 and not modality.is_volume and array.shape[-1] in (3, 4):
-            array = array[..., :3].mean(axis=-1)  # an RGB(A) X-ray → grey
-        value = normalize(array, modality, ct_window=self.ct_window, mri_percentiles=self.mri_percentiles)
-        if self.cache_items > 0:
-            self._cache[key] = value
-            while len(self._cache) > self.cache_items:
-                self._cache.popitem(last=False)
+    def slice_stack(self, path: Path, modality: Modality, size: int) -> tuple[torch.Tensor, NormState]:
+        """Normalised slices resized to ``size²``: (D, size, size) axial slices ``volume[:, :, k]`` of a
+        volume (index k = slice k), (1, size, size) for a 2D image. Cached; treat as read-only."""
+        key = (str(path), modality.value, size)
+        if key in self._stacks:
+            self._stacks.move_to_end(key)
+            return self._stacks[key]
+        array, state = self._decode(path, modality)
+        # All slices in one interpolate call (axial slices as channels): the same per-slice resampling.
+        stack = resize_image(np.moveaxis(array, 2, 0) if modality.is_volume else array, size)
+        value = (stack, state)
+        self._remember(self._stacks, key, value)
         return value
 
     @staticmethod
@@ -121,13 +152,17 @@ class AlignDataset(Dataset):
         augment: two-view augmentation strengths; None = evaluation (one clean view, middle slices).
         slices_per_volume: N axial slices per volume (training: jittered positions in the central part,
             the same relative position for every volume of the patient so registered CT/MRI match;
-            evaluation: evenly spaced).
+            evaluation: evenly spaced). 2D images (X-ray) always give one.
         seed: augmentation/slice-sampling seed.
+        cache_items: (patient, modality) slice stacks kept decoded, normalised and resized per process
+            (``_CohortReader.slice_stack``, LRU); about ``depth × image_size² × 4`` bytes each. With at
+            least ``len(records) × len(modalities)`` nothing is decoded twice after the first epoch.
 
-    Item: ``{"patient_id": str, "text": str ("" when no report), "has_text": bool,
-    "images": {modality: (V, N, 1, H, W)}, "slice_index": {modality: [k, ...]}}`` with V = 2 views
-    (training) or 1. ``collate`` gives ``images[m]`` (B, V, N, 1, H, W) zero-filled where missing,
-    ``present[m]`` (B,) bool, ``has_text`` (B,) bool, and lists for the rest.
+    Item: ``{"patient_id": str, "text": str ("" when no report), "has_text": bool, "labels": dict | None,
+    "images": {modality: (V, N_m, 1, H, W)}, "slice_index": {modality: [k, ...]}}`` with V = 2 views
+    (training) or 1, N_m = N for volumes and 1 for 2D images. ``collate`` gives ``images[m]``
+    (B, V, N_m, 1, H, W) zero-filled where missing, ``present[m]`` (B,) bool, ``has_text`` (B,) bool, and
+    lists for the rest.
     """
 
     epoch_indexed = True
@@ -152,6 +187,7 @@ class AlignDataset(Dataset):
         self.slices_per_volume = slices_per_volume
         self.seed = seed
         self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+        self._reports: dict[str, str] = {}  # a few hundred bytes per patient
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,6 +195,10 @@ class AlignDataset(Dataset):
     @property
     def views(self) -> int:
         return 1 if self.augment is None else 2
+
+    def slices_of(self, modality: Modality) -> int:
+        """N_m: slices per item of ``modality`` (``slices_per_volume`` for volumes, 1 for 2D images)."""
+        return self.slices_per_volume if modality.is_volume else 1
 
     def _positions(self, generator: torch.Generator) -> list[float]:
         count = self.slices_per_volume
@@ -168,48 +208,56 @@ class AlignDataset(Dataset):
         spread = 0.25 if count == 1 else 0.3 / count
         return [min(max(c + spread * (2 * float(torch.rand((), generator=generator)) - 1), 0.0), 1.0) for c in centres]
 
+    def _report(self, path: Path) -> str:
+        key = str(path)
+        if key not in self._reports:
+            self._reports[key] = self.reader.report(path)
+        return self._reports[key]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index % len(self.records)]
         generator = item_generator(self.seed, index)
         positions = self._positions(generator)
         report_path = record.files.get(Modality.REPORT)
-        text = self.reader.report(report_path) if report_path is not None else ""
+        text = self._report(report_path) if report_path is not None else ""
         images: dict[str, torch.Tensor] = {}
         indices: dict[str, list[int]] = {}
         for modality in self.modalities:
             path = record.files.get(modality)
             if path is None:
                 continue
-            array, _state = self.reader.image(path, modality)
+            stack, _state = self.reader.slice_stack(path, modality, self.image_size)  # (D or 1, H, W)
             if modality.is_volume:
-                depth = array.shape[2]
+                depth = stack.shape[0]
                 ks = [int(p * (depth - 1) + 0.5) for p in positions]
-                slices = [resize_image(axial_slice(array, k), self.image_size) for k in ks]
             else:
                 ks = [0]
-                slices = [resize_image(array, self.image_size)] * len(positions)
-            stack = torch.stack(slices)  # (N, 1, H, W)
+            chosen = stack[ks][:, None]  # (N_m, 1, H, W), a copy: the cached stack is never modified
             if self.augment is None:
-                views = stack[None]
+                views = chosen[None]
             else:
                 views = torch.stack(
-                    [torch.stack([augment_view(s, self.augment, generator=generator) for s in stack]) for _ in range(2)]
+                    [torch.stack([augment_view(s, self.augment, generator=generator) for s in chosen]) for _ in range(2)]
                 )
             images[modality.value] = views
             indices[modality.value] = ks
-        return {"patient_id": record.patient_id, "text": text, "has_text": bool(text.strip()), "images": images, "slice_index": indices}
+        return {
+            "patient_id": record.patient_id, "text": text, "has_text": bool(text.strip()),
+            "labels": getattr(record, "labels", None), "images": images, "slice_index": indices,
+        }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        shape = (self.views, self.slices_per_volume, 1, self.image_size, self.image_size)
         images, present = {}, {}
         for modality in self.modalities:
             name = modality.value
+            shape = (self.views, self.slices_of(modality), 1, self.image_size, self.image_size)
             present[name] = torch.tensor([name in item["images"] for item in items])
             images[name] = torch.stack([item["images"].get(name, torch.zeros(shape)) for item in items])
         return {
             "patient_id": [item["patient_id"] for item in items],
             "text": [item["text"] for item in items],
             "has_text": torch.tensor([item["has_text"] for item in items]),
+            "labels": [item["labels"] for item in items],
             "images": images,
             "present": present,
             "slice_index": [item["slice_index"] for item in items],

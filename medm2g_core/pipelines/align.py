@@ -27,8 +27,10 @@ class AlignResult:
         patients: patients per split ({"train": n, "val": n, "test": n}).
         modalities: imaging modalities aligned to the report.
         last_losses / val_losses: the last training step's and the final validation's losses.
-        retrieval: {"val": {"report->xray": {"R@1": .., "R@5": .., "R@10": .., "median_rank": .., "n": ..,
-            "chance_R@1": ..}, ...}, "heldout": {...}} (heldout = val ∪ test patients); empty on ranks > 0.
+        retrieval: {"val": {"report->xray": {"R@1": .., "R@5": .., "R@10": .., "chance_R@1": .., "chance_R@5": ..,
+            "median_rank": .., "n": .., and with labels.json "label_R@k", "label_chance_R@k", "finding_auc",
+            "auc_<finding>" ...}, ...}, "heldout": {...}} (heldout = val ∪ test patients;
+            ``align.retrieval.retrieval_metrics`` defines each); empty on ranks > 0. Stored in bundle.json.
         synthetic: the cohort was synthetic phantoms.
         seconds: training time; ``num_processes`` processes.
     """
@@ -184,7 +186,7 @@ def align(
 
 
 def summarize_retrieval(retrieval: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
-    """Flat rows (split, direction, R@1, R@5, R@10, median rank, n, chance) for tables."""
+    """Flat rows ({"split", "direction", **metrics with their chance levels}) for tables."""
     rows = []
     for split, directions in retrieval.items():
         for direction, metrics in directions.items():

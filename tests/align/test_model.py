@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from medm2g_core.align.model import AlignModel
-from medm2g_core.align.retrieval import retrieval_metrics
+from medm2g_core.align.retrieval import align_retrieval_report, label_vectors, retrieval_metrics
 from medm2g_core.align.task import AlignTask
 from medm2g_core.config import AlignConfig, AugmentConfig
 from medm2g_core.data.datasets import AlignDataset
@@ -79,6 +80,54 @@ def test_retrieval_metrics_hand_computed():
     assert perfect["R@1"] == 1.0 and perfect["median_rank"] == 1.0 and perfect["chance_R@1"] == pytest.approx(1 / 3)
     shuffled = retrieval_metrics(key[[1, 2, 0]], key)  # every query's best match is wrong
     assert shuffled["R@1"] == 0.0 and shuffled["R@5"] == 1.0
+    assert shuffled["chance_R@5"] == 1.0 and shuffled["chance_median_rank"] == 2.0 and "label_R@1" not in shuffled
+
+
+def test_label_aware_retrieval_hand_computed():
+    names, labels = label_vectors([{"effusion": 1}, {"effusion": 1}, {"effusion": 0}, {"effusion": 0, "nodule": 0}])
+    assert names == ["effusion", "nodule"] and labels.tolist() == [[1, 0], [1, 0], [0, 0], [0, 0]]
+    assert label_vectors([{"effusion": 1}, None]) is None
+    key = torch.eye(4)
+    query = key[[1, 2, 2, 3]]  # q0 finds its twin (same labels), q1 a patient with other labels, q2 and q3 themselves
+    out = retrieval_metrics(query, key, ks=(1, 2), labels=labels, finding_names=names)
+    # exact ranks 4, 4, 1, 1 (ties count against the match); first same-label ranks 1, 3, 1, 1
+    assert out["R@1"] == 0.5 and out["chance_R@1"] == 0.25 and out["chance_R@2"] == 0.5 and out["median_rank"] == 1.0
+    assert out["label_R@1"] == 0.75 and out["label_R@2"] == 0.75 and out["label_median_rank"] == 1.0
+    # two of four keys share each query's labels: chance 2/4 in the top 1, 1 − C(2,2)/C(4,2) = 5/6 in the top 2
+    assert out["label_chance_R@1"] == pytest.approx(0.5) and out["label_chance_R@2"] == pytest.approx(5 / 6)
+    assert out["label_groups"] == 2.0
+    # effusion-positive queries q0, q1: AUC of their similarities for effusion keys vs the rest = .75 and .25
+    assert out["auc_effusion"] == pytest.approx(0.5) and out["finding_auc"] == pytest.approx(0.5)
+    assert "auc_nodule" not in out  # no positive patient: not scorable
+
+
+def test_retrieval_report_uses_labels_when_every_patient_has_them():
+    embeddings = {
+        "report": torch.eye(3), "has_text": torch.tensor([True, True, True]),
+        "images": {"xray": torch.eye(3)}, "present": {"xray": torch.tensor([True, True, True])},
+        "labels": [{"effusion": 1}, {"effusion": 0}, {"effusion": 0}],
+    }
+    report = align_retrieval_report(embeddings)
+    assert report["report->xray"]["label_R@1"] == 1.0 and report["report->xray"]["label_chance_R@1"] == pytest.approx(5 / 9)
+    embeddings["labels"][2] = None
+    assert "label_R@1" not in align_retrieval_report(embeddings)["xray->report"]
+
+
+def test_visual_invariance_off_encodes_one_view(cohort):
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, vi_weight=0.0)
+    model = AlignModel.build(align=config, modalities=["xray", "ct", "mri-t1"], reports=["pleural effusion", "no effusion"])
+    task = AlignTask(model, config)
+    seen = []
+    for encoder in model.images.values():
+        encoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    batch = _batch(cohort)
+    out = task.training_step(batch, step=0)
+    assert not any(key.startswith("vi_") for key in out) and out["vi"] == 0.0
+    assert seen == [4, 4, 4]  # one view of each of the 4 patients per modality, not two
+    seen.clear()
+    AlignTask(model, TINY).training_step(batch, step=0)
+    assert seen == [8, 8, 8]
 
 
 def test_pretrained_text_encoder_offline(tmp_path):

@@ -50,13 +50,16 @@ def test_align_passes_options_to_the_core(tmp_path, monkeypatch):
 
 
 def test_align_and_info_end_to_end(tmp_path):
-    write_cohort(tmp_path / "cohort", patients=12, size=16)
+    for record in write_cohort(tmp_path / "cohort", patients=12, size=16):
+        (record.folder / "labels.json").write_text(json.dumps(record.labels))  # for the label-aware metrics
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     args = ["align", "--data", str(tmp_path / "cohort"), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "tiny.yaml"), "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["steps"] == 4 and "report->xray" in report["retrieval"]["val"]
+    xray = report["retrieval"]["heldout"]["report->xray"]
+    assert xray["chance_R@1"] == 1 / xray["n"] and {"R@5", "chance_R@5", "label_R@1", "label_chance_R@1", "finding_auc"} <= set(xray)
     assert (tmp_path / "b" / "align" / "model.safetensors").is_file()
     assert (tmp_path / "b" / "training" / "align").is_dir()
     info = runner.invoke(app, ["info", str(tmp_path / "b"), "--json"])
@@ -65,6 +68,10 @@ def test_align_and_info_end_to_end(tmp_path):
     assert summary["modalities"] == ["report", "xray", "ct", "mri-t1"]
     assert summary["stages"]["align"]["recipe"]["align"]["embed_dim"] == 16
     assert "report->xray" in summary["metrics"]["align"]["retrieval"]["val"]
+    stored = json.loads((tmp_path / "b" / "bundle.json").read_text())["metrics"]["align"]["retrieval"]["heldout"]["report->xray"]
+    assert stored["chance_R@1"] == xray["chance_R@1"] and stored["label_chance_R@5"] == xray["label_chance_R@5"]
+    table = runner.invoke(app, args[:-1] + ["--resume"], env={"COLUMNS": "200"})  # tables on stderr: figures beside chance
+    assert table.exit_code == 0 and f"({xray['chance_R@1']:.2f})" in table.output and "finding AUC" in table.output and "held-out" in table.output
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0 and json.loads(resumed.stdout)["resumed_from"] == 4
     missing = runner.invoke(app, ["info", str(tmp_path / "nothing")])

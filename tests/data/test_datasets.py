@@ -111,15 +111,42 @@ def test_slicing_resizing_and_augmentation():
 def test_align_dataset_items_and_collate(cohort):
     dataset = AlignDataset(cohort, modalities=["xray", "ct", "mri-t1"], image_size=8, augment=AugmentConfig(), slices_per_volume=2, cache_items=2)
     item = dataset[1]
-    assert item["images"]["ct"].shape == (2, 2, 1, 8, 8) and "effusion" in item["text"]
+    assert item["images"]["ct"].shape == (2, 2, 1, 8, 8) and "effusion" in item["text"] and item["labels"] == {"effusion": 1}
+    assert item["images"]["xray"].shape == (2, 1, 1, 8, 8)  # a 2D image is one slice, not N copies
     assert torch.equal(dataset[5]["images"]["ct"], dataset[5]["images"]["ct"])  # pure function of the index
     assert not torch.equal(dataset[1]["images"]["ct"], dataset[5]["images"]["ct"])  # same patient, next epoch
     batch = dataset.collate([dataset[i] for i in range(4)])
-    assert batch["images"]["mri-t1"].shape == (4, 2, 2, 1, 8, 8)
+    assert batch["images"]["mri-t1"].shape == (4, 2, 2, 1, 8, 8) and batch["images"]["xray"].shape == (4, 2, 1, 1, 8, 8)
     assert batch["present"]["mri-t1"].tolist() == [True, True, False, True]
-    assert batch["has_text"].all() and len(dataset.reader._cache) <= 2
+    assert batch["labels"] == [{"effusion": 0}, {"effusion": 1}, {"effusion": 0}, {"effusion": 1}]
+    assert batch["has_text"].all() and len(dataset.reader._stacks) <= 2 and not dataset.reader._cache
     evaluation = AlignDataset(cohort, modalities=["ct"], image_size=8)
     assert evaluation[0]["images"]["ct"].shape == (1, 1, 1, 8, 8) and evaluation[0]["slice_index"]["ct"] == [3]
+
+
+def test_align_dataset_decodes_each_file_once_and_matches_per_slice_resizing(cohort, monkeypatch):
+    from medm2g_core import io
+
+    reads = []
+    real_read = io.read
+    monkeypatch.setattr(io, "read", lambda path, **kw: reads.append(str(path)) or real_read(path, **kw))
+    modalities = ["xray", "ct", "mri-t1"]
+    dataset = AlignDataset(cohort, modalities=modalities, image_size=8, augment=AugmentConfig(), slices_per_volume=3, cache_items=16)
+    for index in range(3 * len(dataset)):  # three epochs, two views each
+        dataset[index]
+    files = sum(1 for record in cohort for m in modalities if any(k.value == m for k in record.files))
+    assert len(reads) == len(set(reads)) == files
+    # The cached stack resized in one call equals resizing the chosen slice alone (the old path).
+    evaluation = AlignDataset(cohort, modalities=["ct"], image_size=8, slices_per_volume=3, cache_items=0)
+    item = evaluation[0]
+    volume, _ = normalize(real_read(cohort[0].files[[k for k in cohort[0].files if k.value == "ct"][0]])[0], "ct")
+    for position, k in enumerate(item["slice_index"]["ct"]):
+        torch.testing.assert_close(item["images"]["ct"][0, position], resize_image(volume[:, :, k], 8), rtol=0, atol=1e-6)
+    # A bounded LRU: the least recently used stack goes first.
+    small = AlignDataset(cohort, modalities=["ct"], image_size=8, cache_items=2)
+    for index in range(3):
+        small[index]
+    assert [key[0] for key in small.reader._stacks] == [str(cohort[i].files[k]) for i in (1, 2) for k in cohort[i].files if k.value == "ct"]
 
 
 def test_pair_slice_dataset(cohort):
