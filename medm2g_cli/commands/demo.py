@@ -3,17 +3,76 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from medm2g_cli import console
+from medm2g_cli.options import JsonOut, Seed
+
+DEFAULT_OUT = Path("medm2g-demo")
 
 
 @console.handle_errors
 def demo(
-    out: Annotated[Optional[Path], typer.Option("--out", help="Demo folder (default: ./medm2g-demo).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller cohort and fewer steps (≤ 3 min).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Demo folder (default: ./medm2g-demo). Rerunning reuses finished stages.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller cohort at 32³ and few steps (≤ 3 min); the numbers mean little.")] = False,
+    seed: Seed = 0,
+    json_out: JsonOut = False,
 ) -> None:
-    """Synthesize phantom cohorts, align, train the flows, translate, generate, evaluate."""
-    console.not_available("demo", 9)
+    """Synthesize phantom cohorts, align, train the flows, translate, generate, evaluate against baselines.
+
+    Writes OUT/report.html and registers OUT/demo.m2g as the default model, so that afterwards
+    `medm2g translate OUT/cohort/head/P0001/mri-t1.nii.gz --to ct` works with no other flag.
+    Everything is synthetic phantoms: not for diagnosis.
+    """
+    from medm2g_core.pipelines.demo import run_demo
+
+    out_dir = out if out is not None else DEFAULT_OUT
+    console.info(f"medm2g demo{' --quick' if quick else ''}: synthetic phantom cohorts → {out_dir} (rerunning reuses finished stages)")
+    with console.progress("demo") as progress:
+        result = run_demo(out_dir, quick=quick, seed=seed, progress=progress)
+    summary = summary_json(result)
+    if json_out:
+        console.emit_json(summary)
+    _print_summary(result)
+
+
+def summary_json(result: Any) -> dict[str, Any]:
+    """What ``--json`` prints: metrics, files, stage times (this run and when each last ran)."""
+    return {
+        "synthetic": True, "quick": result.quick, "out": str(result.out_dir), "bundle": str(result.bundle),
+        "report_html": str(result.report_html), "metrics": result.metrics,
+        "stages": [{"name": s.name, "seconds": s.seconds, "reused": s.reused} for s in result.stages],
+        "stage_seconds": result.stage_seconds, "files": {k: str(v) for k, v in result.files.items()},
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def _number(value: Any) -> str:
+    return "—" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+
+
+def _print_summary(result: Any) -> None:
+    metrics = result.metrics
+    console.table(
+        "Stages (s; 'reused' = finished in an earlier run)",
+        ["stage", "this run", "when it ran"],
+        [[s.name, "reused" if s.reused else f"{s.seconds:.0f}", f"{result.stage_seconds.get(s.name, 0.0):.0f}"] for s in result.stages],
+    )
+    rows = []
+    for direction, values in metrics.get("retrieval", {}).items():
+        rows.append([f"retrieval {direction}", "model", f"R@1 {_number(values.get('R@1'))} (chance {_number(values.get('chance_R@1'))})"])
+    titles = {"mri-ct": "MRI→CT", "t1-t2": "T1→T2", "xray-report": "X-ray→report", "report-xray": "report→X-ray"}
+    for pair, title in titles.items():
+        for system, values in metrics.get(pair, {}).items():
+            rows.append([title, system, ", ".join(f"{k} {_number(v)}" for k, v in values.items()) or "—"])
+    console.table("Key metrics on held-out SYNTHETIC phantoms (not clinical performance)", ["task", "system", "metrics"], rows)
+    console.info(f"report:  {result.report_html}")
+    console.info(f"bundle:  {result.bundle} (now the default model)")
+    files = result.files
+    for name in ("predictions", "evaluation", "preview_chest", "preview_head"):
+        if name in files:
+            console.info(f"{name.replace('_', ' ')}: {files[name]}")
+    patient = Path(result.out_dir) / "cohort" / "head" / "P0001" / "mri-t1.nii.gz"
+    console.info(f"next:    medm2g translate {patient} --to ct --out {Path(result.out_dir) / 'my-ct'}")

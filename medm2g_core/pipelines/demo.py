@@ -1,0 +1,664 @@
+"""``run_demo()``: the whole MedM2G pipeline on synthetic phantom cohorts, offline (DESIGN §2, §7; issue 9).
+
+What one call does, stage by stage (each stage recorded in ``OUT/demo-state.json`` when it finishes):
+
+1. ``cohort``: a chest and a head phantom cohort, ``OUT/cohort/chest`` and ``OUT/cohort/head``
+   (``data.synth``), a preview montage of each, and the train/val/test split written as ``splits.json``
+   (see *Splits* below).
+2. ``align``: one bundle ``OUT/demo.m2g`` aligned on **both** cohorts at once (``align`` is given
+   ``OUT/cohort``, a nested cohort whose patient ids are ``chest/P0001``, ``head/P0001``...): X-ray,
+   CT and MRI encoders all aligned to the report hub, as one MedM2G model is.
+3. ``flow xray-report``, ``flow report-xray`` on the chest cohort (the first also trains the text
+   autoencoder), then ``flow mri-ct`` and ``flow t1-t2`` on the head cohort, one after another into the
+   same bundle (multi-flow training; each later flow re-measures the earlier ones).
+4. ``baselines``: the identity (intensity map) and L1-regression baselines of mri-ct and t1-t2, the
+   retrieval and most-frequent report baselines of xray-report.
+5. ``predict``: for the **held-out** patients (validation ∪ test split; neither is trained on, and
+   ``align`` reports retrieval on the same union) — MRI T1 → CT and T1 → T2 with ``samples`` samples
+   (mean + std map), X-ray → report, report → X-ray; and each baseline's predictions beside them, in
+   ``OUT/predictions/<task>/<system>/<patient>/``.
+6. ``evaluate``: MRI→CT and T1→T2 (translation), report generation, X-ray generation (FID/KID on the
+   bundle's aligned X-ray encoder: the only extractor available offline) — model against baselines,
+   one HTML page and one JSON per task in ``OUT/evaluation/``.
+7. ``report``: ``OUT/report.html`` (every task's page in one, with the retrieval table and stage
+   times), ``OUT/summary.json``; and the bundle registered as the default model
+   (``bundle.set_default_bundle``), so ``medm2g translate OUT/cohort/head/P0001/mri-t1.nii.gz --to ct``
+   works with no other flag.
+
+**Rerunning reuses finished stages.** A stage is skipped when the state file records it finished
+with the same inputs (its settings and the keys of the stages it depends on); otherwise it runs from
+an empty output (its own cohort folder, bundle component or prediction folder), and every stage after
+it runs again. A training stage that was interrupted resumes from its last checkpoint in the bundle
+(``resume=True`` when the state file says it started with the same inputs). Every file is written
+atomically by the stages themselves; the state file is rewritten atomically after each stage.
+
+**Splits.** Patient ids differ between the nested cohort (``chest/P0003``, used by ``align``) and the
+per-anatomy cohorts (``P0003``, used by the flows and baselines), so a hash split would put a patient
+in different splits for different stages. The demo writes ``splits.json`` into ``OUT/cohort`` and
+into each anatomy folder from one assignment (the recipe's hash split of the per-anatomy id), so every
+stage holds out exactly the same patients.
+
+Everything is synthetic: the cohorts are phantoms, the bundle records ``synthetic: true`` (so every
+later translate/generate run says so), the page and the summary say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import io as _text_io
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
+
+STATE_FILE = "demo-state.json"
+STATE_VERSION = 1
+BUNDLE_NAME = "demo.m2g"
+RECIPE = "demo-cpu"
+ANATOMIES = ("chest", "head")
+FLOWS = (("xray-report", "chest"), ("report-xray", "chest"), ("mri-ct", "head"), ("t1-t2", "head"))
+BASELINE_PAIRS = (("mri-ct", "head"), ("t1-t2", "head"), ("xray-report", "chest"))
+HELD_OUT = ("val", "test")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes and step counts of one demo run (the rest comes from ``recipes/demo-cpu.yaml``).
+
+    Attributes:
+        chest_patients, head_patients: phantom patients per cohort; ``size``: voxels per side (and
+            the image size the models see, ``data.image_size``).
+        align_steps, text_vae_steps: training steps (None = the recipe's).
+        flow_steps: pair → training steps (a pair missing = the recipe's).
+        regression_steps: L1-regression baseline steps (None = the flow's steps, a like-for-like budget).
+        samples: samples per translated volume (their mean is scored, their std is the uncertainty map).
+        sampler_steps: denoising steps (None = the flow's config, DDIM 10).
+        batch_size: training batch size override (None = the recipe's).
+    """
+
+    chest_patients: int = 64
+    head_patients: int = 32
+    size: int = 64
+    align_steps: int | None = None
+    text_vae_steps: int | None = None
+    flow_steps: dict[str, int] = field(default_factory=dict)
+    regression_steps: int | None = None
+    samples: int = 4
+    sampler_steps: int | None = None
+    batch_size: int | None = None
+
+
+FULL = DemoSettings(
+    chest_patients=64, head_patients=32, size=64,
+    align_steps=300, text_vae_steps=300,
+    flow_steps={"xray-report": 400, "report-xray": 250, "mri-ct": 250, "t1-t2": 250},
+    samples=4,
+)
+"""The default demo: 64 chest + 32 head patients at 64³, the demo-cpu recipe's steps (≤ 10 min, 2 cores)."""
+
+QUICK = DemoSettings(
+    chest_patients=24, head_patients=16, size=32,
+    align_steps=40, text_vae_steps=60,
+    flow_steps={"xray-report": 60, "report-xray": 40, "mri-ct": 40, "t1-t2": 40},
+    regression_steps=40, samples=2, sampler_steps=4, batch_size=8,
+)
+"""``--quick``: a smaller cohort at 32³ and few steps — every stage runs, the numbers mean little (≤ 3 min)."""
+
+
+@dataclass
+class StageRecord:
+    """One stage of this run: ``reused`` when the state file already had it with the same inputs."""
+
+    name: str
+    seconds: float
+    reused: bool
+
+
+@dataclass
+class DemoResult:
+    """What ``run_demo`` produced.
+
+    Attributes:
+        out_dir: the demo folder; bundle: ``OUT/demo.m2g`` (registered as the default model).
+        report_html: ``OUT/report.html``; summary_json: ``OUT/summary.json``; state: ``OUT/demo-state.json``.
+        stages: every stage in order with its time this run (0 when reused) and ``reused``.
+        stage_seconds: the time each stage took when it actually ran (from the state file).
+        metrics: headline numbers: ``{"retrieval": {...}, "mri-ct": {...}, "t1-t2": {...},
+            "report": {...}, "xray": {...}}``, each ``{system: {metric: value}}`` (retrieval: direction →
+            ``{"R@1", "chance_R@1"}``).
+        tables: task → ``{"columns": [...], "rows": [[metric, cell...], ...]}`` as in the evaluate pages.
+        files: name → path of what to look at (cohorts, previews, predictions, evaluation pages).
+        quick: the ``--quick`` settings were used. synthetic: always True (phantom data).
+    """
+
+    out_dir: Path
+    bundle: Path
+    report_html: Path
+    summary_json: Path
+    state: Path
+    stages: list[StageRecord]
+    stage_seconds: dict[str, float]
+    metrics: dict[str, Any]
+    tables: dict[str, dict[str, Any]]
+    files: dict[str, Path]
+    quick: bool
+    seconds: float
+    synthetic: bool = True
+
+
+# --------------------------------------------------------------------------- state
+class _State:
+    """``OUT/demo-state.json``: ``{"version", "stages": {name: {"key", "status", "seconds", "result"}}}``."""
+
+    def __init__(self, path: Path):
+        from medm2g_core.serialization import read_json
+
+        self.path = path
+        self.data: dict[str, Any] = {"version": STATE_VERSION, "stages": {}}
+        if path.is_file():
+            try:
+                loaded = read_json(path)
+            except (OSError, ValueError):
+                loaded = None
+            if isinstance(loaded, dict) and loaded.get("version") == STATE_VERSION and isinstance(loaded.get("stages"), dict):
+                self.data = loaded
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].get(name, {})
+
+    def finished(self, name: str, key: str) -> bool:
+        entry = self.entry(name)
+        return entry.get("status") == "finished" and entry.get("key") == key
+
+    def started(self, name: str, key: str) -> bool:
+        entry = self.entry(name)
+        return entry.get("status") == "started" and entry.get("key") == key
+
+    def mark(self, name: str, key: str, status: str, **details: Any) -> None:
+        from medm2g_core.serialization import write_json
+
+        self.data["stages"][name] = {"key": key, "status": status, **details}
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.path, self.data)
+
+
+def _key(inputs: Any) -> str:
+    from medm2g_core.serialization import to_jsonable
+
+    return hashlib.sha256(json.dumps(to_jsonable(inputs), sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the run
+def run_demo(
+    out_dir: str | Path = "medm2g-demo",
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    settings: DemoSettings | None = None,
+    register_default: bool = True,
+    progress: ProgressFn = no_progress,
+) -> DemoResult:
+    """Run (or finish) the demo in ``out_dir``; see the module docstring for the stages and files.
+
+    Args:
+        out_dir: the demo folder (created). Rerunning in the same folder reuses finished stages.
+        quick: ``QUICK`` settings (smaller cohort at 32³, few steps) instead of ``FULL``.
+        seed: seed of the cohorts (chest ``seed``, head ``seed + 1``), training and sampling.
+        settings: explicit settings (tests); overrides ``quick``.
+        register_default: make the bundle the default model (``$MEDM2G_HOME/default-bundle``).
+        progress: receives one ``"demo"`` event per stage (``message`` = stage name) and every stage's
+            own events with the task name prefixed by the stage (``"flow mri-ct: flows/mri-t1__ct"``).
+    """
+    from medm2g_core.bundle import set_default_bundle
+
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings or (QUICK if quick else FULL)
+    run = _Run(out_dir=out_dir, settings=settings, seed=seed, quick=quick, progress=progress)
+    for stage in run.plan():
+        run.do(stage)
+    run.progress(ProgressEvent(task="demo", completed=len(run.records), total=len(run.records), message="done"))
+    if register_default:
+        set_default_bundle(run.bundle)
+    result = run.results.get("report", {})
+    stage_seconds = {name: float(entry.get("seconds", 0.0)) for name, entry in run.state.data["stages"].items()}
+    return DemoResult(
+        out_dir=out_dir, bundle=run.bundle, report_html=out_dir / "report.html", summary_json=out_dir / "summary.json",
+        state=run.state.path, stages=run.records, stage_seconds=stage_seconds, metrics=result.get("metrics", {}),
+        tables=result.get("tables", {}), files={k: Path(v) for k, v in run.files().items()}, quick=quick,
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Stage:
+    name: str
+    inputs: dict[str, Any]
+    after: tuple[str, ...]
+    action: Callable[[bool], dict[str, Any]]   # resume flag → JSON-able result
+    clean: tuple[Path, ...] = ()                # emptied before the stage runs afresh
+
+
+class _Run:
+    def __init__(self, *, out_dir: Path, settings: DemoSettings, seed: int, quick: bool, progress: ProgressFn):
+        self.out_dir = out_dir
+        self.settings = settings
+        self.seed = seed
+        self.quick = quick
+        self.outer_progress = progress
+        self.state = _State(out_dir / STATE_FILE)
+        self.cohort = out_dir / "cohort"
+        self.bundle = out_dir / BUNDLE_NAME
+        self.predictions = out_dir / "predictions"
+        self.evaluation = out_dir / "evaluation"
+        self.records: list[StageRecord] = []
+        self.keys: dict[str, str] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.total = 0
+        self._recipe: Any = None
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def progress(self, event: ProgressEvent) -> None:
+        self.outer_progress(event)
+
+    def stage_progress(self, stage: str) -> ProgressFn:
+        def forward(event: ProgressEvent) -> None:
+            self.outer_progress(replace(event, task=f"{stage}: {event.task}" if event.task else stage))
+
+        return forward
+
+    def recipe(self) -> Any:
+        """demo-cpu with the demo's size and step overrides (what every stage is given)."""
+        if self._recipe is None:
+            from medm2g_core.config import apply_overrides, load_recipe
+
+            s = self.settings
+            overrides: dict[str, Any] = {"data.image_size": s.size, "align.training.steps": s.align_steps}
+            recipe = apply_overrides(load_recipe(RECIPE), overrides)
+            text_vae = dict(recipe.text_vae)
+            if s.text_vae_steps is not None:
+                text_vae["training"] = {**dict(text_vae.get("training") or {}), "steps": s.text_vae_steps}
+            flows = dict(recipe.flows)
+            if s.batch_size is not None:
+                flows["training"] = {**dict(flows.get("training") or {}), "batch_size": s.batch_size}
+                text_vae["training"] = {**dict(text_vae.get("training") or {}), "batch_size": s.batch_size}
+            overrides = {"text_vae": text_vae, "flows": flows}
+            if s.batch_size is not None:
+                overrides["align.training.batch_size"] = s.batch_size
+            self._recipe = apply_overrides(recipe, overrides)
+        return self._recipe
+
+    def recipe_record(self) -> dict[str, Any]:
+        from medm2g_core.config import recipe_to_dict
+
+        return recipe_to_dict(self.recipe())
+
+    def do(self, stage: _Stage) -> None:
+        index = len(self.records)
+        key = _key({"inputs": stage.inputs, "after": [self.keys[name] for name in stage.after], "seed": self.seed})
+        self.keys[stage.name] = key
+        self.progress(ProgressEvent(task="demo", completed=index, total=self.total, message=stage.name))
+        if self.state.finished(stage.name, key):
+            self.results[stage.name] = self.state.entry(stage.name).get("result", {})
+            self.records.append(StageRecord(stage.name, 0.0, True))
+            return
+        resume = self.state.started(stage.name, key)
+        if not resume:
+            for path in stage.clean:
+                _remove(path)
+        self.state.mark(stage.name, key, "started")
+        began, cpu_began = time.monotonic(), time.process_time()
+        result = stage.action(resume)
+        seconds = round(time.monotonic() - began, 1)
+        # CPU seconds of this process (all threads): on a shared machine wall time overstates the cost.
+        cpu_seconds = round(time.process_time() - cpu_began, 1)
+        self.results[stage.name] = result
+        self.state.mark(stage.name, key, "finished", seconds=seconds, cpu_seconds=cpu_seconds, resumed=resume, result=result)
+        self.records.append(StageRecord(stage.name, seconds, False))
+
+    def held_out(self, anatomy: str) -> list[str]:
+        """Patient ids (folder names) of the held-out split of one anatomy, sorted."""
+        from medm2g_core.serialization import read_json
+
+        splits = read_json(self.cohort / anatomy / "splits.json")
+        return sorted(pid for split in HELD_OUT for pid in splits.get(split, []))
+
+    def files(self) -> dict[str, str]:
+        found = {
+            "report": self.out_dir / "report.html", "summary": self.out_dir / "summary.json", "bundle": self.bundle,
+            "cohort_chest": self.cohort / "chest", "cohort_head": self.cohort / "head",
+            "preview_chest": self.cohort / "chest-preview.png", "preview_head": self.cohort / "head-preview.png",
+            "predictions": self.predictions, "evaluation": self.evaluation, "state": self.state.path,
+        }
+        return {name: str(path) for name, path in found.items() if path.exists()}
+
+    # -- the plan --------------------------------------------------------------------------------
+    def plan(self) -> list[_Stage]:
+        s = self.settings
+        recipe = self.recipe_record()
+        data_inputs = {k: recipe["data"][k] for k in ("split_seed", "split_fractions")}
+        stages = [
+            _Stage("cohort", {"chest": s.chest_patients, "head": s.head_patients, "size": s.size, **data_inputs}, (),
+                   self.make_cohort, clean=(self.cohort,)),
+            _Stage("align", {"recipe": recipe["align"], "data": recipe["data"], "training": recipe["training"]}, ("cohort",),
+                   self.align, clean=(self.bundle,)),
+        ]
+        previous = "align"
+        for pair, anatomy in FLOWS:
+            inputs = {"flows": recipe["flows"], "steps": s.flow_steps.get(pair), "anatomy": anatomy}
+            if pair == "xray-report":
+                inputs["text_vae"] = recipe["text_vae"]
+            name = f"flow {pair}"
+            stages.append(_Stage(name, inputs, (previous,), self.flow_action(pair, anatomy)))
+            previous = name
+        stages += [
+            _Stage("baselines", {"regression_steps": s.regression_steps, "pairs": BASELINE_PAIRS}, (previous,), self.fit_baselines),
+            _Stage("predict", {"samples": s.samples, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT}, ("baselines",),
+                   self.predict, clean=(self.predictions,)),
+            _Stage("evaluate", {"version": 1}, ("predict",), self.evaluate, clean=(self.evaluation,)),
+            _Stage("report", {"version": 1}, ("evaluate",), self.report),
+        ]
+        self.total = len(stages)
+        return stages
+
+    # -- stages ----------------------------------------------------------------------------------
+    def make_cohort(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.data.splits import split_of
+        from medm2g_core.data.synth import synthesize_cohort
+        from medm2g_core.data.synth.preview import write_preview
+        from medm2g_core.serialization import write_json
+
+        s = self.settings
+        recipe = self.recipe()
+        nested: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        counts: dict[str, dict[str, int]] = {}
+        for offset, (anatomy, patients) in enumerate((("chest", s.chest_patients), ("head", s.head_patients))):
+            folder = self.cohort / anatomy
+            folders = synthesize_cohort(folder, patients=patients, anatomy=anatomy, seed=self.seed + offset, size=s.size,
+                                        progress=self.stage_progress(f"cohort {anatomy}"))
+            write_preview(self.cohort / f"{anatomy}-preview.png", folders, anatomy=anatomy)
+            splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+            for path in folders:
+                split = split_of(path.name, seed=recipe.data.split_seed, fractions=recipe.data.split_fractions)
+                splits[split].append(path.name)
+                nested[split].append(f"{anatomy}/{path.name}")
+            write_json(folder / "splits.json", splits)
+            counts[anatomy] = {name: len(ids) for name, ids in splits.items()}
+            held_out = sum(counts[anatomy][name] for name in HELD_OUT)
+            if held_out < 2 or counts[anatomy]["train"] < 2:
+                from medm2g_core.errors import ConfigError
+
+                raise ConfigError(f"the {anatomy} cohort of {patients} patients splits into {counts[anatomy]}; "
+                                  "the demo needs ≥ 2 training and ≥ 2 held-out patients; use more patients")
+        write_json(self.cohort / "splits.json", nested)
+        return {"splits": counts}
+
+    def align(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.pipelines.align import align
+
+        result = align(self.cohort, self.bundle, recipe=self.recipe(), seed=self.seed, resume=resume,
+                       progress=self.stage_progress("align"))
+        return {"steps": result.steps, "patients": result.patients, "modalities": result.modalities,
+                "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
+
+    def flow_action(self, pair: str, anatomy: str) -> Callable[[bool], dict[str, Any]]:
+        def action(resume: bool) -> dict[str, Any]:
+            from medm2g_core.pipelines.train_flow import train_flow
+
+            result = train_flow(self.cohort / anatomy, self.bundle, pair=pair, recipe=self.recipe(),
+                                steps=self.settings.flow_steps.get(pair), resume=resume, seed=self.seed,
+                                progress=self.stage_progress(f"flow {pair}"))
+            return {"pair": result.pair, "metrics": result.metrics, "forgetting": result.forgetting,
+                    "stages": [{"name": r.name, "steps": r.steps, "seconds": round(r.seconds, 1)} for r in result.stages]}
+
+        return action
+
+    def fit_baselines(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.pipelines.baselines import fit_baselines
+
+        fitted = {}
+        for pair, anatomy in BASELINE_PAIRS:
+            result = fit_baselines(self.cohort / anatomy, self.bundle, pair=pair, recipe=self.recipe(),
+                                   steps=self.settings.regression_steps, seed=self.seed,
+                                   progress=self.stage_progress(f"baselines {pair}"))
+            fitted[pair] = sorted(result["baselines"])
+        return {"fitted": fitted}
+
+    def predict(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.pipelines.baselines import predict_baselines
+        from medm2g_core.pipelines.generate import generate_batch
+        from medm2g_core.pipelines.translate import translate_batch
+
+        s = self.settings
+        head, chest = self.held_out("head"), self.held_out("chest")
+        counts: dict[str, Any] = {}
+        for pair, target in (("mri-ct", "ct"), ("t1-t2", "mri-t2")):
+            out = self.predictions / pair
+            inputs = [str(self.cohort / "head" / pid / "mri-t1.nii.gz") for pid in head]
+            batch = translate_batch(inputs, to=target, out=out / "model", model=self.bundle, samples=s.samples, seed=self.seed,
+                                    steps=s.sampler_steps, device="cpu", overwrite=True,
+                                    progress=self.stage_progress(f"predict {pair}"))
+            counts[pair] = {"model": batch.counts}
+            predict_baselines(self.bundle, pair=pair, inputs=self.cohort / "head", out_dir=out, patients=head,
+                              progress=self.stage_progress(f"predict {pair} baselines"))
+        generated = {"xray-report": ("report", "xray.png"), "report-xray": ("xray", "report.txt")}
+        for pair, (target, source_file) in generated.items():
+            paths = "\n".join(str(self.cohort / "chest" / pid / source_file) for pid in chest) + "\n"
+            batch = generate_batch(["-"], to=target, model=self.bundle, out=self.predictions / pair / "model", seed=self.seed,
+                                   steps=s.sampler_steps, device="cpu", overwrite=True, stdin=_text_io.StringIO(paths),
+                                   progress=self.stage_progress(f"predict {pair}"))
+            counts[pair] = {"model": batch.counts}
+        predict_baselines(self.bundle, pair="xray-report", inputs=self.cohort / "chest", out_dir=self.predictions / "xray-report",
+                          patients=chest, progress=self.stage_progress("predict xray-report baselines"))
+        failed = {pair: c["model"].get("failed", 0) for pair, c in counts.items() if c["model"].get("failed", 0)}
+        if failed:
+            from medm2g_core.errors import MedM2GError
+
+            raise MedM2GError(f"some demo predictions failed ({failed}); see {self.predictions}/*/model/run.json")
+        return {"patients": {"head": head, "chest": chest}, "counts": counts}
+
+    def evaluate(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.pipelines.evaluate import evaluate
+        from medm2g_core.serialization import write_json
+
+        tasks = {
+            "mri-ct": ("translation", "head", ("identity", "regression")),
+            "t1-t2": ("translation", "head", ("identity", "regression")),
+            "xray-report": ("report", "chest", ("retrieval", "most-frequent")),
+            "report-xray": ("xray", "chest", ()),
+        }
+        tables: dict[str, Any] = {}
+        for pair, (task, anatomy, baselines) in tasks.items():
+            folder = self.predictions / pair
+            features = _AlignedXrayFeatures(self.bundle, image_size=self.settings.size) if task == "xray" else None
+            evaluation = evaluate(task, pred_dir=folder / "model", ref_dir=self.cohort / anatomy,
+                                  html=self.evaluation / f"{pair}.html",
+                                  baselines={name: folder / name for name in baselines}, features=features,
+                                  progress=self.stage_progress(f"evaluate {pair}"))
+            table = _table_json(evaluation)
+            write_json(self.evaluation / f"{pair}.json", {"task": task, "pair": pair, "synthetic": True, **table})
+            tables[pair] = table
+        return {"tables": tables}
+
+    def report(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.serialization import write_json, write_text
+
+        tables = self.results["evaluate"]["tables"]
+        retrieval = self.results["align"].get("retrieval", {})
+        metrics = headline_metrics(tables, retrieval)
+        seconds = {name: float(entry.get("seconds", 0.0)) for name, entry in self.state.data["stages"].items()}
+        summary = {"synthetic": True, "quick": self.quick, "settings": asdict(self.settings), "seed": self.seed,
+                   "bundle": str(self.bundle.resolve()), "metrics": metrics, "stage_seconds": seconds,
+                   "held_out": self.results["predict"]["patients"], "files": self.files()}
+        write_json(self.out_dir / "summary.json", summary)
+        pages = {pair: self.evaluation / f"{pair}.html" for pair in tables}
+        write_text(self.out_dir / "report.html", render_report(summary, tables=tables, retrieval=retrieval, pages=pages,
+                                                               previews=[self.cohort / f"{a}-preview.png" for a in ANATOMIES]))
+        return {"metrics": metrics, "tables": tables}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# --------------------------------------------------------------------------- X-ray features for FID/KID
+class _AlignedXrayFeatures:
+    """The bundle's aligned X-ray encoder as a ``FeatureExtractor``: images (N, H, W) in [0, 1] → (N, D)
+    pooled embeddings. Named after the bundle so that FIDs are never compared across extractors."""
+
+    def __init__(self, bundle: Path, *, image_size: int):
+        self.name = f"aligned-xray-encoder:{bundle.name}"
+        self.bundle = bundle
+        self.image_size = image_size
+        self._model: Any = None
+
+    def __call__(self, images: Any) -> Any:
+        import numpy as np
+        import torch
+
+        from medm2g_core.align.model import AlignModel
+        from medm2g_core.data.transforms import resize_image
+
+        if self._model is None:
+            self._model = AlignModel.from_pretrained(self.bundle / "align").eval()
+        values = np.asarray(images, dtype=np.float32) * 2.0 - 1.0
+        batch = torch.stack([resize_image(image[None], self.image_size) for image in values])
+        with torch.no_grad():
+            pooled, _ = self._model.encode_image(batch, "xray")
+        return pooled.detach().cpu().numpy().astype(np.float64)
+
+
+# --------------------------------------------------------------------------- summary and page
+def _table_json(evaluation: Any) -> dict[str, Any]:
+    columns, rows = evaluation.table()
+    values = {name: {metric: summary.value for metric, summary in system.metrics.items()}
+              for name, system in evaluation.systems.items()}
+    return {"columns": columns, "rows": [[name, *cells] for name, cells in rows], "values": values,
+            "problems": evaluation.problems[:20]}
+
+
+def _pick(values: dict[str, Any], pattern: str) -> float | None:
+    for name, value in values.items():
+        if re.search(pattern, name) and value is not None:
+            return float(value)
+    return None
+
+
+HEADLINES = {
+    "mri-ct": {"PSNR dB": r"^ct: PSNR", "MAE HU": r"^ct: MAE", "SSIM": r"^ct: SSIM"},
+    "t1-t2": {"PSNR dB": r"^mri-t2: PSNR", "SSIM": r"^mri-t2: SSIM"},
+    "xray-report": {"BLEU-4": r"^BLEU-4", "ROUGE-L": r"^ROUGE-L", "CE-F1": r"^CE-F1.*micro", "CE-F1 (any)": r"^CE-F1"},
+    "report-xray": {"FID": r"^FID", "KID": r"^KID"},
+}
+
+
+def headline_metrics(tables: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers the summary shows: ``{task: {system: {metric: value}}}`` and retrieval R@1 vs chance."""
+    metrics: dict[str, Any] = {"retrieval": {}}
+    for direction, values in (retrieval.get("heldout") or retrieval.get("val") or {}).items():
+        metrics["retrieval"][direction] = {"R@1": values.get("R@1"), "chance_R@1": values.get("chance_R@1"), "n": values.get("n")}
+    for pair, patterns in HEADLINES.items():
+        systems = (tables.get(pair) or {}).get("values", {})
+        metrics[pair] = {}
+        for system, values in systems.items():
+            picked = {label: _pick(values, pattern) for label, pattern in patterns.items()}
+            if picked.get("CE-F1") is None and "CE-F1 (any)" in picked:
+                picked["CE-F1"] = picked["CE-F1 (any)"]
+            picked.pop("CE-F1 (any)", None)
+            metrics[pair][system] = {k: v for k, v in picked.items() if v is not None}
+    return metrics
+
+
+TASK_TITLES = {"mri-ct": "MRI T1 → CT (translation)", "t1-t2": "MRI T1 → T2 (translation)",
+               "xray-report": "X-ray → report (report generation)", "report-xray": "report → X-ray (generation, FID/KID)"}
+
+
+def _body_of(page: Path, prefix: str) -> str:
+    """The sections of an evaluate page (its <h1> dropped, ids made unique) for inclusion in report.html."""
+    if not page.is_file():
+        return '<p class="notes">page missing</p>'
+    text = page.read_text(encoding="utf-8")
+    start, end = text.find("<body>"), text.rfind("</body>")
+    body = text[start + len("<body>"): end] if start >= 0 and end > start else text
+    body = re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)
+    body = body.replace('id="', f'id="{prefix}-').replace("<h2>", "<h3>").replace("</h2>", "</h3>")
+    return body
+
+
+def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval: dict[str, Any], pages: dict[str, Path],
+                  previews: list[Path]) -> str:
+    """``report.html``: a synthetic-data banner, headline numbers, retrieval, each task's page, stage times."""
+    import base64
+
+    from medm2g_core.metrics.report import _STYLE
+
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>medm2g demo (synthetic phantoms)</title>',
+           f"<style>{_STYLE}.banner{{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;font-size:14px}}"
+           ".preview img{max-width:100%;image-rendering:pixelated}</style></head><body>",
+           "<h1>medm2g demo — MedM2G on synthetic phantom cohorts</h1>",
+           '<p class="banner"><b>SYNTHETIC.</b> Every patient here is a computer-generated phantom, and the model was '
+           "trained on nothing else: the numbers show that the pipeline works end to end, not how MedM2G performs on real "
+           "data. Not for diagnosis.</p>"]
+    settings = summary["settings"]
+    out.append(f'<p class="notes">{"--quick, " if summary["quick"] else ""}{settings["chest_patients"]} chest + '
+               f'{settings["head_patients"]} head patients at {settings["size"]}³, seed {summary["seed"]}; bundle {e(summary["bundle"])} '
+               "(registered as the default model). Held-out patients = validation ∪ test split (never trained on).</p>")
+    out.append('<h2 id="summary">Summary</h2><table><thead><tr><th>task</th><th>system</th><th>metrics</th></tr></thead><tbody>')
+    for direction, values in summary["metrics"].get("retrieval", {}).items():
+        out.append(f"<tr><td>retrieval {e(direction)}</td><td>model</td><td>R@1 {_fmt(values.get('R@1'))} "
+                   f"(chance {_fmt(values.get('chance_R@1'))}, n={values.get('n')})</td></tr>")
+    for pair, systems in summary["metrics"].items():
+        if pair == "retrieval":
+            continue
+        for system, values in systems.items():
+            text = ", ".join(f"{k} {_fmt(v)}" for k, v in values.items()) or "—"
+            out.append(f"<tr><td>{e(TASK_TITLES.get(pair, pair))}</td><td>{e(system)}</td><td>{e(text)}</td></tr>")
+    out.append("</tbody></table>")
+
+    out.append('<h2 id="retrieval">Alignment: cross-modal retrieval (align stage)</h2>')
+    rows = [(split, direction, values) for split, directions in retrieval.items() for direction, values in directions.items()]
+    if rows:
+        keys = [k for k in ("R@1", "R@5", "R@10", "median_rank", "chance_R@1", "n") if any(k in v for _, _, v in rows)]
+        out.append("<table><thead><tr><th>split</th><th>direction</th>" + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr></thead><tbody>")
+        for split, direction, values in rows:
+            out.append(f"<tr><td>{e(split)}</td><td>{e(direction)}</td>" + "".join(f"<td>{_fmt(values.get(k))}</td>" for k in keys) + "</tr>")
+        out.append("</tbody></table>")
+    else:
+        out.append('<p class="notes">No retrieval measured (too few held-out patients).</p>')
+
+    for pair, page in pages.items():
+        out.append(f'<h2 id="{e(pair)}">{e(TASK_TITLES.get(pair, pair))}</h2>')
+        out.append(f'<p class="notes">Full page: <a href="evaluation/{e(page.name)}">evaluation/{e(page.name)}</a>; '
+                   f"JSON: evaluation/{e(page.stem)}.json</p>")
+        out.append(_body_of(page, pair))
+
+    out.append('<h2 id="cohorts">The phantom cohorts</h2><div class="preview">')
+    for preview in previews:
+        if preview.is_file():
+            data = base64.b64encode(preview.read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{e(preview.stem)}" src="data:image/png;base64,{data}"><figcaption>{e(preview.name)}</figcaption></figure>')
+    out.append("</div>")
+    out.append('<h2 id="stages">Stages (seconds when each last ran)</h2><table><thead><tr><th>stage</th><th>seconds</th></tr></thead><tbody>')
+    for name, seconds in summary["stage_seconds"].items():
+        out.append(f"<tr><td>{e(name)}</td><td>{seconds:.1f}</td></tr>")
+    out.append("</tbody></table></body></html>")
+    return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
