@@ -65,6 +65,9 @@ def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
             array = np.asarray(image, dtype=_MODE_DTYPES[mode]).copy()
     except InputError:
         raise
+    except Image.DecompressionBombError as error:  # Pillow refuses > 2 × MAX_IMAGE_PIXELS before decoding
+        raise InputError(path, f"header claims an image too large to decode safely ({' '.join(str(error).split())})",
+                         "check the file is not damaged; crop or downsample it first if it really is that large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InputError(path, f"unreadable {content.upper()} image ({' '.join(str(error).split())})", "the file is truncated or damaged; export it again") from None
     if mode == "I" and array.size and array.min() >= 0 and array.max() <= np.iinfo(np.uint16).max:
