@@ -300,9 +300,10 @@ class FlowModel:
         Flows of one bundle loaded in one process use the same ``SharedCrossAttention`` and
         ``AlignModel`` objects (cached while in use); ``shared``/``align`` pass them explicitly.
         """
-        from medm2g_core.serialization import load_weights
+        from medm2g_core.serialization import load_weights, refuse_pickles
 
         bundle = Path(bundle)
+        refuse_pickles(bundle)  # the same refusal as Bundle.open: this is a public entry point too
         pair = parse_pair(pair) if isinstance(pair, str) else pair
         directory = bundle / "flows" / pair.name
         if not (directory / "config.json").is_file():
