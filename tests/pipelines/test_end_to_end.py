@@ -8,8 +8,9 @@ here, only behaviour: geometry, units, determinism, batch isolation, files writt
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +23,73 @@ pytestmark = pytest.mark.slow
 STEPS = ["--sampler-steps", "2"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here: these tiny models gain nothing from two, and on a loaded machine OpenMP's
+    spinning threads made the module ~10× slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from medm2g_core.data.synth import synthesize_cohort
     from medm2g_core.pipelines.align import align
     from medm2g_core.pipelines.train_flow import train_flow
 
+    from medm2g_core.config import apply_overrides, load_recipe
+
+    recipe = apply_overrides(load_recipe(None), {
+        "text_vae.training.steps": 2, "text_vae.training.val_every": 2, "text_vae.training.save_every": 2,
+        "flows.val_items": 4, "flows.sample_items": 1, "flows.forgetting.psnr_samples": 1, "flows.forgetting.val_batches": 1,
+        "flows.context_slices": 1,  # exercises the 2.5D path of translate
+    })
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_thread (this session fixture is set up before it)
     root = tmp_path_factory.mktemp("tiny-bundle")
     synthesize_cohort(root / "cohort", patients=24, anatomy="chest", seed=0, size=32, workers=0)
-    align(root / "cohort", root / "bundle", steps=2, workers=0)
+    align(root / "cohort", root / "bundle", recipe=recipe, steps=2, workers=0)
     for pair in ("mri-ct", "xray-report", "report-xray"):
-        train_flow(root / "cohort", root / "bundle", pair=pair, steps=2)
+        train_flow(root / "cohort", root / "bundle", pair=pair, recipe=recipe, steps=2)
+    torch.set_num_threads(previous)
     return {"root": root, "cohort": root / "cohort", "bundle": root / "bundle"}
 
 
-def _cli(*arguments: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medm2g_cli", *arguments], input=stdin, capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+@dataclass
+class _Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _cli(*arguments: str, stdin: str | None = None, cwd: Path | None = None) -> _Run:
+    """The CLI in-process (CliRunner: stdout and stderr apart), so torch is imported once per session."""
+    from typer.testing import CliRunner
+
+    from medm2g_cli.main import app
+
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(app, list(arguments), input=stdin)
+    finally:
+        os.chdir(previous)
+    return _Run(result.exit_code, result.stdout, result.stderr)
+
+
+def _cropped(path: Path, *, slices: int = 6) -> tuple[np.ndarray, ImageMeta]:
+    """A few middle slices of a phantom volume: the behaviour under test does not need all 32."""
+    volume, meta = io.read(path)
+    middle = volume.shape[2] // 2
+    part = np.ascontiguousarray(volume[:, :, middle - slices // 2 : middle - slices // 2 + slices])
+    return part, meta.replace(shape=part.shape)
 
 
 def _oblique(volume: np.ndarray, meta: ImageMeta) -> ImageMeta:
@@ -52,7 +103,7 @@ def test_oblique_nifti_keeps_its_grid_in_nibabel_and_simpleitk(tiny, tmp_path: P
     import nibabel
     import SimpleITK as sitk
 
-    volume, meta = io.read(tiny["cohort"] / "P0001" / "mri-t1.nii.gz")
+    volume, meta = _cropped(tiny["cohort"] / "P0001" / "mri-t1.nii.gz")
     source = tmp_path / "P0001" / "mri-t1.nii.gz"
     io.write(source, volume, _oblique(volume, meta))
     out = tmp_path / "out"
@@ -78,7 +129,7 @@ def test_oblique_nifti_keeps_its_grid_in_nibabel_and_simpleitk(tiny, tmp_path: P
 
 
 def test_dicom_series_in_and_out(tiny, tmp_path: Path) -> None:
-    volume, meta = io.read(tiny["cohort"] / "P0002" / "mri-t1.nii.gz")
+    volume, meta = _cropped(tiny["cohort"] / "P0002" / "mri-t1.nii.gz")
     series = tmp_path / "P0002" / "mri-t1"
     io.write(series, volume.astype(np.int16), _oblique(volume, meta).replace(modality="mri-t1"), format="dicom-series")
     out = tmp_path / "out"
@@ -98,11 +149,10 @@ def test_dicom_series_in_and_out(tiny, tmp_path: Path) -> None:
 
 def test_stdin_batch_with_one_corrupt_input(tiny, tmp_path: Path) -> None:
     cohort = tmp_path / "cohort"
-    for patient in ("P0001", "P0002", "P0003"):
-        (cohort / patient).mkdir(parents=True)
-        (cohort / patient / "mri-t1.nii.gz").write_bytes((tiny["cohort"] / patient / "mri-t1.nii.gz").read_bytes())
-    (cohort / "P0004").mkdir()
-    (cohort / "P0004" / "mri-t1.nii.gz").write_bytes((tiny["cohort"] / "P0004" / "mri-t1.nii.gz").read_bytes()[:200])
+    for patient in ("P0001", "P0002", "P0003", "P0004"):
+        io.write(cohort / patient / "mri-t1.nii.gz", *_cropped(tiny["cohort"] / patient / "mri-t1.nii.gz", slices=3))
+    corrupt = cohort / "P0004" / "mri-t1.nii.gz"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
     found = subprocess.run(["find", "cohort", "-name", "mri-t1.nii.gz"], cwd=tmp_path, capture_output=True, text=True).stdout
     run = _cli("translate", "-", "--to", "ct", "--out", "preds", "--model", str(tiny["bundle"]), "--device", "cpu", "--json",
                *STEPS, stdin=found, cwd=tmp_path)
@@ -127,7 +177,7 @@ def test_seeds_determine_the_output(tiny) -> None:
     from medm2g_core import MedM2G
 
     model = MedM2G.from_pretrained(tiny["bundle"], device="cpu")
-    volume, meta = io.read(tiny["cohort"] / "P0003" / "mri-t1.nii.gz")
+    volume, meta = _cropped(tiny["cohort"] / "P0003" / "mri-t1.nii.gz", slices=5)
     first = model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2)
     again = model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2, batch_size=3)
     other = model.translate(volume, meta, to="ct", samples=2, seed=1, steps=2)
