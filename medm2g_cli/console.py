@@ -30,6 +30,9 @@ EXIT_INTERRUPTED = 130
 class State:
     quiet: bool = False
     verbose: bool = False
+    # a rank > 0 of a multi-process launch (torchrun / accelerate launch set RANK): only rank 0 reports
+    # progress, tables, warnings and --json; errors are still printed by every rank.
+    secondary_rank: bool = False
 
 
 state = State()
@@ -44,6 +47,8 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    if state.secondary_rank:
+        return
     err.print(f"[yellow]warning:[/yellow] {message}")
 
 
@@ -55,6 +60,8 @@ def emit_json(data: Any) -> None:
     """One JSON document per line on stdout (the only thing ever written there)."""
     from medm2g_core.serialization import to_jsonable
 
+    if state.secondary_rank:
+        return
     sys.stdout.write(json.dumps(to_jsonable(data)) + "\n")
     sys.stdout.flush()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -35,7 +36,8 @@ def root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")] = False,
 ) -> None:
     """Global options apply to every command."""
-    console.state.quiet = quiet
+    console.state.secondary_rank = os.environ.get("RANK", "0").strip() not in ("", "0")
+    console.state.quiet = quiet or console.state.secondary_rank
     console.state.verbose = verbose
 
 

@@ -102,7 +102,11 @@ def align(
         },
     )
     config = stage_training(recipe, STAGE)
-    state = PartialState()
+    # cpu=True on CPU-only machines: without it PartialState ignores torchrun's ranks (DistributedType.NO),
+    # and the Accelerator built later inherits that, so every rank would train alone as rank 0 on the same files.
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process:
         progress = no_progress
 

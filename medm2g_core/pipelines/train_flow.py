@@ -120,7 +120,11 @@ def train_flow(
     if not records:
         raise InputError(data_dir, "no patient folders found", "create one with `medm2g data synth` or `medm2g data import`")
     splits = split_records(records, seed=recipe.data.split_seed, fractions=recipe.data.split_fractions)
-    state = PartialState()
+    # cpu=True on CPU-only machines: without it PartialState ignores torchrun's ranks (DistributedType.NO),
+    # and the Accelerator built later inherits that, so every rank would train alone as rank 0 on the same files.
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process:
         progress = no_progress
     context = _Context(bundle=bundle, recipe=recipe, flows=flows, splits=splits, data_dir=data_dir, steps=steps, seed=seed,
