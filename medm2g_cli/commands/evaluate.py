@@ -59,6 +59,9 @@ def evaluate(
         Optional[Path], typer.Option("--features", help="xray task: local feature-extractor weights (.safetensors DenseNet-121).")
     ] = None,
     cleaning: Annotated[str, typer.Option("--cleaning", help="report task: R2Gen cleaning, iu_xray|mimic_cxr.")] = "iu_xray",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Count reference patients without a prediction as failures (exit 1).")
+    ] = False,
     model: ModelPath = None,
     json_out: JsonOut = False,
 ) -> None:
@@ -87,6 +90,7 @@ def evaluate(
             bundle_baselines=computed,
             pair=pair,
             baseline_out=baseline_out,
+            strict=strict,
             progress=report_progress,
         )
     from rich.markup import escape  # metric names hold "[convention]" brackets that rich would eat as markup
@@ -97,6 +101,8 @@ def evaluate(
         [escape("metric [convention]"), *map(escape, columns)],
         [[escape(name), *map(escape, cells)] for name, cells in rows],
     )
+    for note in result.notes:
+        console.info(escape(f"note: {note}"))
     for name, system in result.systems.items():
         for note in system.notes:
             console.info(escape(f"note ({name}): {note}"))

@@ -82,6 +82,9 @@ class SystemResult:
     metrics: dict[str, MetricSummary] = field(default_factory=dict)
     patients: list[PatientResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unpredicted: list[str] = field(default_factory=list)
+    """Reference patients with no prediction folder: not scored; problems only with ``strict``."""
+    strict: bool = True
 
     @property
     def problems(self) -> list[str]:
@@ -130,6 +133,7 @@ def evaluate(
     bundle_baselines: Sequence[str] = (),
     pair: str | None = None,
     baseline_out: str | Path | None = None,
+    strict: bool = False,
     progress: ProgressFn = no_progress,
 ) -> EvaluationResult:
     """Score ``pred_dir`` (and each baseline folder) against ``ref_dir`` for ``task``.
@@ -148,6 +152,9 @@ def evaluate(
             ``baselines`` folders.
         pair: the flow whose baselines to use (default: the only fitted one matching the task/predictions).
         baseline_out: keep the computed baseline predictions there (``<baseline_out>/<name>/...``).
+        strict: a reference patient without a prediction is a problem ("missing prediction"); by
+            default such patients (e.g. the training split of a whole cohort given as ``ref_dir``) are
+            listed in the notes and not scored.
         progress: receives one ``ProgressEvent`` per patient.
 
     Raises:
@@ -176,7 +183,7 @@ def evaluate(
                                          progress=progress))
     try:
         return _evaluate_folders(task, folders, ref_dir=ref_dir, pred_dir=Path(pred_dir), html=html, features=features,
-                                 labeler=labeler, cleaning=cleaning, progress=progress)
+                                 labeler=labeler, cleaning=cleaning, strict=strict, progress=progress)
     finally:
         if scratch is not None:
             scratch.cleanup()
@@ -232,12 +239,12 @@ def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[st
 
 
 def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pred_dir: Path, html: Any, features: Any,
-                      labeler: Any, cleaning: str, progress: ProgressFn) -> EvaluationResult:
+                      labeler: Any, cleaning: str, strict: bool, progress: ProgressFn) -> EvaluationResult:
     extractor = _resolve_extractor(features) if task == "xray" else None
     collector = _PageCollector() if html is not None else None
     systems: dict[str, SystemResult] = {}
     for name, folder in folders.items():
-        system = SystemResult(name=name, pred_dir=folder)
+        system = SystemResult(name=name, pred_dir=folder, strict=strict)
         page = collector if name == "model" else None
         if task == "translation":
             _evaluate_translation(system, ref_dir, page, progress)
@@ -251,6 +258,11 @@ def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pre
         raise InputError(Path(pred_dir), f"no prediction could be scored against {ref_dir} ({problems})",
                          "check that both folders hold the same patient folders with the expected file names")
     result = EvaluationResult(task=task, ref_dir=ref_dir, systems=systems)
+    unpredicted = systems["model"].unpredicted
+    if unpredicted:
+        shown = ", ".join(unpredicted[:10]) + (" ..." if len(unpredicted) > 10 else "")
+        result.notes.append(f"{len(unpredicted)} reference patient(s) have no prediction and were not scored "
+                            f"(use --strict to count them as failures): {shown}")
     if html is not None and collector is not None:
         from medm2g_core.metrics.report import write_page
 
@@ -279,7 +291,10 @@ def _pairs(system: SystemResult, ref_dir: Path, names: tuple[str, ...]) -> list[
         if patient_id not in references:
             system.patients.append(PatientResult(patient_id, problems=[f"no reference patient folder in {ref_dir}"]))
         elif patient_id not in predictions:
-            system.patients.append(PatientResult(patient_id, problems=["missing prediction"]))
+            if system.strict:
+                system.patients.append(PatientResult(patient_id, problems=["missing prediction"]))
+            else:
+                system.unpredicted.append(patient_id)
         else:
             pairs.append((patient_id, predictions[patient_id], references[patient_id]))
     return pairs
@@ -545,7 +560,7 @@ class _PageCollector:
             for name, value in patient.values.items():
                 if value is not None:
                     histograms.setdefault(name, []).append(value)
-        notes = [f"{name}: {s.note}" for name, s in result.model.metrics.items() if s.note] + result.model.notes
+        notes = [f"{name}: {s.note}" for name, s in result.model.metrics.items() if s.note] + result.model.notes + result.notes
         notes += result.problems or ["no problems found"]
         return Page(title=f"medm2g evaluate — {result.task} ({result.model.pred_dir} vs {result.ref_dir})",
                     columns=columns, table=rows, image_rows=self.image_rows, report_pairs=self.report_pairs,

@@ -54,7 +54,8 @@ def test_translation_scores_match_the_metric_functions_and_report_problems(cohor
     ref, pred, base = cohort
     events = []
     page = tmp_path / "eval.html"
-    result = evaluate("translation", pred_dir=pred, ref_dir=ref, html=page, baselines={"identity": base}, progress=events.append)
+    result = evaluate("translation", pred_dir=pred, ref_dir=ref, html=page, baselines={"identity": base}, strict=True,
+                      progress=events.append)
     model = result.model
     psnr_name = "ct: PSNR[synthrad, HU -1024..3000, mask]"
     assert model.metrics[psnr_name].count == 2  # P0000 and P0001 only
@@ -74,6 +75,14 @@ def test_translation_scores_match_the_metric_functions_and_report_problems(cohor
     text = page.read_text()
     assert text.count("data:image/png;base64,") >= 8 and "P0003: missing prediction" in text
     json.dumps(to_jsonable(result), allow_nan=False)
+
+
+def test_reference_patients_without_prediction_are_notes_unless_strict(cohort):
+    ref, pred, _ = cohort
+    result = evaluate("translation", pred_dir=pred, ref_dir=ref)
+    assert not any("missing prediction" in p for p in result.problems)
+    assert any("P0003" in note and "not scored" in note for note in result.notes)
+    assert "P0002: ct.nii.gz: prediction grid" in "\n".join(result.problems)  # real problems stay problems
 
 
 def test_report_task(cohort):
