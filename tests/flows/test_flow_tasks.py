@@ -31,7 +31,9 @@ def setup(tmp_path_factory):
 
 
 def fit(task, batch, steps: int, lr: float = 3e-3) -> tuple[float, float]:
-    parameters = [p for m in task.trainable_modules().values() for p in m.parameters() if p.requires_grad]
+    # the shared cross-attention is reachable from both the flow and "shared": one entry per parameter
+    unique = {id(p): p for m in task.trainable_modules().values() for p in m.parameters() if p.requires_grad}
+    parameters = list(unique.values())
     optimizer = torch.optim.AdamW(parameters, lr=lr)
     torch.manual_seed(0)
     losses = []
