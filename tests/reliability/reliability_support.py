@@ -192,6 +192,15 @@ class Tiny:
 
 
 def build_tiny(root: Path) -> Tiny:
+    """Build the tiny world under ``root``; ``MEDM2G_RELIABILITY_WORLD=DIR`` reuses one built there before
+    (used to re-run the suite against deliberately broken code without rebuilding it with that code)."""
+    cached = os.environ.get("MEDM2G_RELIABILITY_WORLD")
+    if cached and (Path(cached) / "reference.m2g" / "bundle.json").is_file():
+        root = Path(cached)
+        return Tiny(root=root, cohort=root / "cohort", recipe=root / "tiny.yaml", aligned=root / "aligned.m2g",
+                    reference=root / "reference.m2g", home=root / "home")
+    if cached:
+        root = Path(cached)
     root.mkdir(parents=True, exist_ok=True)
     home = root / "home"
     env = cli_env(home)

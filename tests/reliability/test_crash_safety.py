@@ -154,3 +154,48 @@ def test_batch_translate_killed_at_random_points_skip_existing_finishes(tiny: Ti
         np.testing.assert_array_equal(read_volume(out / relative), read_volume(reference_translation / relative))
     # leftovers of the killed run are only temporary names, which nothing reads as inputs or outputs
     assert all(is_temporary(p, out) for p in out.rglob("*") if p.is_file() and p not in final_files(out))
+
+
+# -- a kill during one write ------------------------------------------------------------------------
+
+WRITER = """
+import sys
+import numpy as np
+from pathlib import Path
+from medm2g_core import io
+from medm2g_core.serialization import save_weights, write_json
+from medm2g_core.types import ImageMeta
+out, kind = Path(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+if kind == "nifti":
+    volume = rng.normal(0, 1000, (192, 192, 192)).astype(np.float32)
+    io.write(out / "ct.nii.gz", volume, ImageMeta(spacing=(1.0, 1.0, 1.0), shape=volume.shape))
+elif kind == "json":
+    write_json(out / "run.json", {"items": [{"input": f"P{i:06d}", "values": list(range(50))} for i in range(200000)]})
+else:
+    import torch
+    save_weights(out / "model.safetensors", {f"w{i}": torch.randn(512, 512) for i in range(64)})
+"""
+
+
+@pytest.mark.parametrize("kind, name", [("nifti", "ct.nii.gz"), ("json", "run.json"), ("weights", "model.safetensors")])
+def test_sigkill_during_a_write_leaves_nothing_under_the_final_name(tmp_path: Path, kind: str, name: str) -> None:
+    """Deterministic: kill the writer as soon as its first bytes reach the folder (the write then takes
+    seconds); the final name must not exist — only a temporary name may be left."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(out), kind], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(out.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, "the write finished before it could be killed; enlarge it"
+    left = sorted(p.name for p in out.iterdir())
+    assert left, "nothing was written before the kill"
+    assert name not in left, f"a partial {name} exists under its final name"
+    assert all(p.startswith(".") and ".tmp" in p for p in left), left

@@ -180,6 +180,8 @@ def huge_files(tmp: Path) -> dict[str, bytes]:
         "nifti1.nii": _nifti_header_bytes((32767, 32767, 32767), version=1),  # NIfTI-1 dims are int16
         "nifti2.nii": nifti2,
         "nifti2.nii.gz": gzip.compress(nifti2),
+        # under the memory limit, but far more than the file can hold: refused by the file-size check
+        "truncated.nii.gz": gzip.compress(_nifti_header_bytes((512, 512, 512), version=1)),
         "huge.mha": f"ObjectType = Image\nNDims = 3\nDimSize = {n} {n} {n}\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n".encode() + b"\x00" * 64,
         "huge.nrrd": f"NRRD0004\ntype: float\ndimension: 3\nsizes: {n} {n} {n}\nendian: little\nencoding: raw\n\n".encode() + b"\x00" * 64,
         "huge.png": _png_bytes(n, n),

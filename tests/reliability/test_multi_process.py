@@ -24,7 +24,7 @@ def test_torchrun_two_cpu_ranks_train_flow_only_rank_0_writes(tiny: Tiny, tmp_pa
     before = {p.relative_to(bundle) for p in final_files(bundle)}
     command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29547", "--log-dir", str(logs),
                "--redirects", "3", "-m", "medm2g_cli.main", *tiny.train_flow_args(bundle, "--steps", "8", "--json")]
-    completed = subprocess.run(command, env=tiny.env(), capture_output=True, text=True, timeout=400)
+    completed = subprocess.run(command, env=tiny.env(), cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
     # two ranks trained: the resumable state says so and holds both ranks' RNG fingerprints
