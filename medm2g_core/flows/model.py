@@ -28,6 +28,7 @@ Inference contract: docs/architecture.md, "Flow inference".
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,7 +346,7 @@ class FlowModel:
         return inputs
 
     @torch.no_grad()
-    def predict(self, sources: dict[Modality | str, torch.Tensor | list[str]], *, samples: int = 1, seed: int = 0,
+    def predict(self, sources: dict[Modality | str, torch.Tensor | list[str]], *, samples: int = 1, seed: int | Sequence[int] = 0,
                 steps: int | None = None, guidance: float | Sequence[float] | None = None,
                 weights: dict[Modality | str, float] | None = None) -> Prediction:
         """Generate the target for a batch of sources (shapes and ranges: docs/architecture.md).
@@ -355,7 +356,9 @@ class FlowModel:
                 list of B report strings. Flow sources may be missing (multi-source flows); modalities
                 beyond the flow's own are composed CoDi-style (module docstring).
             samples: K samples per input (mean and per-pixel std returned).
-            seed: seeds the initial noise; same seed → identical output.
+            seed: one int seeds the whole call; a sequence of B ints seeds each input on its own (its
+                K samples included), so an input's output does not depend on the rest of the batch.
+                Same seed → identical output.
             steps, guidance: sampler overrides (default: the flow's ``FlowConfig``).
             weights: CoDi composition weight per source modality (missing ones: 1.0).
         """
@@ -374,7 +377,13 @@ class FlowModel:
         batch = next(len(v) if not isinstance(v, torch.Tensor) else v.shape[0] for v in parsed.values())
         inputs = self.condition(parsed, weights=parsed_weights)
         config = self.config
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        if isinstance(seed, numbers.Integral):
+            generator: torch.Generator | list[torch.Generator] = torch.Generator(device=self.device).manual_seed(int(seed))
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != batch:
+                raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}; give one per input or a single int")
+            generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         latent_shape = self.target_shape(batch)
         drawn = sample_many(
             self.network, make_sampling_scheduler(config), latent_shape, samples=samples, condition=inputs,

@@ -222,26 +222,14 @@ def translate_volume(
     return TranslationResult(image=image, std=std, meta=out_meta, flow=flow.pair.name, seconds=time.monotonic() - started)
 
 
-def accepts_seed_list(flow: Any) -> bool:
-    """Whether ``flow.predict`` takes one seed per batch item (diffusers' list-of-generators convention)."""
-    import inspect
-
-    try:
-        annotation = inspect.signature(flow.predict).parameters["seed"].annotation
-    except (KeyError, TypeError, ValueError):
-        return False
-    return "Sequence" in str(annotation) or "list" in str(annotation)
-
-
 def _predict(flow: Any, inputs: dict[Modality, Any], *, samples: int, seeds: list[int], steps: int | None,
              guidance: float | None, weights: Mapping[Modality, float] | None) -> Any:
-    """One ``FlowModel.predict`` call. With per-item seeds the result does not depend on the batch size;
-    a flow whose ``predict`` takes one seed gets the first slice's seed (then the batch size matters)."""
+    """One ``flow.predict`` call with one seed per slice (``FlowModel.predict`` seeds each batch item, its
+    K samples included, from its own seed), so the result does not depend on the batch size."""
     kwargs: dict[str, Any] = {"samples": samples, "steps": steps, "guidance": guidance}
     if weights:
         kwargs["weights"] = dict(weights)
-    seed: Any = list(seeds) if accepts_seed_list(flow) else seeds[0]
-    return flow.predict(inputs, seed=seed, **kwargs)
+    return flow.predict(inputs, seed=list(seeds), **kwargs)
 
 
 # -- batch -----------------------------------------------------------------------------------------
@@ -411,9 +399,7 @@ def translate_batch(
     jobs = batching.select_shard(jobs, shard_spec)
     arguments = {"to": target.value, "from": [m.value for m in wanted_sources] if wanted_sources else None,
                  "format": output_format, "samples": samples, "seed": seed, "steps": steps, "guidance": guidance,
-                 "weights": weight_values,
-                 # the output depends on the batch size only while FlowModel.predict takes one seed per call
-                 "batch_size": batch_size or 8}
+                 "weights": weight_values}  # not the batch size: each slice has its own seed, so it cannot change an output
     expected = batching.fingerprint(bundle=loaded.fingerprint, arguments=arguments)
     if not overwrite and not skip_existing:
         clash = batching.existing_outputs(jobs)
@@ -424,7 +410,7 @@ def translate_batch(
     if loaded.synthetic:
         warnings.append(loaded.synthetic_warning)
         on_warning(warnings[-1])
-    record = batching.RunRecord(command="translate", arguments={**arguments, "shard": shard, "max_memory": max_memory},
+    record = batching.RunRecord(command="translate", arguments={**arguments, "batch_size": batch_size or 8, "shard": shard, "max_memory": max_memory},
                                 seed=seed, bundle_hash=loaded.fingerprint, bundle_name=loaded.path.name,
                                 synthetic_bundle=loaded.synthetic, device=loaded.device, shard=shard_spec)
 

@@ -5,6 +5,12 @@ all guidance branches stacked along the batch, combines them linearly (classifie
 one scale per source if asked), turns the result into x0, clips it, and lets a diffusers scheduler
 (DDIM or DPM-Solver++) take the step. The scheduler is always stepped with x0 (its
 ``prediction_type`` is set to ``"sample"``), so every prediction type is clipped the same way.
+
+Randomness follows the diffusers convention: ``generator`` is one ``torch.Generator`` for the whole
+batch, or a list with one per batch item. With a list, item ``b``'s initial noise and every noise the
+scheduler's stochastic step draws (DDIM η > 0, DPM-Solver++ SDE variants) come from its own
+generator only, so an item's output does not depend on what else is in the batch (``translate``'s
+batch size does not change its result).
 """
 
 from __future__ import annotations
@@ -65,7 +71,31 @@ def guidance_branches(present: Sequence[bool], *, guidance: float | Sequence[flo
     return branches, coefficients
 
 
-def _step_kwargs(scheduler, *, eta: float, generator: torch.Generator | None) -> dict:
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one for the batch, or one per item
+
+
+def _checked_generators(generator: Generators, *, batch: int) -> torch.Generator | list[torch.Generator] | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    generators = list(generator)
+    if len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch}; give one per batch item or a single one")
+    return generators
+
+
+def initial_noise(shape: Sequence[int], *, generator: Generators, device: torch.device | str,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (batch first); with a list of generators, row ``b`` is drawn
+    from ``generator[b]`` alone (``diffusers.utils.torch_utils.randn_tensor``, which the schedulers'
+    stochastic steps use too)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generators = _checked_generators(generator, batch=shape[0])
+    return randn_tensor(tuple(shape), generator=generators, device=torch.device(device), dtype=dtype)
+
+
+def _step_kwargs(scheduler, *, eta: float, generator: torch.Generator | list[torch.Generator] | None) -> dict:
+    # DDIM and DPM-Solver++ draw their step noise with randn_tensor, which takes one generator per item.
     names = inspect.signature(scheduler.step).parameters
     kwargs = {"generator": generator} if "generator" in names else {}
     if "eta" in names:
@@ -75,7 +105,7 @@ def _step_kwargs(scheduler, *, eta: float, generator: torch.Generator | None) ->
 
 @torch.no_grad()
 def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: ConditionInputs | None, steps: int,
-           guidance: float | Sequence[float] = 1.0, generator: torch.Generator | None = None, prediction_type: str,
+           guidance: float | Sequence[float] = 1.0, generator: Generators = None, prediction_type: str,
            clip_sample: bool = True, clip_range: float = 1.0, eta: float = 0.0, condition_dim: int | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Generate a batch (B, ...) = ``shape`` by the reverse diffusion process.
@@ -86,7 +116,8 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
         shape: output shape, batch first; must match the batch of ``condition``.
         condition: the sources (``None`` = unconditional; then give ``condition_dim`` if the denoiser has no config).
         steps: denoising steps; guidance: one scale or one per source (see ``guidance_branches``).
-        generator: seeds the initial noise (and DDIM η > 0 noise): same seed → identical output.
+        generator: seeds the initial noise and any step noise (DDIM η > 0, SDE solvers): same seed →
+            identical output. A list of B generators seeds each item on its own (module docstring).
         prediction_type: what the denoiser outputs (``FlowConfig.prediction_type``).
         clip_sample, clip_range: clamp the predicted x0 to [−clip_range, clip_range] each step.
     Returns:
@@ -103,8 +134,9 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
     batch = shape[0]
     keeps = [torch.tensor(keep, dtype=torch.bool, device=device).expand(batch, len(keep)) for keep in branches]
     stacked = Condition.cat([assemble_condition(inputs, keep=k, condition_dim=condition_dim, batch_size=batch) for k in keeps])
+    generator = _checked_generators(generator, batch=batch)
     scheduler.set_timesteps(steps, device=device)
-    latents = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
+    latents = initial_noise(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, eta=eta, generator=generator)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(latents, t)
@@ -144,14 +176,35 @@ def repeat_inputs(inputs: ConditionInputs, times: int) -> ConditionInputs:
     return ConditionInputs(semantic=semantic, spatial=[rep(x) for x in inputs.spatial])
 
 
+def sample_generators(generators: Sequence[torch.Generator], samples: int) -> list[torch.Generator]:
+    """One generator per (item, sample), item-major like ``repeat_inputs``, from one per item.
+
+    K = 1 keeps each item's generator; K > 1 seeds K fresh generators from K draws of it, so sample
+    ``k`` of an item depends only on that item's generator and ``k``.
+    """
+    if samples == 1:
+        return list(generators)
+    expanded = []
+    for generator in generators:
+        seeds = torch.randint(0, 2**62, (samples,), generator=generator, device=generator.device)
+        expanded.extend(torch.Generator(device=generator.device).manual_seed(int(seed)) for seed in seeds)
+    return expanded
+
+
 def sample_many(denoiser: Denoiser, scheduler, shape: Sequence[int], *, samples: int, condition: ConditionInputs | None,
-                **options) -> SampleSet:
-    """``samples`` = K samples per input, drawn in one batched ``sample()`` call (B·K); ``options`` as ``sample``."""
+                generator: Generators = None, **options) -> SampleSet:
+    """``samples`` = K samples per input, drawn in one batched ``sample()`` call (B·K); ``options`` as ``sample``.
+
+    ``generator``: one for the whole call, or a list of B (one per input; see ``sample_generators``).
+    """
     if samples < 1:
         raise ValueError(f"samples must be ≥ 1, got {samples}")
     batch = shape[0]
+    generator = _checked_generators(generator, batch=batch)
+    if isinstance(generator, list):
+        generator = sample_generators(generator, samples)
     inputs = repeat_inputs(condition, samples) if condition is not None else None
-    drawn = sample(denoiser, scheduler, (batch * samples, *shape[1:]), condition=inputs, **options)
+    drawn = sample(denoiser, scheduler, (batch * samples, *shape[1:]), condition=inputs, generator=generator, **options)
     drawn = drawn.reshape(batch, samples, *shape[1:]).transpose(0, 1)
     std = drawn.std(0, unbiased=False) if samples > 1 else torch.zeros_like(drawn[0])
     return SampleSet(mean=drawn.mean(0), std=std, samples=drawn)

@@ -178,14 +178,16 @@ def test_seeds_determine_the_output(tiny) -> None:
 
     model = MedM2G.from_pretrained(tiny["bundle"], device="cpu")
     volume, meta = _cropped(tiny["cohort"] / "P0003" / "mri-t1.nii.gz", slices=5)
-    first = model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2)
-    again = model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2, batch_size=3)
+    first = model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2, batch_size=1)
     other = model.translate(volume, meta, to="ct", samples=2, seed=1, steps=2)
-    from medm2g_core.pipelines.translate import accepts_seed_list
-
-    if accepts_seed_list(model.flow("mri-ct")):
-        np.testing.assert_array_equal(first.image, again.image)
-    np.testing.assert_array_equal(first.image, model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2).image)
+    assert np.abs(first.image - other.image).max() > 1.0  # HU: another seed is another sample
+    for batch_size in (3, 8):
+        # Each slice's noise comes from its own seed, so the batch size does not change the sample. The
+        # networks' CPU kernels may round differently for another batch shape (diffusers' batch-vs-single
+        # tests allow 1e-4 for it); here that is ~0.002 HU, so 0.01 HU — orders below a seed change.
+        again = model.translate(volume, meta, to="ct", samples=2, seed=0, steps=2, batch_size=batch_size)
+        np.testing.assert_allclose(again.image, first.image, rtol=0, atol=0.01)
+        np.testing.assert_allclose(again.std, first.std, rtol=0, atol=0.01)
     assert not np.array_equal(first.image, other.image)
     assert float(first.std.max()) > 0 and first.meta.same_grid(meta)
     assert "trained on synthetic phantoms" in first.warnings[0]
