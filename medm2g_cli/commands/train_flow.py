@@ -24,9 +24,13 @@ def train_flow(
     seed: Seed = 0,
     mixed_precision: MixedPrecision = "no",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    baselines: Annotated[bool, typer.Option(
+        "--baselines/--no-baselines",
+        help="Also fit the regression baseline (trained for the flow's steps with the same recipe). The cheap "
+             "baselines (identity intensity map; retrieval and most-frequent report) are always fitted.")] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Train a flow (and the latent spaces it needs) on a cohort, adding it to the bundle."""
+    """Train a flow (and the latent spaces it needs) on a cohort, adding it to the bundle, then fit its baselines."""
     from medm2g_core.errors import ConfigError
     from medm2g_core.pipelines.train_flow import train_flow as run_train_flow
 
@@ -35,7 +39,8 @@ def train_flow(
     with console.progress("train-flow") as progress:
         result = run_train_flow(
             data, bundle, pair=pair, recipe=recipe, steps=steps, stage=stage, modality=modality, resume=resume, seed=seed,
-            mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, progress=progress,
+            mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, baselines=baselines,
+            progress=progress,
         )
     stages = [
         {"name": s.name, "steps": s.steps, "seconds": round(s.seconds, 1), "resumed_from": s.resumed_from,
@@ -44,7 +49,8 @@ def train_flow(
     ]
     if json_out:
         console.emit_json({"bundle": str(result.bundle), "pair": result.pair, "stages": stages, "metrics": result.metrics,
-                           "forgetting": result.forgetting, "samples": str(result.samples_dir) if result.samples_dir else None,
+                           "forgetting": result.forgetting, "baselines": result.baselines,
+                           "samples": str(result.samples_dir) if result.samples_dir else None,
                            "synthetic": result.synthetic, "seconds": round(result.seconds, 1)})
         return
     console.table(
@@ -61,6 +67,9 @@ def train_flow(
                 before, after = report.get("before", {}).get(metric), report.get("after", {}).get(metric)
                 rows.append([flow, metric, _number(before), _number(after)])
         console.table("earlier flows before → after (forgetting)", ["flow", "metric", "before", "after"], rows)
+    if result.baselines:
+        console.table(f"{result.pair} baselines (for `medm2g evaluate --baseline NAME`)", ["baseline", "fitted into", "steps"],
+                      [[name, str(details.get("path", "")), details.get("steps", "–")] for name, details in result.baselines.items()])
     if result.samples_dir is not None:
         console.info(f"validation samples: {result.samples_dir}")
     if result.synthetic:

@@ -18,8 +18,9 @@ flow was trained on: the recipe's ``data.split_seed``/``split_fractions``, honou
 baseline, ``out_dir/<baseline>/<patient>/<target file>``, in the layout of ``medm2g translate --out``
 (input geometry, synthetic mark) or ``report.txt``, for the patients of a split or the ones named.
 
-``bundle.json["baselines"][<pair>]`` records what was fitted; a missing baseline is a ``BundleError``
-naming the command that fits it.
+``medm2g train-flow`` calls ``fit_baselines`` after training a flow: the cheap baselines always, the
+regression with ``--baselines``. ``bundle.json["baselines"][<pair>]`` records what was fitted; a missing
+baseline is a ``BundleError`` naming that command (``fit_command``).
 """
 
 from __future__ import annotations
@@ -57,9 +58,32 @@ def baseline_dir(bundle: str | Path, pair: Pair, name: str) -> Path:
     return Path(bundle) / "baselines" / pair.name
 
 
+def cli_pair(pair: Pair) -> str:
+    """How ``--pair`` spells a flow: its short canonical name (``mri-ct``, ``t2+pd-t1``) when it has one."""
+    from medm2g_core.modalities import CANONICAL_PAIRS
+
+    for short in CANONICAL_PAIRS:
+        if parse_pair(short) == pair:
+            return short
+    return "+".join(s.value for s in pair.sources) + "-" + pair.target.value
+
+
 def fit_command(pair: Pair, bundle: str | Path) -> str:
-    """The command that fits the baselines of ``pair`` (for error messages)."""
-    return f"medm2g_core.pipelines.baselines.fit_baselines(DATA, {str(bundle)!r}, pair={pair.name!r})"
+    """The CLI command that fits every baseline of ``pair`` (for error messages): ``train-flow --baselines``
+    trains the flow and then fits them on its training split. ``--data`` is the cohort ``bundle.json``
+    records for the flow, else ``DATA``."""
+    import shlex
+
+    from medm2g_core.bundle import Bundle
+
+    data = "DATA"
+    try:
+        recorded = Bundle.open(bundle).data.get("stages", {}).get(f"flows/{pair.name}", {}).get("data")
+    except (BundleError, OSError, ValueError):
+        recorded = None
+    if recorded:
+        data = shlex.quote(str(recorded))
+    return f"medm2g train-flow --pair {cli_pair(pair)} --data {data} --bundle {shlex.quote(str(bundle))} --baselines"
 
 
 def read_pair(text: str) -> Pair:
@@ -133,14 +157,19 @@ def fit_baselines(
     train_records = splits["train"]
     if not train_records:
         raise InputError(data_dir, "the training split is empty", "add patients or change data.split_fractions in the recipe")
+    # Under torchrun every rank calls this (the regression's training loop needs them all); only rank 0
+    # fits the cheap baselines and writes bundle.json.
+    is_main = _is_main_process()
     fitted: dict[str, Any] = {}
     if pair.is_paired_image:
-        if "identity" in names:
+        if "identity" in names and is_main:
             fitted["identity"] = _fit_identity(train_records, bundle_dir, pair, recipe, progress)
         if "regression" in names:
             fitted["regression"] = _fit_regression(train_records, handle, pair, recipe, steps=steps, seed=seed, progress=progress)
-    else:
+    elif is_main:
         fitted.update(_fit_reports(train_records, bundle_dir, pair, recipe, names))
+    if not is_main:
+        return {"pair": pair.name, "baselines": fitted}
     handle = Bundle.open(bundle_dir)  # the regression stage may have rewritten bundle.json
     record = dict(handle.data.get("baselines", {}).get(pair.name, {}))
     record["split"] = {"seed": recipe.data.split_seed, "fractions": list(recipe.data.split_fractions),
@@ -152,6 +181,14 @@ def fit_baselines(
     handle.data.setdefault("baselines", {})[pair.name] = record
     handle.save()
     return {"pair": pair.name, "baselines": fitted}
+
+
+def _is_main_process() -> bool:
+    import torch
+    from accelerate import PartialState
+
+    # cpu=True on CPU-only machines, as train_flow: otherwise PartialState ignores torchrun's ranks.
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
 
 
 def _normalised(path: Path, modality: Modality, recipe: Any) -> tuple[np.ndarray, Any, np.ndarray, Any]:

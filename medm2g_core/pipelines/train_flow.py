@@ -12,6 +12,9 @@ One call = one ``medm2g train-flow`` run, through the one training loop (``train
   recipe). Afterwards the new flow is measured (validation loss at fixed seeds/timesteps, PSNR of DDIM
   samples for image targets) and every earlier flow is re-measured on its own validation split:
   ``bundle.json["forgetting"][<new flow>][<earlier flow>] = {"before": ..., "after": ...}``.
+  Then the flow's baselines are fitted on its training split (``pipelines.baselines``, EVALUATION.md):
+  the cheap ones always (identity intensity map for image pairs; retrieval and most-frequent for
+  report targets; seconds), the L1 regression (the flow's step budget and recipe) with ``baselines=True``.
 
 On several processes every rank calls it; only rank 0 writes the bundle.
 """
@@ -54,6 +57,7 @@ class TrainFlowResult:
         stages: every component trained by this call, prerequisites first (``StageReport``).
         metrics: the new flow measured as inference loads it (``loss``; ``psnr`` dB in [-1, 1] units).
         forgetting: earlier flow → {"before": metrics, "after": metrics}.
+        baselines: baseline fitted after the flow → its details (``fit_baselines``; "path" in the bundle).
         samples_dir: where validation sample grids / texts were written.
         synthetic: trained on phantoms. seconds: wall time of the whole call.
     """
@@ -63,6 +67,7 @@ class TrainFlowResult:
     stages: list[StageReport]
     metrics: dict[str, float] = field(default_factory=dict)
     forgetting: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     samples_dir: Path | None = None
     synthetic: bool = False
     seconds: float = 0.0
@@ -81,6 +86,7 @@ def train_flow(
     seed: int = 0,
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
+    baselines: bool = False,
     progress: ProgressFn = no_progress,
 ) -> TrainFlowResult:
     """Train a flow (or a latent space) on the cohort at ``data_dir`` into the bundle ``bundle_dir``.
@@ -93,6 +99,8 @@ def train_flow(
         stage: ``flow``, ``autoencoder`` (with ``modality``) or ``text-vae``.
         resume: continue the stage from ``BUNDLE/training/<name>/`` exactly.
         gradient_checkpointing: recompute UNet activations in backward (less memory).
+        baselines: also fit the regression baseline (the flow's step budget, batch size and learning
+            rate); the cheap baselines of the flow are fitted whatever this says.
         progress: receives training events (rank 0 only).
     """
     from accelerate import PartialState
@@ -107,6 +115,8 @@ def train_flow(
         raise ConfigError(f"--stage {stage!r}; valid: {', '.join(STAGES)}")
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}")
+    if baselines and stage != "flow":
+        raise ConfigError(f"--baselines fits a flow's baselines; it does not apply to --stage {stage}")
     data_dir, bundle_dir = Path(data_dir), Path(bundle_dir)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
@@ -143,7 +153,41 @@ def train_flow(
     if pair is None:
         raise ConfigError("--pair is required for --stage flow (e.g. xray-report, mri-ct, t2+pd-t1)")
     pair = parse_pair(pair) if isinstance(pair, str) else pair
-    return _train_flow_stage(context, pair, started=started, synthetic=synthetic)
+    names = _baseline_names(pair, regression=baselines)
+    out = _train_flow_stage(context, pair, started=started, synthetic=synthetic)
+    if names:
+        out.baselines = _fit_baselines(context, pair, names)
+        out.seconds = time.monotonic() - started
+    return out
+
+
+def _baseline_names(pair: Pair, *, regression: bool) -> tuple[str, ...]:
+    """The baselines train-flow fits after ``pair`` (checked before training, so --baselines fails fast)."""
+    from medm2g_core.pipelines.baselines import baselines_for
+
+    try:
+        available = baselines_for(pair)
+    except ConfigError as error:
+        if regression:
+            raise ConfigError(f"--baselines: {error}") from None
+        return ()
+    return tuple(n for n in available if regression or n != "regression")
+
+
+def _fit_baselines(context: "_Context", pair: Pair, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Fit ``names`` for the flow just trained; every rank takes part when the regression is among them
+    (its training loop needs them all), only rank 0 otherwise."""
+    from accelerate import PartialState
+
+    from medm2g_core.pipelines.baselines import fit_baselines
+
+    if "regression" in names:
+        PartialState().wait_for_everyone()  # the regression copies the flow rank 0 has just saved
+    elif not context.is_main:
+        return {}
+    fit = fit_baselines(context.data_dir, context.bundle.path, pair=pair, recipe=context.recipe, which=names, seed=context.seed,
+                        progress=context.progress)
+    return {name: {k: v for k, v in details.items() if k != "losses"} for name, details in fit["baselines"].items()}
 
 
 # --------------------------------------------------------------------------- internals

@@ -56,7 +56,7 @@ def test_predictions_keep_the_input_grid_and_are_marked_synthetic(built, tmp_pat
 
 
 def test_missing_baselines_name_the_fix(built, tmp_path):
-    with pytest.raises(BundleError, match="fit_baselines"):
+    with pytest.raises(BundleError, match=r"medm2g train-flow --pair t1-t2 .*--baselines"):
         predict_baselines(built["bundle"], pair="t1-t2", inputs=built["head"], out_dir=tmp_path)
 
 
