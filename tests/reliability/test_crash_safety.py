@@ -159,43 +159,56 @@ def test_batch_translate_killed_at_random_points_skip_existing_finishes(tiny: Ti
 # -- a kill during one write ------------------------------------------------------------------------
 
 WRITER = """
-import sys
+import os, sys, time
 import numpy as np
 from pathlib import Path
+real_replace = os.replace
+
+def replace_slowly(source, target):  # the kill lands here: data written, not yet renamed
+    print("RENAMING", source, target, file=sys.stderr, flush=True)
+    time.sleep(60)
+    real_replace(source, target)
+
+os.replace = replace_slowly
 from medm2g_core import io
 from medm2g_core.serialization import save_weights, write_json
 from medm2g_core.types import ImageMeta
 out, kind = Path(sys.argv[1]), sys.argv[2]
-rng = np.random.default_rng(0)
 if kind == "nifti":
-    volume = rng.normal(0, 1000, (192, 192, 192)).astype(np.float32)
+    volume = np.random.default_rng(0).normal(0, 1000, (32, 32, 16)).astype(np.float32)
     io.write(out / "ct.nii.gz", volume, ImageMeta(spacing=(1.0, 1.0, 1.0), shape=volume.shape))
 elif kind == "json":
-    write_json(out / "run.json", {"items": [{"input": f"P{i:06d}", "values": list(range(50))} for i in range(200000)]})
+    write_json(out / "run.json", {"items": [{"input": f"P{i:04d}"} for i in range(100)]})
 else:
     import torch
-    save_weights(out / "model.safetensors", {f"w{i}": torch.randn(512, 512) for i in range(64)})
+    save_weights(out / "model.safetensors", {"weight": torch.randn(16, 16)})
+print("FINISHED", file=sys.stderr, flush=True)
 """
 
 
 @pytest.mark.parametrize("kind, name", [("nifti", "ct.nii.gz"), ("json", "run.json"), ("weights", "model.safetensors")])
 def test_sigkill_during_a_write_leaves_nothing_under_the_final_name(tmp_path: Path, kind: str, name: str) -> None:
-    """Deterministic: kill the writer as soon as its first bytes reach the folder (the write then takes
-    seconds); the final name must not exist — only a temporary name may be left."""
+    """Deterministic: the writer's ``os.replace`` is slowed down, and the writer is killed after its
+    data is complete but before the rename. Nothing may exist under the final name — the data went to
+    a temporary name in the same folder (an in-place writer never reaches a rename and fails here)."""
     import subprocess
     import sys
 
     out = tmp_path / "out"
     out.mkdir()
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(out), kind], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not any(out.iterdir()) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(out), kind], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    while line and not line.startswith(("RENAMING", "FINISHED")):
+        line = process.stderr.readline()
+    assert line.startswith("RENAMING"), f"the writer never renamed a temporary file into place: {line!r}"
+    _, source, target = line.split()
+    assert Path(target).name == name and Path(source).parent == Path(target).parent
+    assert Path(source).is_file() and Path(source).stat().st_size > 0
+    assert not Path(target).exists(), f"{name} exists under its final name before the rename"
     process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=30) == -signal.SIGKILL, "the write finished before it could be killed; enlarge it"
+    process.wait(timeout=30)
     left = sorted(p.name for p in out.iterdir())
-    assert left, "nothing was written before the kill"
-    assert name not in left, f"a partial {name} exists under its final name"
-    assert all(p.startswith(".") and ".tmp" in p for p in left), left
+    assert name not in left
+    assert left and all(p.startswith(".") and ".tmp" in p for p in left), left
