@@ -131,8 +131,23 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], *, where: str) -> T:
 
 def save_config(directory: str | Path, config: Any, *, class_name: str) -> Path:
     """Write ``config.json`` with ``_class_name`` and ``_medm2g_version`` beside the weights."""
-    data = {"_class_name": class_name, "_medm2g_version": __version__, **to_jsonable(config)}
-    return write_json(Path(directory) / "config.json", data)
+    return write_record(Path(directory) / "config.json", config, class_name=class_name)
+
+
+def write_record(path: str | Path, record: Any, *, class_name: str) -> Path:
+    """Write ``record`` (a dataclass) as JSON headed by ``_class_name`` and ``_medm2g_version``, atomically."""
+    return write_json(path, {"_class_name": class_name, "_medm2g_version": __version__, **to_jsonable(record)})
+
+
+def read_record(path: str | Path, *, class_name: str, what: str) -> dict[str, Any]:
+    """The fields of a JSON record written by ``write_record`` (``_``-prefixed keys dropped).
+
+    Raises ``BundleError`` "``path``: not ``what`` written by medm2g" when ``_class_name`` differs.
+    """
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("_class_name") != class_name:
+        raise BundleError(f"{path}: not {what} written by medm2g")
+    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 def load_config(directory: str | Path, cls: type[T], *, class_name: str | None = None) -> T:
@@ -193,9 +208,8 @@ def load_weights(path: str | Path, *, device: str = "cpu") -> dict[str, Any]:
         raise BundleError(f"{path}: unreadable safetensors file ({error}); the file is damaged — retrain or copy again") from None
 
 
-def load_state_strict(module: Any, state: dict[str, Any], *, where: str) -> None:
-    """``module.load_state_dict`` with key and shape checks turned into a readable ``BundleError``."""
-    own = module.state_dict()
+def check_state_matches(own: dict[str, Any], state: dict[str, Any], *, where: str) -> None:
+    """Raise a readable ``BundleError`` unless ``state`` has exactly the keys and shapes of ``own``."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -204,4 +218,9 @@ def load_state_strict(module: Any, state: dict[str, Any], *, where: str) -> None
             f"{where}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"wrong shape {wrong[:3]}); config.json and model.safetensors come from different trainings"
         )
+
+
+def load_state_strict(module: Any, state: dict[str, Any], *, where: str) -> None:
+    """``module.load_state_dict`` with key and shape checks turned into a readable ``BundleError``."""
+    check_state_matches(module.state_dict(), state, where=where)
     module.load_state_dict(state)

@@ -16,7 +16,7 @@ which keeps ``f`` a function and monotone.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -53,20 +53,15 @@ class IntensityMap:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON (atomically)."""
-        from medm2g_core import __version__
-        from medm2g_core.serialization import write_json
+        from medm2g_core.serialization import write_record
 
-        return write_json(path, {"_class_name": "IntensityMap", "_medm2g_version": __version__, **asdict(self)})
+        return write_record(path, self, class_name="IntensityMap")
 
     @classmethod
     def load(cls, path: str | Path) -> "IntensityMap":
-        from medm2g_core.serialization import read_json
+        from medm2g_core.serialization import read_record
 
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("_class_name") != "IntensityMap":
-            raise BundleError(f"{path}: not an intensity map written by medm2g")
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-        mapping = cls(**data)
+        mapping = cls(**read_record(path, class_name="IntensityMap", what="an intensity map"))
         if len(mapping.source_values) != len(mapping.target_values) or len(mapping.source_values) < 2:
             raise BundleError(f"{path}: knots of different lengths or fewer than 2; refit the baseline")
         return mapping

@@ -15,7 +15,7 @@ Stored as one JSON file ``baselines/report/reports.json`` (``ReportBaselines``).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,19 +68,15 @@ class ReportBaselines:
                    most_frequent_count=count, details=dict(details))
 
     def save(self, path: str | Path) -> Path:
-        from medm2g_core import __version__
-        from medm2g_core.serialization import write_json
+        from medm2g_core.serialization import write_record
 
-        return write_json(path, {"_class_name": "ReportBaselines", "_medm2g_version": __version__, **asdict(self)})
+        return write_record(path, self, class_name="ReportBaselines")
 
     @classmethod
     def load(cls, path: str | Path) -> "ReportBaselines":
-        from medm2g_core.serialization import read_json
+        from medm2g_core.serialization import read_record
 
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("_class_name") != "ReportBaselines":
-            raise BundleError(f"{path}: not a report-baseline file written by medm2g")
-        loaded = cls(**{k: v for k, v in data.items() if not k.startswith("_")})
+        loaded = cls(**read_record(path, class_name="ReportBaselines", what="a report-baseline file"))
         if len(loaded.patients) != len(loaded.reports) or not loaded.reports:
             raise BundleError(f"{path}: no training reports stored (or ids and reports differ in number); refit the baseline")
         return loaded

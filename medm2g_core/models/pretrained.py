@@ -14,8 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from medm2g_core.errors import BundleError
-from medm2g_core.serialization import load_config, load_weights, save_config, save_weights
+from medm2g_core.serialization import check_state_matches, load_config, load_weights, save_config, save_weights
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -65,13 +64,5 @@ class PretrainedModule(torch.nn.Module):
 
     def load_own_state(self, state: dict[str, torch.Tensor], *, where: str) -> None:
         """Load ``state`` (as written by ``save_pretrained``) with key/shape checks."""
-        own = self.own_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-        if missing or unexpected or wrong:
-            raise BundleError(
-                f"{where}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                f"wrong shape {wrong[:3]}); config.json and model.safetensors come from different trainings"
-            )
+        check_state_matches(self.own_state_dict(), state, where=where)
         self.load_state_dict(state, strict=False)
