@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from medm2g_core.errors import InputError
-from medm2g_core.modalities import Modality
+from medm2g_core.modalities import ALIASES, Modality
 
 # File suffixes → format name. Longest suffixes first so ".nii.gz" wins over ".gz".
 SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
@@ -85,6 +85,17 @@ def require_file(path: str | Path) -> Path:
     if path.stat().st_size == 0:
         raise InputError(path, "is empty (0 bytes)", "the file was not written completely; copy or export it again")
     return path
+
+
+def array_to_write(array: np.ndarray, *, writer: str) -> np.ndarray:
+    """``array`` as a 2D image or 3D volume a writer takes: bool becomes uint8 (0/1), other ranks raise
+    ``ValueError`` naming the ``writer`` ("NIfTI", "MHA/NRRD")."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{writer} writing takes a 2D or 3D array, got shape {array.shape}")
+    return array
 
 
 def memory_limit_bytes() -> int:
@@ -164,6 +175,17 @@ _TOKEN_MODALITIES: dict[str, Modality] = {
     "dx": Modality.XRAY,
     "report": Modality.REPORT,
 }
+
+
+def canonical_modality(name: str) -> Modality | None:
+    """The modality of a canonical file/folder name (``mri-t1.nii.gz``, ``t2.nii``, ``ct``, ``xray.png``,
+    ``report.txt``), else None. Free-form names (``IXI002-T1.nii.gz``) are not canonical."""
+    stem = name.lower()
+    for suffix, _ in SUFFIX_FORMATS:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return ALIASES.get(stem)
 
 
 def modality_from_name(name: str) -> Modality | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from medm2g_core import __version__
 from medm2g_core.errors import InputError
-from medm2g_core.io.meta import check_allocation, modality_from_name, orientation_code, require_file, sniff_format, units_for
+from medm2g_core.io.meta import array_to_write, check_allocation, modality_from_name, orientation_code, require_file, sniff_format, units_for
 from medm2g_core.serialization import atomic_path, to_jsonable
 from medm2g_core.types import ImageMeta
 
@@ -127,11 +127,7 @@ def write_nifti(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
     import nibabel
 
     path = Path(path)
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if array.ndim not in (2, 3):
-        raise ValueError(f"NIfTI writing takes a 2D or 3D array, got shape {array.shape}")
+    array = array_to_write(array, writer="NIfTI")
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"NIfTI writing takes a numeric array, got dtype {array.dtype}")
     affine = meta.affine_ras

@@ -138,13 +138,8 @@ def write_png(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
 
 
 def _parse_spacing(text: str | None) -> tuple[float, float] | None:
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.replace("\\", " ").split()]
-    except ValueError:
-        return None
-    if len(values) != 2 or not all(np.isfinite(values)) or min(values) <= 0:
+    values = _parse_numbers(text, 2)
+    if values is None or min(values) <= 0:
         return None
     return (values[0], values[1])
 

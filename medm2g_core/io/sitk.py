@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medm2g_core.errors import InputError
-from medm2g_core.io.meta import check_allocation, format_from_suffix, modality_from_name, orientation_code, require_file, units_for
+from medm2g_core.io.meta import array_to_write, check_allocation, format_from_suffix, modality_from_name, orientation_code, require_file, units_for
 from medm2g_core.serialization import atomic_path
 from medm2g_core.types import ImageMeta
 
@@ -83,11 +83,7 @@ def write_sitk(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
     import SimpleITK as sitk
 
     path = Path(path)
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if array.ndim not in (2, 3):
-        raise ValueError(f"MHA/NRRD writing takes a 2D or 3D array, got shape {array.shape}")
+    array = array_to_write(array, writer="MHA/NRRD")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(tuple(range(array.ndim - 1, -1, -1)))))
     dimension = array.ndim
     image.SetSpacing([float(s) for s in tuple(meta.spacing)[:dimension]])
