@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from medm2g_core.errors import InputError
-from medm2g_core.io.meta import SUFFIX_FORMATS, format_from_suffix
-from medm2g_core.modalities import ALIASES, Modality
+from medm2g_core.io.meta import canonical_modality, format_from_suffix
+from medm2g_core.modalities import Modality
 from medm2g_core.serialization import to_jsonable, write_text
 from medm2g_core.types import ImageMeta, ProgressEvent, ProgressFn, no_progress
 
@@ -185,22 +185,12 @@ def _is_patient_folder(folder: Path) -> bool:
     return False
 
 
-def _canonical_modality(name: str) -> Modality | None:
-    """Modality of a canonical stem (``ct``, ``mri-t1``, ``t2``, ``xray``, ``report``...), else None."""
-    stem = name.lower()
-    for suffix, _ in SUFFIX_FORMATS:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return ALIASES.get(stem)
-
-
 def _recognised_file(path: Path) -> Modality | str | None:
     """Modality of a recognised file, the string "labels" for labels.json, or None."""
     if path.name.lower() == LABELS_NAME:
         return "labels"
     kind = format_from_suffix(path)
-    modality = _canonical_modality(path.name)
+    modality = canonical_modality(path.name)
     if kind is None or modality is None:
         return None
     if kind == "text":
@@ -209,17 +199,14 @@ def _recognised_file(path: Path) -> Modality | str | None:
 
 
 def _series_modality_by_name(folder: Path) -> Modality | None:
-    modality = _canonical_modality(folder.name)
+    modality = canonical_modality(folder.name)
     return modality if modality is not None and modality.is_image else None
 
 
 def _has_dicom(folder: Path) -> bool:
-    from medm2g_core.io.dicom import is_dicom_file
+    from medm2g_core.io.dicom import holds_dicom_files
 
-    try:
-        return any(is_dicom_file(p) for p in sorted(folder.iterdir())[:8] if p.is_file())
-    except OSError:
-        return False
+    return holds_dicom_files(folder, sample=8)
 
 
 def scan_patient(folder: Path, *, patient_id: str, allow_irregular: bool = False) -> PatientRecord:

@@ -82,6 +82,15 @@ def is_dicom_file(path: str | Path) -> bool:
         return False
 
 
+def holds_dicom_files(folder: str | Path, *, sample: int) -> bool:
+    """True when one of the first ``sample`` files directly in ``folder`` (by name) is DICOM; False for a
+    folder that cannot be listed. Only a sample is read so that scanning a large cohort stays cheap."""
+    try:
+        return any(is_dicom_file(p) for p in sorted(Path(folder).iterdir())[:sample] if p.is_file())
+    except OSError:
+        return False
+
+
 def _dcmread(path: Path, *, stop_before_pixels: bool = False) -> Any:
     """``pydicom.dcmread`` with every parse failure turned into ``InputError``; large values deferred."""
     import pydicom

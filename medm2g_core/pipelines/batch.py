@@ -42,8 +42,8 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from medm2g_core import __version__
 from medm2g_core.errors import ConfigError, InputError
-from medm2g_core.io.meta import SUFFIX_FORMATS, memory_limit_bytes, modality_from_name
-from medm2g_core.modalities import ALIASES, Modality
+from medm2g_core.io.meta import SUFFIX_FORMATS, canonical_modality, memory_limit_bytes, modality_from_name
+from medm2g_core.modalities import Modality
 from medm2g_core.serialization import read_json, to_jsonable, write_json
 
 SIDECAR_FORMAT = 1
@@ -94,17 +94,6 @@ def expand_inputs(inputs: Sequence[str | Path], *, stdin: TextIO | None = None) 
     return unique
 
 
-def canonical_modality(name: str) -> Modality | None:
-    """The modality of a canonical file/folder name (``mri-t1.nii.gz``, ``t2.nii``, ``ct``, ``xray.png``),
-    else None. Free-form names (``IXI002-T1.nii.gz``) are not canonical."""
-    stem = name.lower()
-    for suffix, _ in SUFFIX_FORMATS:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return ALIASES.get(stem)
-
-
 def strip_suffix(name: str) -> str:
     lowered = name.lower()
     for suffix, _ in SUFFIX_FORMATS:
@@ -127,12 +116,9 @@ def is_series_folder(path: Path) -> bool:
     """A folder holding DICOM files directly (``P0001/ct/0001.dcm``...)."""
     if not path.is_dir():
         return False
-    from medm2g_core.io.dicom import is_dicom_file
+    from medm2g_core.io.dicom import holds_dicom_files
 
-    try:
-        return any(is_dicom_file(p) for p in sorted(path.iterdir())[:16] if p.is_file())
-    except OSError:
-        return False
+    return holds_dicom_files(path, sample=16)
 
 
 def patient_files(folder: Path) -> dict[Modality, Path]:
