@@ -248,6 +248,7 @@ class _Stage:
     after: tuple[str, ...]
     action: Callable[[bool], dict[str, Any]]   # resume flag → JSON-able result
     clean: tuple[Path, ...] = ()                # emptied before the stage runs afresh
+    resumable: bool = False                     # training: an interrupted run continues from its checkpoint
 
 
 class _Run:
@@ -313,7 +314,7 @@ class _Run:
             self.results[stage.name] = self.state.entry(stage.name).get("result", {})
             self.records.append(StageRecord(stage.name, 0.0, True))
             return
-        resume = self.state.started(stage.name, key)
+        resume = stage.resumable and self.state.started(stage.name, key)
         if not resume:
             for path in stage.clean:
                 _remove(path)
@@ -353,7 +354,7 @@ class _Run:
             _Stage("cohort", {"chest": s.chest_patients, "head": s.head_patients, "size": s.size, **data_inputs}, (),
                    self.make_cohort, clean=(self.cohort,)),
             _Stage("align", {"recipe": recipe["align"], "data": recipe["data"], "training": recipe["training"]}, ("cohort",),
-                   self.align, clean=(self.bundle,)),
+                   self.align, clean=(self.bundle,), resumable=True),
         ]
         previous = "align"
         for pair, anatomy in FLOWS:
@@ -361,7 +362,7 @@ class _Run:
             if pair == "xray-report":
                 inputs["text_vae"] = recipe["text_vae"]
             name = f"flow {pair}"
-            stages.append(_Stage(name, inputs, (previous,), self.flow_action(pair, anatomy)))
+            stages.append(_Stage(name, inputs, (previous,), self.flow_action(pair, anatomy), resumable=True))
             previous = name
         stages += [
             _Stage("baselines", {"regression_steps": s.regression_steps, "pairs": BASELINE_PAIRS}, (previous,), self.fit_baselines),

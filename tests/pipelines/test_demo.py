@@ -128,7 +128,7 @@ def test_interrupted_stage_resumes_and_later_stages_wait(tmp_path: Path, monkeyp
             return run
 
         stages = [demo_module._Stage("one", {"a": 1}, (), action("one")),
-                  demo_module._Stage("two", {"b": 2}, ("one",), action("two", fail=True)),
+                  demo_module._Stage("two", {"b": 2}, ("one",), action("two", fail=True), resumable=True),
                   demo_module._Stage("three", {}, ("two",), action("three"))]
         self.total = len(stages)
         return stages
