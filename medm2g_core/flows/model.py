@@ -41,9 +41,8 @@ from torch import nn
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.flows.config import FlowConfig
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
-from medm2g_core.models.conditioning import ConditionInputs, SemanticSource, SharedCrossAttention
+from medm2g_core.models.conditioning import ConditionInputs, SemanticSource, SharedCrossAttention, UsesSharedCrossAttention
 from medm2g_core.models.denoisers import ImageDenoiser, ImageDenoiserConfig, TextLatentDenoiser, TextLatentDenoiserConfig
-from medm2g_core.models.pretrained import PretrainedModule
 from medm2g_core.serialization import dataclass_from_dict
 
 SHARED_NAME = "shared"
@@ -98,7 +97,7 @@ class FlowNetworkConfig:
         return dataclass_from_dict(cls, dict(self.denoiser), where="denoiser config")
 
 
-class FlowNetwork(PretrainedModule):
+class FlowNetwork(UsesSharedCrossAttention):
     """The learnable parts of one flow: condition adapters + denoiser (the shared cross-attention is
     held by reference and saved once in ``flows/shared/``).
 
@@ -126,14 +125,7 @@ class FlowNetwork(PretrainedModule):
             self.denoiser = TextLatentDenoiser(denoiser_config, shared=shared)
         else:
             raise ConfigError(f"flow kind {config.kind!r}; valid: image, text")
-        object.__setattr__(self, "_shared", shared)
-
-    @property
-    def shared(self) -> SharedCrossAttention:
-        return self._shared
-
-    def external_parameter_ids(self) -> set[int]:
-        return self._shared.parameter_ids()
+        self._refer_to_shared(shared)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition) -> torch.Tensor:
         return self.denoiser(noisy, timesteps, condition=condition)

@@ -74,6 +74,22 @@ class SharedCrossAttention(PretrainedModule):
         return {id(p) for p in self.parameters()}
 
 
+class UsesSharedCrossAttention(PretrainedModule):
+    """A component whose cross-attention is the bundle's ``SharedCrossAttention`` (the denoisers, a flow's
+    network). The shared layers are held by reference, not as a registered child, because the bundle
+    owns them: they are neither saved with this component nor expected in its weights file."""
+
+    def _refer_to_shared(self, shared: SharedCrossAttention) -> None:
+        object.__setattr__(self, "_shared", shared)
+
+    @property
+    def shared(self) -> SharedCrossAttention:
+        return self._shared
+
+    def external_parameter_ids(self) -> set[int]:
+        return self._shared.parameter_ids()
+
+
 def mask_to_bias(mask: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
     """Bool/0-1 key mask (B, N) → additive attention bias (B, 1, N): 0 where kept, −10000 where masked
     (diffusers' convention; finite so that a fully masked row cannot produce NaN)."""

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medm2g_core.models.conditioning import Condition, SharedCrossAttention, mask_to_bias, stack_spatial
-from medm2g_core.models.pretrained import PretrainedModule
+from medm2g_core.models.conditioning import Condition, SharedCrossAttention, UsesSharedCrossAttention, mask_to_bias, stack_spatial
 
 
 def _timesteps_for(timesteps: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
@@ -103,7 +102,7 @@ def build_image_unet(config: ImageDenoiserConfig):
     )
 
 
-class ImageDenoiser(PretrainedModule):
+class ImageDenoiser(UsesSharedCrossAttention):
     """Image (or image-latent) denoiser of one flow.
 
     ``forward(noisy (B, target_channels, H, W), timesteps (B,) or scalar, *, condition: Condition)
@@ -132,14 +131,7 @@ class ImageDenoiser(PretrainedModule):
         for index, (_, block) in enumerate(points):
             block.attn2 = shared.layers[index]
         self.cross_attention_points = len(points)
-        object.__setattr__(self, "_shared", shared)  # a reference, not a registered child: owned by the bundle
-
-    @property
-    def shared(self) -> SharedCrossAttention:
-        return self._shared
-
-    def external_parameter_ids(self) -> set[int]:
-        return self._shared.parameter_ids()
+        self._refer_to_shared(shared)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition: Condition) -> torch.Tensor:
         spatial = stack_spatial(condition, channels=self.config.spatial_channels, like=noisy)
@@ -210,7 +202,7 @@ class _AdaLNBlock(nn.Module):
         return hidden
 
 
-class TextLatentDenoiser(PretrainedModule):
+class TextLatentDenoiser(UsesSharedCrossAttention):
     """Denoiser of the text latent.
 
     ``forward(noisy (B, latent_tokens, latent_dim), timesteps (B,) or scalar, *, condition: Condition)
@@ -247,14 +239,7 @@ class TextLatentDenoiser(PretrainedModule):
         nn.init.zeros_(self.final_modulation.weight)
         nn.init.zeros_(self.final_modulation.bias)
         self.output_projection = nn.Linear(width, config.latent_dim)
-        object.__setattr__(self, "_shared", shared)
-
-    @property
-    def shared(self) -> SharedCrossAttention:
-        return self._shared
-
-    def external_parameter_ids(self) -> set[int]:
-        return self._shared.parameter_ids()
+        self._refer_to_shared(shared)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition: Condition) -> torch.Tensor:
         batch = noisy.shape[0]
