@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 import time
 import traceback
@@ -62,8 +63,14 @@ def emit_json(data: Any) -> None:
 
     if state.secondary_rank:
         return
-    sys.stdout.write(json.dumps(to_jsonable(data)) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(to_jsonable(data)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `medm2g ... --json | head -1`: the reader left; stop writing quietly (as coreutils do)
+        # and keep Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def not_available(command: str, issue: int) -> None:
