@@ -167,3 +167,49 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for row in rows:
         result.add_row(*("" if v is None else str(v) for v in row))
     err.print(result)
+
+
+def batch_item_reporter(json_out: bool) -> Callable[[Any], None]:
+    """Per-input callback: a failure is one stderr line naming the file and cause; --json prints one
+    object per input on stdout (the only thing written there)."""
+
+    def report(item: Any) -> None:  # medm2g_core.pipelines.batch.ItemResult
+        if item.status == "failed":
+            error_line(item.message or f"{item.input}: failed")
+        elif state.verbose:
+            info(f"{item.status}: {item.input} → {item.output}")
+        if json_out:
+            emit_json(item.to_json())
+
+    return report
+
+
+def batch_summary(title: str, result: Any) -> None:  # medm2g_core.pipelines.batch.BatchResult
+    """The summary table (stderr): counts and time; the run record's path."""
+    counts = result.counts
+    table(
+        title,
+        ["ok", "failed", "skipped", "time", "device"],
+        [[counts["ok"], counts["failed"], counts["skipped"], f"{result.seconds:.1f} s", result.device]],
+    )
+    if result.run_json is not None:
+        info(f"run record: {result.run_json}")
+
+
+def run_batch(command: str, work: Callable[..., Any], inputs: Any, *, json_out: bool, **options: Any) -> None:
+    """Run a ``medm2g_core`` batch function (``translate_batch``, ``generate_batch``) with a progress bar,
+    per-input reporting and warnings, then print the summary; exit 1 when some inputs failed.
+
+    ``work(inputs, **options, progress=..., on_result=..., on_warning=...)`` returns a ``BatchResult``.
+    """
+    with progress(command) as report_progress:
+        result = work(
+            inputs,
+            **options,
+            progress=report_progress,
+            on_result=batch_item_reporter(json_out),
+            on_warning=warn,
+        )
+    batch_summary(f"medm2g {command}", result)
+    if result.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

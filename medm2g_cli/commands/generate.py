@@ -8,7 +8,6 @@ from typing import Annotated, List, Optional
 import typer
 
 from medm2g_cli import console
-from medm2g_cli.commands.translate import batch_item_reporter, batch_summary
 from medm2g_cli.options import Device, Guidance, JsonOut, ModelPath, Overwrite, Samples, SamplerSteps, Seed, SkipExisting
 
 
@@ -35,25 +34,21 @@ def generate(
     """
     from medm2g_core.pipelines.generate import generate_batch
 
-    with console.progress("generate") as report_progress:
-        result = generate_batch(
-            sources,
-            to=to,
-            model=model,
-            out=out,
-            output_format=output_format,
-            samples=samples,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            weights=weights,
-            skip_existing=skip_existing,
-            overwrite=overwrite,
-            device=device,
-            progress=report_progress,
-            on_result=batch_item_reporter(json_out),
-            on_warning=console.warn,
-        )
-    batch_summary("medm2g generate", result)
-    if result.failed:
-        raise typer.Exit(console.EXIT_SOME_FAILED)
+    console.run_batch(
+        "generate",
+        generate_batch,
+        sources,
+        json_out=json_out,
+        to=to,
+        model=model,
+        out=out,
+        output_format=output_format,
+        samples=samples,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        weights=weights,
+        skip_existing=skip_existing,
+        overwrite=overwrite,
+        device=device,
+    )

@@ -11,33 +11,6 @@ from medm2g_cli import console
 from medm2g_cli.options import BatchSize, Device, Guidance, JsonOut, ModelPath, Overwrite, Samples, SamplerSteps, Seed, SkipExisting
 
 
-def batch_item_reporter(json_out: bool):
-    """Per-input callback: a failure is one stderr line naming the file and cause; --json prints one
-    object per input on stdout (the only thing written there)."""
-
-    def report(item) -> None:  # medm2g_core.pipelines.batch.ItemResult
-        if item.status == "failed":
-            console.error_line(item.message or f"{item.input}: failed")
-        elif console.state.verbose:
-            console.info(f"{item.status}: {item.input} → {item.output}")
-        if json_out:
-            console.emit_json(item.to_json())
-
-    return report
-
-
-def batch_summary(title: str, result) -> None:  # medm2g_core.pipelines.batch.BatchResult
-    """The summary table (stderr): counts and time; the run record's path."""
-    counts = result.counts
-    console.table(
-        title,
-        ["ok", "failed", "skipped", "time", "device"],
-        [[counts["ok"], counts["failed"], counts["skipped"], f"{result.seconds:.1f} s", result.device]],
-    )
-    if result.run_json is not None:
-        console.info(f"run record: {result.run_json}")
-
-
 @console.handle_errors
 def translate(
     inputs: Annotated[List[str], typer.Argument(help="Files, patient folders, cohort folders, DICOM series folders, globs, or - (paths on stdin).")],
@@ -66,30 +39,26 @@ def translate(
     """
     from medm2g_core.pipelines.translate import translate_batch
 
-    with console.progress("translate") as report_progress:
-        result = translate_batch(
-            inputs,
-            to=to,
-            source=source,
-            out=out,
-            output=output,
-            output_format=output_format,
-            model=model,
-            samples=samples,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            weights=weights,
-            skip_existing=skip_existing,
-            overwrite=overwrite,
-            shard=shard,
-            device=device,
-            batch_size=batch_size,
-            max_memory=max_memory,
-            progress=report_progress,
-            on_result=batch_item_reporter(json_out),
-            on_warning=console.warn,
-        )
-    batch_summary("medm2g translate", result)
-    if result.failed:
-        raise typer.Exit(console.EXIT_SOME_FAILED)
+    console.run_batch(
+        "translate",
+        translate_batch,
+        inputs,
+        json_out=json_out,
+        to=to,
+        source=source,
+        out=out,
+        output=output,
+        output_format=output_format,
+        model=model,
+        samples=samples,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        weights=weights,
+        skip_existing=skip_existing,
+        overwrite=overwrite,
+        shard=shard,
+        device=device,
+        batch_size=batch_size,
+        max_memory=max_memory,
+    )
