@@ -13,20 +13,49 @@ from typing import Any, Iterable
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def train_wordpiece(texts: Iterable[str], *, vocab_size: int, max_tokens: int) -> Any:
-    """Train a lower-casing BERT-style WordPiece tokenizer → ``PreTrainedTokenizerFast``.
+def build_vocabulary(texts: Iterable[str], *, vocab_size: int) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: special tokens, every character (word-initial and
+    ``##``-continuation), then whole words by descending frequency (ties alphabetical).
 
-    Deterministic for the same texts in the same order (callers sort them). ``max_tokens`` becomes
-    ``model_max_length``.
+    ``tokenizers``' ``WordPieceTrainer`` breaks frequency ties in hash-map order, so two trainings
+    on the same reports gave different vocabularies (a rerun with the same seed, or a second DDP rank,
+    then saw different token ids). Words left out fall back to characters, so nothing maps to [UNK]
+    that the training text contained.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(piece for piece, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    initial = sorted({word[0] for word in words})
+    continuation = sorted({f"##{char}" for word in words for char in word[1:]})
+    vocabulary: dict[str, int] = {}
+    for token in [*SPECIAL_TOKENS, *initial, *continuation]:
+        vocabulary.setdefault(token, len(vocabulary))
+    for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocabulary) >= vocab_size:
+            break
+        vocabulary.setdefault(word, len(vocabulary))
+    return vocabulary
+
+
+def train_wordpiece(texts: Iterable[str], *, vocab_size: int, max_tokens: int) -> Any:
+    """Build a lower-casing BERT-style WordPiece tokenizer from the reports → ``PreTrainedTokenizerFast``.
+
+    Deterministic: the same texts (in any order) give the same vocabulary in every process.
+    ``max_tokens`` becomes ``model_max_length``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocabulary = build_vocabulary(texts, vocab_size=vocab_size)
+    tokenizer = Tokenizer(models.WordPiece(vocabulary, unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
-    tokenizer.train_from_iterator(list(texts), trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
