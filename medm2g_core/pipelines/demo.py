@@ -81,7 +81,10 @@ class DemoSettings:
         sampler_steps: denoising steps (None = the flow's config, DDIM 10).
         batch_size: training batch size override (None = the recipe's).
         val_batches: validation batches per validation in every stage (None = the recipe's); the text
-            autoencoder's validation decodes greedily, token by token, which dominates short runs.
+            autoencoder's validation decodes greedily, token by token, which dominates short runs. Also the
+            validation batches of the forgetting report (each new flow re-measures every earlier one).
+        psnr_items: items DDIM-sampled for the PSNR of each flow's (re-)measurement (``flows.forgetting.psnr_samples``)
+            and for the training sample images (``flows.sample_items``); None = the recipe's (8 and 4).
     """
 
     chest_patients: int = 64
@@ -95,13 +98,14 @@ class DemoSettings:
     sampler_steps: int | None = None
     batch_size: int | None = None
     val_batches: int | None = None
+    psnr_items: int | None = None
 
 
 FULL = DemoSettings(
     chest_patients=64, head_patients=32, size=64,
     align_steps=150, text_vae_steps=150,
     flow_steps={"xray-report": 150, "report-xray": 100, "mri-ct": 120, "t1-t2": 100},
-    regression_steps=60, samples=2, val_batches=1,
+    regression_steps=60, samples=2, val_batches=1, psnr_items=4,
 )
 """The default demo: 64 chest + 32 head patients at 64³, about half the demo-cpu recipe's steps so that the
 whole run aims at 10 min on 2 cores (the recipe's own steps are for `medm2g align`/`train-flow` runs)."""
@@ -110,7 +114,7 @@ QUICK = DemoSettings(
     chest_patients=20, head_patients=12, size=32,
     align_steps=20, text_vae_steps=30,
     flow_steps={"xray-report": 30, "report-xray": 20, "mri-ct": 20, "t1-t2": 20},
-    regression_steps=20, samples=2, sampler_steps=4, batch_size=8, val_batches=1,
+    regression_steps=20, samples=2, sampler_steps=4, batch_size=8, val_batches=1, psnr_items=2,
 )
 """``--quick``: a smaller cohort at 32³ and few steps — every stage runs, the numbers mean little (≤ 3 min)."""
 
@@ -295,6 +299,17 @@ class _Run:
                 if value is not None:
                     flows["training"] = {**dict(flows.get("training") or {}), name: value}
                     text_vae["training"] = {**dict(text_vae.get("training") or {}), name: value}
+            # The forgetting report (each flow + every earlier one re-measured after each new flow) and the
+            # training sample images are fixed costs per flow: DDIM-sampled items, validation batches.
+            forgetting = dict(flows.get("forgetting") or {})
+            if s.val_batches is not None:
+                forgetting["val_batches"] = s.val_batches
+            if s.psnr_items is not None:
+                forgetting["psnr_samples"] = s.psnr_items
+                flows["sample_items"] = s.psnr_items
+            flows["forgetting"] = forgetting
+            if s.sampler_steps is not None:  # in-training samples and PSNR use the steps predict uses
+                flows["objective"] = {**dict(flows.get("objective") or {}), "sampling_steps": s.sampler_steps}
             overrides = {"text_vae": text_vae, "flows": flows, "align.training.batch_size": s.batch_size,
                          "align.training.val_batches": s.val_batches, "training.val_batches": s.val_batches}
             self._recipe = apply_overrides(recipe, overrides)
