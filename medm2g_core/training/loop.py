@@ -33,6 +33,7 @@ a pure function of the step. On CPU, stopping after k steps and resuming ends wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import threading
@@ -51,6 +52,21 @@ from medm2g_core.training import checkpoint as ckpt
 from medm2g_core.training.ema import EMA
 from medm2g_core.training.schedules import get_lr
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
+
+
+class _TiedWeightsNote(logging.Filter):
+    """Drop Accelerate's "Removed shared tensor ... while saving" warning.
+
+    Flows hold the bundle's shared cross-attention by design (the same parameters reachable from two
+    modules), so every checkpoint would print it; resuming from such a checkpoint is tested to end
+    bit-identical to an uninterrupted run.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
 @runtime_checkable
