@@ -145,6 +145,9 @@ class AugmentConfig:
         noise_std: maximum std of additive Gaussian noise in normalised units ([-1, 1] scale).
         blur_sigma: maximum Gaussian blur sigma, pixels.
         probability: probability that each augmentation is applied.
+        sentence_shuffle: reports (training items only) have the sentences of each section shuffled —
+            the findings' order carries no meaning, and a fixed order invites memorising one string.
+        word_dropout: fraction of a report's words dropped at random in training items (0 = none).
     """
 
     window_jitter: float = 0.1
@@ -154,6 +157,8 @@ class AugmentConfig:
     noise_std: float = 0.03
     blur_sigma: float = 0.8
     probability: float = 0.8
+    sentence_shuffle: bool = False
+    word_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -165,15 +170,21 @@ class AlignConfig:
         image_encoder: "resnet" (the small ResNet-style CNN of ``models.encoders``).
         image_widths: channel widths of the image encoder stages (each halves the resolution).
         image_token_dim: width of the image token grid handed to flows (0 = last stage width).
+        image_pooling: "attention" (learned positions: where a finding is counts) or "mean" (global average).
         text_encoder: "bert" (small BERT trained from scratch with a WordPiece tokenizer trained on the
             training reports) or the path of a local Hugging Face encoder folder.
         text_width / text_layers / text_heads: small-BERT size.
+        freeze_text_backbone: train only the text projection head (a pretrained encoder's language
+            knowledge kept as it is; ignored for the small BERT, which starts from nothing).
         vocab_size: WordPiece vocabulary size to train.
         max_tokens: reports are truncated to this many tokens.
         temperature_init: initial InfoNCE temperature (learned as log(1/τ), clamped to τ ≥ 0.01).
         learn_temperature: whether the temperature is learned.
         vi_weight: weight of the visual-invariant (Barlow Twins form) loss; 0 = ablation.
         vi_lambda: weight λ of the off-diagonal terms inside it.
+        semantic_weight: share w of the report→image InfoNCE target spread over the batch's reports that
+            state the same findings (rule-based labeler; MedCLIP-style false-negative correction);
+            0 = the plain one-hot InfoNCE of the paper.
         modalities: imaging modalities to align (canonical names); text is always the hub.
         augment: strengths of the two-view augmentations.
         training: overrides of the top-level ``training`` section for this stage.
@@ -183,16 +194,19 @@ class AlignConfig:
     image_encoder: str = "resnet"
     image_widths: tuple[int, ...] = (16, 32, 64)
     image_token_dim: int = 0
+    image_pooling: str = "mean"
     text_encoder: str = "bert"
     text_width: int = 64
     text_layers: int = 2
     text_heads: int = 2
+    freeze_text_backbone: bool = False
     vocab_size: int = 1000
     max_tokens: int = 96
     temperature_init: float = 0.07
     learn_temperature: bool = True
     vi_weight: float = 0.05
     vi_lambda: float = 0.005
+    semantic_weight: float = 0.0
     modalities: tuple[str, ...] = ("xray", "ct", "mri-t1", "mri-t2")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     training: dict[str, Any] = field(default_factory=dict)
@@ -209,10 +223,14 @@ class AlignConfig:
                 raise ConfigError("align.modalities lists imaging modalities only; the report text is always the hub")
         if self.image_encoder != "resnet":
             raise ConfigError(f"align.image_encoder: {self.image_encoder!r} is not available; valid: resnet")
+        if self.image_pooling not in ("mean", "attention"):
+            raise ConfigError(f"align.image_pooling: {self.image_pooling!r} is not available; valid: attention, mean")
         if self.temperature_init <= 0:
             raise ConfigError("align.temperature_init must be > 0")
         if self.vi_weight < 0:
             raise ConfigError("align.vi_weight must be ≥ 0")
+        if not 0.0 <= self.semantic_weight <= 1.0:
+            raise ConfigError("align.semantic_weight must be in [0, 1]")
         if self.text_width % self.text_heads:
             raise ConfigError("align.text_width must be a multiple of align.text_heads")
 

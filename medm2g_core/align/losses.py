@@ -44,6 +44,8 @@ def info_nce(
     b_all: torch.Tensor | None = None,
     offset: int = 0,
     valid_all: torch.Tensor | None = None,
+    same_findings: torch.Tensor | None = None,
+    semantic_weight: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP): ``½ [CE(s·â b̂_allᵀ, i) + CE(s·b̂ â_allᵀ, i)]``, both directions.
 
@@ -57,6 +59,11 @@ def info_nce(
             ``offset + i``).
         valid_all: (G,) bool — rows that hold a real pair (a modality can be missing for a patient).
             Invalid rows are neither anchors nor negatives.
+        same_findings: (B, G) bool — column j's report states the same findings as anchor i's (the
+            diagonal included). With ``semantic_weight`` w > 0 the target of anchor i is no longer
+            one-hot: ``(1 − w)·e_i + w·uniform over its same-finding columns`` (MedCLIP's answer to
+            false negatives: two normal chests are not negatives of each other).
+        semantic_weight: w in [0, 1]; 0 = plain InfoNCE.
 
     Returns:
         The scalar mean over valid local anchors of both directions' cross-entropy (0 with no valid rows).
@@ -67,18 +74,29 @@ def info_nce(
     target = torch.arange(batch, device=a.device) + offset
     logits_ab = contrastive_logits(a, b_all, logit_scale=logit_scale)
     logits_ba = contrastive_logits(b, a_all, logit_scale=logit_scale)
-    if valid_all is None:
-        return 0.5 * (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target))
-    valid_all = valid_all.to(torch.bool)
+    valid_all = torch.ones(a_all.shape[0], dtype=torch.bool, device=a.device) if valid_all is None else valid_all.to(torch.bool)
     column_mask = ~valid_all[None, :]
     logits_ab = logits_ab.masked_fill(column_mask, float("-inf"))
     logits_ba = logits_ba.masked_fill(column_mask, float("-inf"))
     anchors = valid_all[offset : offset + batch]
     if not bool(anchors.any()):
         return (a.sum() + b.sum()) * 0.0  # keeps the graph connected (DDP) without contributing
-    loss_ab = F.cross_entropy(logits_ab[anchors], target[anchors])
-    loss_ba = F.cross_entropy(logits_ba[anchors], target[anchors])
+    if same_findings is None or semantic_weight <= 0:
+        loss_ab = F.cross_entropy(logits_ab[anchors], target[anchors])
+        loss_ba = F.cross_entropy(logits_ba[anchors], target[anchors])
+        return 0.5 * (loss_ab + loss_ba)
+    soft = semantic_targets(same_findings, valid_all, target, weight=semantic_weight)[anchors]
+    loss_ab = -(soft * F.log_softmax(logits_ab[anchors], dim=-1).masked_fill(column_mask, 0.0)).sum(-1).mean()
+    loss_ba = -(soft * F.log_softmax(logits_ba[anchors], dim=-1).masked_fill(column_mask, 0.0)).sum(-1).mean()
     return 0.5 * (loss_ab + loss_ba)
+
+
+def semantic_targets(same_findings: torch.Tensor, valid_all: torch.Tensor, target: torch.Tensor, *, weight: float) -> torch.Tensor:
+    """(B, G) target rows ``(1 − w)·one_hot(target) + w·same/Σsame`` over the valid columns (``info_nce``)."""
+    same = (same_findings.to(torch.bool) & valid_all[None, :]).float()
+    same[torch.arange(len(target), device=same.device), target] = 1.0  # an anchor always matches itself
+    one_hot = F.one_hot(target, same.shape[1]).float()
+    return (1.0 - weight) * one_hot + weight * same / same.sum(dim=-1, keepdim=True)
 
 
 def batch_normalize(z: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:

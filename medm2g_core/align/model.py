@@ -30,7 +30,8 @@ class AlignModelConfig:
     Attributes:
         embed_dim: shared embedding dimension.
         families: image encoder families ("xray", "ct", "mri"; ``Modality.encoder_family``).
-        image_widths / image_token_dim / spatial_dims: ``ImageEncoderConfig`` of each family.
+        image_widths / image_token_dim / spatial_dims / image_pooling / pool_grid: ``ImageEncoderConfig``
+            of each family (``pooling``, ``pool_grid``; bundles from before pooling existed load as "mean").
         text_encoder: "bert" (small BERT from scratch) or "pretrained" (architecture in ``text_encoder/``).
         text_source: where the pretrained encoder came from (informational).
         text_width / text_layers / text_heads: small-BERT size.
@@ -45,6 +46,8 @@ class AlignModelConfig:
     image_widths: tuple[int, ...] = (16, 32, 64)
     image_token_dim: int = 0
     spatial_dims: int = 2
+    image_pooling: str = "mean"
+    pool_grid: int = 8
     text_encoder: str = "bert"
     text_source: str = ""
     text_width: int = 64
@@ -78,6 +81,8 @@ class AlignModel(nn.Module):
                         embed_dim=config.embed_dim,
                         token_dim=config.image_token_dim,
                         spatial_dims=config.spatial_dims,
+                        pooling=config.image_pooling,
+                        pool_grid=config.pool_grid,
                     )
                 )
                 for family in config.families
@@ -96,6 +101,7 @@ class AlignModel(nn.Module):
         modalities: Sequence[Modality | str],
         reports: Sequence[str],
         text_encoder_dir: str | Path | None = None,
+        image_size: int = 64,
     ) -> "AlignModel":
         """A fresh model from the recipe's ``AlignConfig``.
 
@@ -105,6 +111,7 @@ class AlignModel(nn.Module):
             reports: training reports; the WordPiece tokenizer is trained on them (sorted, so every
                 process trains the same one). Ignored with ``text_encoder_dir``.
             text_encoder_dir: a local Hugging Face encoder folder (loaded offline) instead of small BERT.
+            image_size: pixels per side the encoders see (sizes the attention pool's positional grid).
         """
         families = tuple(dict.fromkeys((parse_modality(m) if isinstance(m, str) else m).encoder_family for m in modalities))
         if text_encoder_dir is None and align.text_encoder != "bert":
@@ -120,6 +127,8 @@ class AlignModel(nn.Module):
             tokenizer = load_tokenizer(directory)
             backbone = AutoModel.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
             text = TextEncoder(backbone, embed_dim=align.embed_dim)
+            if align.freeze_text_backbone:
+                text.backbone.requires_grad_(False)
             kind, source, vocab = "pretrained", str(directory), len(tokenizer)
         else:
             from medm2g_core.models.text_tokenizer import train_wordpiece
@@ -138,6 +147,8 @@ class AlignModel(nn.Module):
             families=families,
             image_widths=tuple(align.image_widths),
             image_token_dim=align.image_token_dim,
+            image_pooling=align.image_pooling,
+            pool_grid=max(1, image_size // 2 ** len(align.image_widths)),
             text_encoder=kind,
             text_source=source,
             text_width=align.text_width,

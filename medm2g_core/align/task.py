@@ -27,6 +27,14 @@ def _gather_flags(flags: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
     return gather(flags.to(torch.uint8).to(accelerator.device)).to(torch.bool)
 
 
+def _gather_rows(rows: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return rows
+    from accelerate.utils import gather
+
+    return gather(rows.to(accelerator.device))
+
+
 class AlignTask:
     """``Task`` (``medm2g_core.training.loop``) over ``AlignDataset`` batches."""
 
@@ -73,12 +81,18 @@ class AlignTask:
         out: dict[str, torch.Tensor] = {}
         nce_terms, vi_terms = [], []
         gathered: dict[str, torch.Tensor] = {}
+        same_findings = None
+        if self.config.semantic_weight > 0 and "report_findings" in batch:
+            local = batch["report_findings"].to(text.device)
+            everyone = _gather_rows(local, accelerator)
+            same_findings = (local[:, None, :] == everyone[None, :, :]).all(dim=-1)  # (B, G)
         for name, views in images.items():
             first = views[:, 0]
             gathered[name], _ = gather_keep_local_grad(first, accelerator=accelerator)
             valid_all = _gather_flags(present[name] & has_text, accelerator)
             if bool(valid_all.any()):
-                term = info_nce(first, text, logit_scale=scale, a_all=gathered[name], b_all=text_all, offset=offset, valid_all=valid_all)
+                term = info_nce(first, text, logit_scale=scale, a_all=gathered[name], b_all=text_all, offset=offset, valid_all=valid_all,
+                                same_findings=same_findings, semantic_weight=self.config.semantic_weight)
                 out[f"nce_{name}"] = term
                 nce_terms.append(term)
             if views.shape[1] == 2 and self.config.vi_weight > 0:

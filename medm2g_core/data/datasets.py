@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from medm2g_core.config import AugmentConfig
 from medm2g_core.data.transforms import (
     NormState,
+    augment_report,
     augment_view,
     axial_slice,
     item_generator,
@@ -159,6 +160,7 @@ class AlignDataset(Dataset):
             least ``len(records) × len(modalities)`` nothing is decoded twice after the first epoch.
 
     Item: ``{"patient_id": str, "text": str ("" when no report), "has_text": bool, "labels": dict | None,
+    "report_findings": (L,) uint8 (the labeler's positive findings of the report, ``_report_findings``),
     "images": {modality: (V, N_m, 1, H, W)}, "slice_index": {modality: [k, ...]}}`` with V = 2 views
     (training) or 1, N_m = N for volumes and 1 for 2D images. ``collate`` gives ``images[m]``
     (B, V, N_m, 1, H, W) zero-filled where missing, ``present[m]`` (B,) bool, ``has_text`` (B,) bool, and
@@ -188,6 +190,7 @@ class AlignDataset(Dataset):
         self.seed = seed
         self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
         self._reports: dict[str, str] = {}  # a few hundred bytes per patient
+        self._findings: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -214,12 +217,28 @@ class AlignDataset(Dataset):
             self._reports[key] = self.reader.report(path)
         return self._reports[key]
 
+    def _report_findings(self, path: Path | None, text: str) -> torch.Tensor:
+        """(L,) 0/1: the findings the rule-based labeler reads as present in the report (``metrics.clinical.LABELS``,
+        "no finding" included), from the report as written (before any text augmentation); all 0 without one."""
+        from medm2g_core.metrics.clinical import LABELS, label_report
+
+        if path is None or not text.strip():
+            return torch.zeros(len(LABELS), dtype=torch.uint8)
+        key = str(path)
+        if key not in self._findings:
+            labels = label_report(text)
+            self._findings[key] = torch.tensor([int(labels[name] == 1) for name in LABELS], dtype=torch.uint8)
+        return self._findings[key]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index % len(self.records)]
         generator = item_generator(self.seed, index)
         positions = self._positions(generator)
         report_path = record.files.get(Modality.REPORT)
         text = self._report(report_path) if report_path is not None else ""
+        findings = self._report_findings(report_path, text)
+        if self.augment is not None and text:
+            text = augment_report(text, self.augment, generator=item_generator(self.seed, index, salt=1))
         images: dict[str, torch.Tensor] = {}
         indices: dict[str, list[int]] = {}
         for modality in self.modalities:
@@ -244,6 +263,7 @@ class AlignDataset(Dataset):
         return {
             "patient_id": record.patient_id, "text": text, "has_text": bool(text.strip()),
             "labels": getattr(record, "labels", None), "images": images, "slice_index": indices,
+            "report_findings": findings,
         }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -257,6 +277,7 @@ class AlignDataset(Dataset):
             "patient_id": [item["patient_id"] for item in items],
             "text": [item["text"] for item in items],
             "has_text": torch.tensor([item["has_text"] for item in items]),
+            "report_findings": torch.stack([item["report_findings"] for item in items]),
             "labels": [item["labels"] for item in items],
             "images": images,
             "present": present,

@@ -18,6 +18,7 @@ They never flip left-right: laterality is anatomy (situs, effusion side) and rep
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -180,6 +181,39 @@ def augment_view(image: torch.Tensor, config: AugmentConfig, *, generator: torch
         sigma = _uniform(generator, 0.0, config.noise_std)
         x = x + sigma * torch.randn(x.shape, generator=generator)
     return x.clamp(-1, 1)
+
+
+_SECTION = re.compile(r"([A-Z][A-Z ]+:)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def augment_report(text: str, config: AugmentConfig, *, generator: torch.Generator) -> str:
+    """A training view of a report: sentences shuffled within each section (``FINDINGS:``,
+    ``IMPRESSION:`` ... keep their order), then each word dropped with probability ``word_dropout``.
+
+    Decimal numbers (``1.4 cm``) are not sentence ends (a sentence ends at ``.``/``!``/``?`` followed by
+    white space). The text is returned unchanged when both are off, and never becomes empty.
+    """
+    if not config.sentence_shuffle and config.word_dropout <= 0:
+        return text
+    out = text
+    if config.sentence_shuffle:
+        parts = _SECTION.split(text)  # [preamble, header, body, header, body, ...]
+        rebuilt = []
+        for part in parts:
+            if _SECTION.fullmatch(part) or not part.strip():
+                rebuilt.append(part)
+                continue
+            sentences = [s for s in _SENTENCE_END.split(part.strip()) if s]
+            order = torch.randperm(len(sentences), generator=generator).tolist()
+            rebuilt.append(" " + " ".join(sentences[i] for i in order) + "\n")
+        out = "".join(rebuilt).strip()
+    if config.word_dropout > 0:
+        words = out.split(" ")
+        keep = (torch.rand(len(words), generator=generator) >= config.word_dropout).tolist()
+        kept = [w for w, k in zip(words, keep) if k]
+        out = " ".join(kept) if kept else out
+    return out
 
 
 def item_generator(seed: int, index: int, salt: int = 0) -> torch.Generator:

@@ -54,13 +54,43 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    """``widths``: channels per stage (each stage halves the resolution); ``token_dim`` 0 = last width."""
+    """``widths``: channels per stage (each stage halves the resolution); ``token_dim`` 0 = last width.
+
+    ``pooling``: how the token grid becomes one embedding — ``"mean"`` (global average, position-blind)
+    or ``"attention"`` (CLIP's ResNet attention pool: one query, the mean token, attends over the tokens
+    plus a learned positional embedding, so *where* a feature is counts — the side of an effusion, the
+    width of the heart). ``pool_grid``: tokens per side the positional embedding is learned at
+    (``image_size / 2**len(widths)``); other grids interpolate it.
+    """
 
     in_channels: int = 1
     widths: tuple[int, ...] = (16, 32, 64)
     embed_dim: int = 64
     token_dim: int = 0
     spatial_dims: int = 2
+    pooling: str = "mean"
+    pool_grid: int = 8
+
+
+class AttentionPool(nn.Module):
+    """(B, C, *grid) → (B, C): multi-head attention of the mean token over all tokens, with learned positions."""
+
+    def __init__(self, channels: int, *, grid: int, spatial_dims: int, heads: int = 4):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.position = nn.Parameter(torch.randn(1, channels, *([grid] * spatial_dims)) * channels**-0.5)
+        self.query_position = nn.Parameter(torch.zeros(1, 1, channels))
+        self.attention = nn.MultiheadAttention(channels, heads if channels % heads == 0 else 1, batch_first=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        position = self.position
+        if position.shape[2:] != features.shape[2:]:
+            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+            position = nn.functional.interpolate(position, size=features.shape[2:], mode=mode, align_corners=False)
+        tokens = (features + position.to(features.dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
+        query = features.flatten(2).mean(dim=2)[:, None] + self.query_position.to(features.dtype)
+        pooled, _ = self.attention(query, tokens, tokens, need_weights=False)
+        return pooled[:, 0]
 
 
 class ImageEncoder(nn.Module):
@@ -83,6 +113,11 @@ class ImageEncoder(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         token_dim = config.token_dim or widths[-1]
         self.token_projection = nn.Identity() if token_dim == widths[-1] else nn.Linear(widths[-1], token_dim)
+        if config.pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', not {config.pooling!r}")
+        self.pool = (
+            AttentionPool(widths[-1], grid=config.pool_grid, spatial_dims=config.spatial_dims) if config.pooling == "attention" else None
+        )
         self.head = projection_head(widths[-1], config.embed_dim)
 
     @property
@@ -92,7 +127,7 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.blocks(self.stem(images))  # (B, C, h, w[, d])
         tokens = features.flatten(2).transpose(1, 2)  # (B, N, C)
-        pooled = self.head(tokens.mean(dim=1))
+        pooled = self.head(tokens.mean(dim=1) if self.pool is None else self.pool(features))
         return pooled, self.token_projection(tokens)
 
 

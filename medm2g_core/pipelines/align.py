@@ -138,6 +138,7 @@ def align(
     seed_everything(config.seed)  # the same on every rank, before building the model
     model = AlignModel.build(
         align=recipe.align, modalities=modalities, reports=reports or ["report"], text_encoder_dir=text_encoder,
+        image_size=data.image_size,
     )
     bundle = Bundle.create(bundle_dir) if state.is_main_process else None
     state.wait_for_everyone()

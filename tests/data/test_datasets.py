@@ -171,3 +171,26 @@ def test_image_text_dataset(cohort):
     assert item["image"].shape == (1, 8, 8) and "effusion" in item["text"] and item["labels"] == {"effusion": 1}
     batch = dataset.collate([dataset[0], dataset[1]])
     assert batch["image"].shape == (2, 1, 8, 8) and len(batch["text"]) == 2
+
+
+def test_augment_report_shuffles_sentences_within_sections():
+    import torch
+
+    from medm2g_core.config import AugmentConfig
+    from medm2g_core.data.transforms import augment_report
+
+    text = "FINDINGS: Heart size is normal. A 1.4 cm nodule in the right upper lobe. No effusion.\nIMPRESSION: Nodule. Follow-up CT."
+    assert augment_report(text, AugmentConfig(), generator=torch.Generator().manual_seed(0)) == text  # off by default
+    shuffle = AugmentConfig(sentence_shuffle=True)
+    outputs = {augment_report(text, shuffle, generator=torch.Generator().manual_seed(seed)) for seed in range(12)}
+    assert len(outputs) > 1
+    for out in outputs:
+        findings, impression = out.split("IMPRESSION:")
+        assert findings.startswith("FINDINGS:")
+        assert set(s.strip(" .\n") for s in findings.removeprefix("FINDINGS:").split(". ")) == {
+            "Heart size is normal", "A 1.4 cm nodule in the right upper lobe", "No effusion"}  # 1.4 is not a sentence end
+        assert set(s.strip(" .\n") for s in impression.split(". ")) == {"Nodule", "Follow-up CT"}
+    same = [augment_report(text, shuffle, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert same[0] == same[1]  # a function of the generator
+    dropped = augment_report(text, AugmentConfig(word_dropout=0.5), generator=torch.Generator().manual_seed(0))
+    assert 0 < len(dropped.split()) < len(text.split())
