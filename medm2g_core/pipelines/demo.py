@@ -107,9 +107,9 @@ class DemoSettings:
 
 FULL = DemoSettings(
     chest_patients=64, head_patients=32, size=64,
-    align_steps=150, text_vae_steps=150,
-    flow_steps={"xray-report": 150, "report-xray": 100, "mri-ct": 120, "t1-t2": 100},
-    regression_steps=40, samples=2, translate_patients=3, val_batches=1, psnr_items=4,
+    align_steps=100, text_vae_steps=150,
+    flow_steps={"xray-report": 150, "report-xray": 100, "mri-ct": 120, "t1-t2": 90},
+    regression_steps=30, samples=2, translate_patients=3, val_batches=1, psnr_items=4,
 )
 """The default demo: 64 chest + 32 head patients at 64³, about half the demo-cpu recipe's steps so that the
 whole run aims at 10 min on 2 cores (the recipe's own steps are for `medm2g align`/`train-flow` runs)."""

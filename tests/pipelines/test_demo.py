@@ -14,7 +14,7 @@ from medm2g_core.pipelines.demo import QUICK, STATE_FILE, DemoSettings, headline
 # Smaller than --quick so that the suite stays fast; every stage still runs for real.
 TINY = replace(QUICK, chest_patients=20, head_patients=12, align_steps=10, text_vae_steps=16,
                flow_steps={"xray-report": 12, "report-xray": 8, "mri-ct": 8, "t1-t2": 8}, regression_steps=8,
-               samples=2, sampler_steps=2, batch_size=8)
+               samples=2, sampler_steps=2, batch_size=8, translate_patients=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,9 @@ def test_demo_writes_every_output(demo) -> None:
         assert (out / "cohort" / f"{anatomy}-preview.png").is_file()
     for pair, name in (("mri-ct", "ct.nii.gz"), ("t1-t2", "mri-t2.nii.gz"), ("xray-report", "report.txt"), ("report-xray", "xray.png")):
         assert list((out / "predictions" / pair / "model").glob(f"*/{name}")), pair
+    # translate_patients=1: one whole held-out head volume per translation; every held-out chest patient
+    assert len(list((out / "predictions" / "mri-ct" / "model").glob("*/ct.nii.gz"))) == 1
+    assert len(list((out / "predictions" / "xray-report" / "model").glob("*/report.txt"))) > 1
     for pair in ("mri-ct", "t1-t2"):
         for system in ("identity", "regression"):
             assert list((out / "predictions" / pair / system).glob("*/*.nii.gz")), (pair, system)
