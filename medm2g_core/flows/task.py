@@ -138,17 +138,24 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def write_grid(path: Path, rows: list[list[torch.Tensor]]) -> Path:
-    """A PNG of (H, W) images in [-1, 1], one row per item (e.g. source | sample | target)."""
+    """A PNG of (H, W) images in [-1, 1], one row per item (e.g. source | sample | target).
+
+    Tiles smaller than 128 px are enlarged by an integer factor (nearest neighbour: pixels stay
+    pixels) so that a 64² grid can be judged by eye.
+    """
     from medm2g_core import io
     from medm2g_core.types import ImageMeta
 
     gap = 2
     height, width = rows[0][0].shape[-2:]
+    zoom = max(1, 128 // max(height, width))
     columns = max(len(r) for r in rows)
-    canvas = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap), 255, dtype=np.uint8)
+    tile_h, tile_w = height * zoom, width * zoom
+    canvas = np.full((len(rows) * (tile_h + gap) - gap, columns * (tile_w + gap) - gap), 255, dtype=np.uint8)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
-            canvas[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = _to_uint8(image.reshape(height, width))
+            tile = _to_uint8(image.reshape(height, width)).repeat(zoom, axis=0).repeat(zoom, axis=1)
+            canvas[r * (tile_h + gap): r * (tile_h + gap) + tile_h, c * (tile_w + gap): c * (tile_w + gap) + tile_w] = tile
     path.parent.mkdir(parents=True, exist_ok=True)
     return io.write(path, canvas, ImageMeta(spacing=(1.0, 1.0), shape=canvas.shape, synthetic=True, units="normalised"))
 

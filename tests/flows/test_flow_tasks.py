@@ -122,4 +122,8 @@ def test_write_grid_lays_out_rows(tmp_path):
 
     path = write_grid(tmp_path / "g.png", [[torch.zeros(8, 8), torch.ones(8, 8)], [-torch.ones(8, 8), torch.zeros(8, 8)]])
     array, _ = io.read(path)
-    assert array.shape == (18, 18) and array[0, 10] == 255 and array[10, 0] == 0
+    # 8 px tiles are enlarged 16× (to 128 px) with a 2 px white gap: 2 × 128 + 2
+    assert array.shape == (258, 258)
+    assert array[0, 130] == 255 and array[130, 0] == 0 and array[0, 0] == 128 and array[128, 0] == 255
+    big = write_grid(tmp_path / "big.png", [[torch.zeros(200, 100)]])
+    assert io.read(big)[0].shape == (200, 100)  # large tiles are kept as they are
