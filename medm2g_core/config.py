@@ -32,7 +32,9 @@ from medm2g_core.serialization import dataclass_from_dict, to_jsonable
 T = TypeVar("T")
 
 DEFAULT_RECIPE = "demo-cpu"
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+"""The shipped recipes (package data, so a non-editable install has them too; ``recipes/`` at the top of
+the repository is a link to this folder)."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from medm2g_core.config import (
@@ -67,3 +69,18 @@ def test_invalid_values_are_config_errors():
     with pytest.raises(ConfigError, match="split_fractions"):
         parse_recipe({"data": {"split_fractions": [0.5, 0.5, 0.5]}})
     assert Recipe().flows == {}
+
+
+def test_recipes_ship_as_package_data():
+    """A non-editable install must carry the recipes: they live in the package and pyproject declares them."""
+    import fnmatch
+    import tomllib
+
+    import medm2g_core
+
+    package = Path(medm2g_core.__file__).resolve().parent
+    assert RECIPES_DIR.resolve().parent == package
+    patterns = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["medm2g_core"]
+    shipped = sorted(p.name for p in RECIPES_DIR.glob("*.yaml"))
+    assert {"demo-cpu.yaml", "iu-xray.yaml", "mimic-cxr.yaml", "synthrad-brain.yaml", "synthrad-pelvis.yaml", "ixi-t1t2.yaml"} <= set(shipped)
+    assert all(any(fnmatch.fnmatch(f"recipes/{name}", pattern) for pattern in patterns) for name in shipped)
