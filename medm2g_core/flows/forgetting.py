@@ -44,6 +44,19 @@ def first_batch(dataset: Dataset, *, items: int) -> dict[str, Any] | None:
     return collate([dataset[i] for i in range(count)])
 
 
+def spread_batch(dataset: Dataset, *, items: int) -> dict[str, Any] | None:
+    """``items`` items from the centres of ``items`` equal parts of ``dataset``, collated; None when empty.
+
+    Slice datasets list a patient's slices in order, so the first few items are one patient's lowest
+    slices; spread items span patients and depths (the training sample grids use them).
+    """
+    count = min(items, len(dataset))
+    if count == 0:
+        return None
+    indices = [int((i + 0.5) * len(dataset) / count) for i in range(count)]
+    return getattr(dataset, "collate")([dataset[i] for i in indices])
+
+
 def validation_loss(task: Any, dataset: Dataset, *, batch_size: int, batches: int = 0, seed: int = 0) -> dict[str, float]:
     """Mean of ``task.validation_step`` over the first ``batches`` batches (0 = all), noise seeded by ``seed``."""
     if len(dataset) == 0:

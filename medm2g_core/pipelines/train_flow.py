@@ -413,7 +413,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
 
 def _train_flow_stage(context: _Context, pair: Pair, *, started: float, synthetic: bool) -> TrainFlowResult:
     from medm2g_core.align.model import AlignModel
-    from medm2g_core.flows.forgetting import evaluate_flow, first_batch
+    from medm2g_core.flows.forgetting import evaluate_flow, spread_batch
     from medm2g_core.flows.model import EMA_NAME, SHARED_NAME, FlowNetwork, _read_shared, load_text_vae
     from medm2g_core.flows.task import FlowTask
     from medm2g_core.models.autoencoders import ImageAutoencoder
@@ -462,7 +462,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     train_dataset, val_dataset = flow_datasets(context, pair, flows)
     task = FlowTask(network, align, text_vae=text_vae, tokenizer=tokenizer, autoencoders=autoencoders,
                     warm_start_steps=warm_start_steps, source_dropout=flows.source_dropout, shared_trainable=shared_trainable,
-                    sample_batch=first_batch(val_dataset, items=flows.sample_items),
+                    sample_batch=spread_batch(val_dataset, items=flows.sample_items),
                     gradient_checkpointing=context.gradient_checkpointing)
     result, val_start = _run(context, task, train_dataset=train_dataset, val_dataset=val_dataset if len(val_dataset) else None,
                              config=config, name=name)

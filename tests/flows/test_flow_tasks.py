@@ -127,3 +127,29 @@ def test_write_grid_lays_out_rows(tmp_path):
     assert array[0, 130] == 255 and array[130, 0] == 0 and array[0, 0] == 128 and array[128, 0] == 255
     big = write_grid(tmp_path / "big.png", [[torch.zeros(200, 100)]])
     assert io.read(big)[0].shape == (200, 100)  # large tiles are kept as they are
+
+
+def test_spread_batch_spans_the_dataset():
+    from medm2g_core.flows.forgetting import spread_batch
+
+    class Slices:  # one patient's slices after another, as the slice datasets list them
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {"patient_id": f"P{i // 24:04d}", "slice_index": i % 24}
+
+        def collate(self, items):
+            return {"patient_id": [x["patient_id"] for x in items], "slice_index": [x["slice_index"] for x in items]}
+
+    batch = spread_batch(Slices(72), items=4)
+    # items 9, 27, 45, 63 of 72
+    assert batch["patient_id"] == ["P0000", "P0001", "P0001", "P0002"] and batch["slice_index"] == [9, 3, 21, 15]
+    assert len(set(batch["patient_id"])) == 3  # first_batch would give four slices of P0000
+    assert spread_batch(Slices(1), items=4)["slice_index"] == [0]
+    assert spread_batch(Slices(5), items=1)["slice_index"] == [2]
+    assert spread_batch(Slices(3), items=4)["slice_index"] == [0, 1, 2]
+    assert spread_batch(Slices(0), items=4) is None
