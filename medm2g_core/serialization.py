@@ -9,10 +9,12 @@ name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
@@ -52,6 +54,7 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    remove_stale_temporaries(path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}")
 
 
 @contextlib.contextmanager
@@ -75,6 +78,34 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_stale_temporaries(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+STALE_TEMPORARY_SECONDS = 3600.0
+"""A temporary file or folder of ``atomic_path``/``atomic_dir`` untouched this long was left by a killed
+process (an exception removes its own): the next successful write of the same name removes it."""
+
+
+def remove_stale_temporaries(folder: Path, *, prefix: str, suffix: str, older_than: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+    """Remove ``folder/{prefix}*{suffix}`` entries not modified for ``older_than`` seconds; return them.
+
+    Only names made by ``tempfile`` for this prefix/suffix are candidates, and only old ones, so a write
+    of the same name in flight in another process is never touched.
+    """
+    removed = []
+    now = time.time()
+    for candidate in folder.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        try:
+            if now - candidate.lstat().st_mtime < older_than:
+                continue
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> Path:
