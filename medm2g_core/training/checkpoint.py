@@ -73,8 +73,11 @@ def rng_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(accelerator: Any, state_dir: str | Path, *, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(accelerator: Any, state_dir: str | Path, *, step: int, trainer_state: dict[str, Any], keep: int,
+                    ema: Any | None = None) -> Path:
     """Every rank calls this. Writes ``checkpoint-<step>`` atomically (temp folder + rename), then prunes.
+
+    ``ema`` (an ``EMA``) is written by rank 0 as ``ema.safetensors`` in the checkpoint.
 
     Returns the final checkpoint path.
     """
@@ -92,6 +95,8 @@ def save_checkpoint(accelerator: Any, state_dir: str | Path, *, step: int, train
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / TRAINER_STATE, {**trainer_state, "step": step, "created": time.time()})
+        if ema is not None:
+            ema.save(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -101,8 +106,12 @@ def save_checkpoint(accelerator: Any, state_dir: str | Path, *, step: int, train
     return final
 
 
-def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:
+def load_checkpoint(accelerator: Any, checkpoint: str | Path, *, ema: Any | None = None) -> dict[str, Any]:
     """Every rank calls this. ``load_state`` then verifies the RNG restore; returns ``trainer_state.json``.
+
+    ``ema`` (an ``EMA``) is restored from the checkpoint's ``ema.safetensors``. Accelerate's own files are
+    read with ``weights_only=True`` (its restricted unpickler); nothing here registers custom objects,
+    whose files Accelerate would unpickle without that restriction.
 
     Raises ``BundleError`` when the checkpoint is incomplete or the RNG state was not restored.
     """
@@ -115,7 +124,14 @@ def load_checkpoint(accelerator: Any, checkpoint: str | Path) -> dict[str, Any]:
             f"{checkpoint}: no RNG state for process {rank} (saved with {state.get('num_processes')} processes); "
             "resume with the same number of processes, or start again without --resume"
         )
+    if ema is not None and not (checkpoint / "ema.safetensors").is_file():
+        raise BundleError(
+            f"{checkpoint}: no ema.safetensors (a checkpoint from before medm2g kept EMA weights as safetensors); "
+            "start again without --resume"
+        )
     accelerator.load_state(str(checkpoint))
+    if ema is not None:
+        ema.load(checkpoint)
     expected = json.loads(fingerprint_file.read_text())["fingerprint"]
     if rng_fingerprint() != expected:
         raise BundleError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -11,7 +13,8 @@ class EMA:
 
     The effective decay warms up as ``min(decay, (1 + n) / (10 + n))`` (n = updates so far), as in
     diffusers' ``EMAModel``, so early averages are not dominated by the random initialisation.
-    ``state_dict``/``load_state_dict`` make it resumable (registered with Accelerate's checkpointing).
+    ``save``/``load`` make it resumable: checkpoints hold it as ``ema.safetensors`` (not registered with
+    Accelerate, whose custom-object checkpoints are unpickled with ``weights_only=False``).
     """
 
     def __init__(self, modules: dict[str, nn.Module], *, decay: float):
@@ -45,6 +48,36 @@ class EMA:
         """Load the averaged weights into ``modules`` (for inference or evaluation)."""
         for name, module in modules.items():
             module.load_state_dict(self.shadow[name])
+
+    FILE = "ema.safetensors"
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``directory/ema.safetensors``: tensors as ``<module>/<key>``, decay and update count as metadata."""
+        from medm2g_core.serialization import save_weights
+
+        tensors = {f"{name}/{key}": value for name, state in self.shadow.items() for key, value in state.items()}
+        metadata = {"format": "pt", "decay": repr(self.decay), "updates": str(self.updates)}
+        return save_weights(Path(directory) / self.FILE, tensors, metadata=metadata)
+
+    def load(self, directory: str | Path) -> None:
+        """Restore what ``save`` wrote (safetensors only); every shadow tensor must be present."""
+        from safetensors import safe_open
+
+        from medm2g_core.errors import BundleError
+        from medm2g_core.serialization import load_weights
+
+        path = Path(directory) / self.FILE
+        tensors = load_weights(path)
+        expected = {f"{name}/{key}" for name, state in self.shadow.items() for key in state}
+        if set(tensors) != expected:
+            raise BundleError(f"{path}: holds other EMA tensors than this model has; start again without --resume")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        self.decay = float(metadata.get("decay", self.decay))
+        self.updates = int(metadata.get("updates", self.updates))
+        for name, state in self.shadow.items():
+            for key in state:
+                state[key].copy_(tensors[f"{name}/{key}"])
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}

@@ -323,8 +323,6 @@ def train(
         val_loader = accelerator.prepare_data_loader(_loader(val_dataset, config, shuffle=False, drop_last=False))
 
     ema = EMA(dict(container.parts.items()), decay=config.ema_decay) if config.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     if hasattr(task, "on_train_start"):
         task.on_train_start(accelerator)
 
@@ -336,7 +334,7 @@ def train(
     start_step, resumed_from, val_history = 0, None, []
     latest = ckpt.latest_checkpoint(state_dir) if resume else None
     if latest is not None:
-        saved = ckpt.load_checkpoint(accelerator, latest)
+        saved = ckpt.load_checkpoint(accelerator, latest, ema=ema)
         _check_compatible(saved, state_signature, latest)
         start_step = resumed_from = int(saved["step"])
         val_history = list(saved.get("val_history", []))
@@ -392,7 +390,8 @@ def train(
                 progress(ProgressEvent(task=description, completed=done, total=config.steps, metrics={**last_losses, **{f"val_{k}": v for k, v in final_val.items()}}))
             if (config.save_every and done % config.save_every == 0) or done == config.steps or interrupt.requested:
                 last_checkpoint = ckpt.save_checkpoint(
-                    accelerator, state_dir, step=done, trainer_state={**state_signature, "val_history": val_history}, keep=config.keep_checkpoints
+                    accelerator, state_dir, step=done, trainer_state={**state_signature, "val_history": val_history}, keep=config.keep_checkpoints,
+                    ema=ema,
                 )
             if interrupt.requested:
                 raise KeyboardInterrupt  # after saving step ``done``: --resume continues exactly from here

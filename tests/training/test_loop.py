@@ -52,6 +52,23 @@ def test_trains_and_validates(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4, 6]  # keep_checkpoints=2, pruned after writing
 
 
+
+def test_ema_is_checkpointed_as_safetensors_not_pickle(tmp_path):
+    """Accelerate unpickles registered custom objects with weights_only=False; the EMA must not be one."""
+    from safetensors.torch import load_file
+
+    _, result = _run(tmp_path)
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert not list(latest.glob("custom_checkpoint_*"))
+    saved = load_file(str(latest / "ema.safetensors"))
+    assert set(saved) == {f"net/{key}" for key in result.ema_state_dicts["net"]}
+    for key, value in result.ema_state_dicts["net"].items():
+        assert torch.equal(saved[f"net/{key}"], value)
+    (latest / "ema.safetensors").unlink()
+    with pytest.raises(BundleError, match="ema.safetensors"):
+        _run(tmp_path, resume=True)
+
+
 def test_resume_after_interrupt_is_bit_identical(tmp_path):
     reference, reference_result = _run(tmp_path / "a")
     with pytest.raises(Interrupt):
