@@ -35,7 +35,8 @@ def info(
             ["flows (training order)", ", ".join(summary["flows"]) or "none"],
             ["patients", data.get("patients", "?")],
             ["synthetic data", data.get("synthetic", "?")],
-            ["stages", ", ".join(f"{k} ({v.get('steps', '?')} steps)" for k, v in summary["stages"].items()) or "none"],
+            ["stages", ", ".join(k if v.get("steps") is None else f"{k} ({v['steps']} steps)"
+                                 for k, v in summary["stages"].items()) or "none"],
         ],
     )
     rows = []
@@ -49,6 +50,23 @@ def info(
     if rows:
         console.table("metrics", ["stage", "split", "metric", "R@1/value", "R@5", "median rank", "chance R@1"], rows)
     if summary["forgetting"]:
-        console.table("forgetting", ["flow", "report"], [[k, str(v)] for k, v in summary["forgetting"].items()])
+        console.table(
+            "forgetting (each earlier flow re-measured after a new one was trained)",
+            ["after training", "earlier flow", "metric", "before", "after", "change"],
+            forgetting_rows(summary["forgetting"]),
+        )
     if data.get("synthetic"):
         console.warn("this bundle was trained on synthetic phantoms; its outputs mean nothing clinically")
+
+
+def forgetting_rows(forgetting: dict) -> list[list[str]]:
+    """``{new flow: {earlier flow: {"before": {metric: v}, "after": {metric: v}}}}`` → table rows."""
+    rows = []
+    for new_flow, earlier in forgetting.items():
+        for flow, measured in earlier.items():
+            before, after = measured.get("before") or {}, measured.get("after") or {}
+            for metric in sorted(set(before) | set(after)):
+                b, a = before.get(metric), after.get(metric)
+                change = f"{a - b:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+                rows.append([new_flow, flow, metric, "" if b is None else f"{b:.4g}", "" if a is None else f"{a:.4g}", change])
+    return rows

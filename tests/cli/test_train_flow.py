@@ -47,8 +47,17 @@ def test_train_flow_end_to_end_and_info_shows_forgetting(tmp_path):
     assert "report__xray" in json.loads(second.stdout)["forgetting"]
     info = runner.invoke(app, ["info", str(bundle)])
     assert info.exit_code == 0 and "forgetting" in info.output and "report__xray" in info.output
+    assert "earlier flow" in info.output and "{'" not in info.output  # a table, not a dict dump
     unaligned = runner.invoke(app, ["train-flow", "--pair", "mri-ct", "--data", str(head), "--bundle", str(tmp_path / "nope")])
     assert unaligned.exit_code == 2
+
+
+def test_forgetting_rows_show_the_change():
+    from medm2g_cli.commands.info import forgetting_rows
+
+    rows = forgetting_rows({"mri-t1__ct": {"report__xray": {"before": {"loss": 0.5, "psnr": 20.0}, "after": {"loss": 0.75, "psnr": 19.5}}}})
+    assert rows == [["mri-t1__ct", "report__xray", "loss", "0.5", "0.75", "+0.25"],
+                    ["mri-t1__ct", "report__xray", "psnr", "20", "19.5", "-0.5"]]
 
 
 def _stand_in_predictions(head: Path, out: Path) -> Path:
