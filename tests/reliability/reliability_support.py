@@ -19,37 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tiny_recipe import tiny_recipe  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MEDM2G = BIN / "medm2g"
 
 # The tiny recipe every reliability test trains with: 32² slices, 24 flow steps saved every 4 steps,
 # so a kill lands in training, in checkpoint saving or in bundle writing.
-TINY_RECIPE = """
-name: tiny-reliability
-data: {image_size: 32, split_fractions: [0.6, 0.4, 0.0]}
-training: {steps: 6, batch_size: 4, lr: 0.002, warmup_steps: 1, save_every: 0, val_every: 0, val_batches: 1}
-align:
-  embed_dim: 16
-  image_widths: [8, 16]
-  text_width: 16
-  text_layers: 1
-  text_heads: 2
-  vocab_size: 200
-  max_tokens: 64
-  modalities: [ct, mri-t1, mri-t2]
-  training: {steps: 3, batch_size: 2}
-flows:
-  shared_attention: {num_layers: 2, query_dim: 16, condition_dim: 16, heads: 2}
-  image_denoiser: {block_out_channels: [8, 16], norm_num_groups: 4, attention_heads: 2}
-  text_denoiser: {layers: 2}
-  objective: {warm_start_fraction: 0.25, sampling_steps: 3}
-  slices: 4
-  val_items: 8
-  sample_items: 2
-  forgetting: {val_batches: 1, psnr_samples: 2}
-  training: {steps: FLOW_STEPS, save_every: 4, val_every: 0}
-"""
 FLOW_STEPS = 24
+TINY_RECIPE = tiny_recipe(
+    "tiny-reliability",
+    align={"modalities": ["ct", "mri-t1", "mri-t2"], "training": {"steps": 3}},
+    flows={"training": {"steps": FLOW_STEPS, "save_every": 4, "val_every": 0}},
+)
 FLOW = "mri-t1__ct"
 
 
@@ -205,7 +188,7 @@ def build_tiny(root: Path) -> Tiny:
     home = root / "home"
     env = cli_env(home)
     cohort, recipe = root / "cohort", root / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE.replace("FLOW_STEPS", str(FLOW_STEPS)))
+    recipe.write_text(TINY_RECIPE)
     check_ok(run_cli(["data", "synth", "--out", cohort, "--patients", "6", "--anatomy", "head", "--seed", "1", "--workers", "0"], env=env))
     aligned = root / "aligned.m2g"
     check_ok(run_cli(["align", "--data", cohort, "--out", aligned, "--recipe", recipe, "--steps", "3"], env=env))
