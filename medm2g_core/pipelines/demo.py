@@ -584,12 +584,8 @@ def write_montage(path: str | Path, *, cohort: Path, predictions: Path, head: li
     from PIL import Image, ImageDraw
 
     from medm2g_core import io
-    from medm2g_core.data.synth.preview import AXIAL_FRACTION
+    from medm2g_core.data.synth.preview import AXIAL_FRACTION, window_uint8 as window
     from medm2g_core.serialization import atomic_path
-
-    def window(image, low, high):
-        scaled = np.clip((np.asarray(image, dtype=np.float64) - low) / max(high - low, 1e-6), 0, 1)
-        return (scaled * 255).astype(np.uint8)
 
     def axial(volume, k):
         return volume[:, :, k].T

@@ -18,13 +18,14 @@ CT_WINDOWS = {"chest": (-1000.0, 400.0), "head": (-40.0, 120.0)}
 AXIAL_FRACTION = {"chest": 0.5, "head": 0.62}
 
 
-def _to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
+def window_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``image`` linearly windowed from [low, high] to 0–255 (clipped), as uint8."""
     return (np.clip((image.astype(np.float64) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
 def _percentile_window(image: np.ndarray) -> np.ndarray:
     low, high = np.percentile(image, [1.0, 99.5])
-    return _to_uint8(image, low, high)
+    return window_uint8(image, low, high)
 
 
 def write_preview(path: str | Path, folders: list[Path], *, anatomy: str, max_patients: int = 4) -> Path:
@@ -39,7 +40,7 @@ def write_preview(path: str | Path, folders: list[Path], *, anatomy: str, max_pa
         folder = Path(folder)
         ct, _ = io.read(folder / "ct.nii.gz")
         k = int(round(AXIAL_FRACTION[anatomy] * (ct.shape[2] - 1)))
-        tiles = [_to_uint8(ct[:, :, k].T, *CT_WINDOWS[anatomy])]
+        tiles = [window_uint8(ct[:, :, k].T, *CT_WINDOWS[anatomy])]
         t1 = None
         for name in ("mri-t1", "mri-t2", "mri-pd"):
             volume, _ = io.read(folder / f"{name}.nii.gz")
@@ -47,7 +48,7 @@ def write_preview(path: str | Path, folders: list[Path], *, anatomy: str, max_pa
             tiles.append(_percentile_window(volume[:, :, k].T))
         if anatomy == "chest":
             xray, _ = io.read(folder / "xray.png")
-            tiles.append(_to_uint8(xray, 0, 65535))
+            tiles.append(window_uint8(xray, 0, 65535))
         else:
             tiles.append(_percentile_window(t1[:, t1.shape[1] // 2, ::-1].T))
         labels = (folder / "labels.json").read_text(encoding="utf-8") if (folder / "labels.json").is_file() else ""
