@@ -124,7 +124,7 @@ def load_checkpoint(accelerator: Any, checkpoint: str | Path, *, ema: Any | None
             f"{checkpoint}: no RNG state for process {rank} (saved with {state.get('num_processes')} processes); "
             "resume with the same number of processes, or start again without --resume"
         )
-    if ema is not None and not (checkpoint / "ema.safetensors").is_file():
+    if ema is not None and not (checkpoint / ema.FILE).is_file():
         raise BundleError(
             f"{checkpoint}: no ema.safetensors (a checkpoint from before medm2g kept EMA weights as safetensors); "
             "start again without --resume"

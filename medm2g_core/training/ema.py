@@ -78,13 +78,3 @@ class EMA:
         for name, state in self.shadow.items():
             for key in state:
                 state[key].copy_(tensors[f"{name}/{key}"])
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = float(state["decay"])
-        self.updates = int(state["updates"])
-        for name, tensors in state["shadow"].items():
-            for key, value in tensors.items():
-                self.shadow[name][key].copy_(value)
