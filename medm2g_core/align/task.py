@@ -19,20 +19,20 @@ from medm2g_core.config import AlignConfig
 from medm2g_core.modalities import Modality
 
 
-def _gather_flags(flags: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
-    if accelerator is None or accelerator.num_processes == 1:
-        return flags
-    from accelerate.utils import gather
-
-    return gather(flags.to(torch.uint8).to(accelerator.device)).to(torch.bool)
-
-
 def _gather_rows(rows: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
+    """Rows of every process concatenated (the local rows alone with one process); no gradient."""
     if accelerator is None or accelerator.num_processes == 1:
         return rows
     from accelerate.utils import gather
 
     return gather(rows.to(accelerator.device))
+
+
+def _gather_flags(flags: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
+    """Bool flags of every process (sent as uint8, which every backend gathers)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return flags
+    return _gather_rows(flags.to(torch.uint8), accelerator).to(torch.bool)
 
 
 class AlignTask:
