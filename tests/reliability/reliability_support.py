@@ -15,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tiny_recipe import tiny_recipe  # noqa: E402
@@ -34,6 +35,23 @@ TINY_RECIPE = tiny_recipe(
     flows={"training": {"steps": FLOW_STEPS, "save_every": 4, "val_every": 0}},
 )
 FLOW = "mri-t1__ct"
+
+
+def refused_with_peak(read: Callable[[Path], Any], path: Path, *, match: str | None = None) -> tuple[Exception, int]:
+    """``read(path)`` must raise ``InputError`` (matching ``match``); returns it and the peak bytes Python
+    allocated meanwhile (tracemalloc)."""
+    import pytest
+
+    from medm2g_core.errors import InputError
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=match) as caught:
+            read(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return caught.value, peak
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:

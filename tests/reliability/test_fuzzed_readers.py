@@ -10,7 +10,6 @@ import json
 import shutil
 import struct
 import tempfile
-import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from medm2g_core import io
 from medm2g_core.errors import InputError
 from medm2g_core.types import ImageMeta
 
-from reliability_support import Tiny, run_cli
+from reliability_support import Tiny, refused_with_peak, run_cli
 
 SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".mha", ".nrrd")
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -198,15 +197,9 @@ def test_huge_dimension_headers_are_refused_before_allocation(tmp_path: Path) ->
         path = tmp_path / name
         path.write_bytes(content)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        tracemalloc.start()
-        try:
-            with pytest.raises(InputError) as caught:
-                io.read(path)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        error, peak = refused_with_peak(io.read, path)
         rss_growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-        message = str(caught.value)
+        message = str(error)
         assert "\n" not in message and name in message
         # the header's claim is named: refused from the header, not after trying to read the pixels
         assert "claims" in message or "too large" in message or "exceeds" in message, f"{name}: {message}"
@@ -218,13 +211,7 @@ def test_oversized_report_is_refused_without_reading_it(tmp_path: Path) -> None:
     path = tmp_path / "report.txt"
     with open(path, "wb") as handle:  # sparse: 64 MiB claimed, nothing written
         handle.truncate(64 * 2**20)
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError, match="too large"):
-            io.read_report(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, peak = refused_with_peak(io.read_report, path, match="too large")
     assert peak < 4 * 2**20
 
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medm2g_core import io
-from medm2g_core.errors import InputError
 
-from reliability_support import Tiny, run_cli
+from reliability_support import Tiny, refused_with_peak, run_cli
 
 
 def gzip_bomb_nifti(path: Path, shape: tuple[int, int, int]) -> int:
@@ -45,14 +43,8 @@ def test_reader_refuses_a_volume_over_the_memory_limit_before_allocating(tmp_pat
     nbytes = gzip_bomb_nifti(path, (256, 256, 256))  # 64 MiB when read, ~64 KiB on disk
     assert path.stat().st_size < nbytes / 100
     monkeypatch.setenv("MEDM2G_MAX_ARRAY_BYTES", str(16 * 2**20))
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError) as caught:
-            io.read(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    message = str(caught.value)
+    error, peak = refused_with_peak(io.read, path)
+    message = str(error)
     assert "256×256×256" in message and "memory limit" in message and "GiB" in message
     assert "MEDM2G_MAX_ARRAY_BYTES" in message
     assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB allocated while refusing"
