@@ -73,8 +73,6 @@ def align(
         resume: continue from ``bundle_dir/training/align`` (exactly, same data order and RNG).
         progress: receives loading, training and evaluation events (rank 0 only).
     """
-    from accelerate import PartialState
-
     from medm2g_core.align.model import AlignModel
     from medm2g_core.align.retrieval import align_retrieval_report, embed_align_dataset
     from medm2g_core.align.task import AlignTask
@@ -85,7 +83,7 @@ def align(
     from medm2g_core.io import read_report
     from medm2g_core.modalities import Modality, parse_modality
     from medm2g_core.serialization import atomic_dir, save_weights
-    from medm2g_core.training.loop import seed_everything, train
+    from medm2g_core.training.loop import process_state, seed_everything, train
 
     data_dir, bundle_dir = Path(data_dir), Path(bundle_dir)
     if not isinstance(recipe, Recipe):
@@ -102,11 +100,7 @@ def align(
         },
     )
     config = stage_training(recipe, STAGE)
-    # cpu=True on CPU-only machines: without it PartialState ignores torchrun's ranks (DistributedType.NO),
-    # and the Accelerator built later inherits that, so every rank would train alone as rank 0 on the same files.
-    import torch
-
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()
     if not state.is_main_process:
         progress = no_progress
 

@@ -184,11 +184,9 @@ def fit_baselines(
 
 
 def _is_main_process() -> bool:
-    import torch
-    from accelerate import PartialState
+    from medm2g_core.training.loop import process_state
 
-    # cpu=True on CPU-only machines, as train_flow: otherwise PartialState ignores torchrun's ranks.
-    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    return process_state().is_main_process
 
 
 def _normalised(path: Path, modality: Modality, recipe: Any) -> tuple[np.ndarray, Any, np.ndarray, Any]:

@@ -103,12 +103,11 @@ def train_flow(
             rate); the cheap baselines of the flow are fitted whatever this says.
         progress: receives training events (rank 0 only).
     """
-    from accelerate import PartialState
-
     from medm2g_core.bundle import Bundle
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.data.splits import split_records
     from medm2g_core.flows.recipe import parse_flow_recipe
+    from medm2g_core.training.loop import process_state
 
     started = time.monotonic()
     if stage not in STAGES:
@@ -130,11 +129,7 @@ def train_flow(
     if not records:
         raise InputError(data_dir, "no patient folders found", "create one with `medm2g data synth` or `medm2g data import`")
     splits = split_records(records, seed=recipe.data.split_seed, fractions=recipe.data.split_fractions)
-    # cpu=True on CPU-only machines: without it PartialState ignores torchrun's ranks (DistributedType.NO),
-    # and the Accelerator built later inherits that, so every rank would train alone as rank 0 on the same files.
-    import torch
-
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()
     if not state.is_main_process:
         progress = no_progress
     context = _Context(bundle=bundle, recipe=recipe, flows=flows, splits=splits, data_dir=data_dir, steps=steps, seed=seed,
@@ -177,12 +172,11 @@ def _baseline_names(pair: Pair, *, regression: bool) -> tuple[str, ...]:
 def _fit_baselines(context: "_Context", pair: Pair, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Fit ``names`` for the flow just trained; every rank takes part when the regression is among them
     (its training loop needs them all), only rank 0 otherwise."""
-    from accelerate import PartialState
-
     from medm2g_core.pipelines.baselines import fit_baselines
+    from medm2g_core.training.loop import process_state
 
     if "regression" in names:
-        PartialState().wait_for_everyone()  # the regression copies the flow rank 0 has just saved
+        process_state().wait_for_everyone()  # the regression copies the flow rank 0 has just saved
     elif not context.is_main:
         return {}
     fit = fit_baselines(context.data_dir, context.bundle.path, pair=pair, recipe=context.recipe, which=names, seed=context.seed,

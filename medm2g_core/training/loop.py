@@ -199,6 +199,19 @@ def build_optimizer(modules: nn.Module, config: TrainingConfig) -> torch.optim.O
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
 
 
+def process_state() -> Any:
+    """This process's ``accelerate.PartialState`` (rank, world size, barriers), for pipelines that run
+    on every rank of a ``torchrun``/``accelerate launch`` job.
+
+    ``cpu=True`` on CPU-only machines: without it PartialState ignores torchrun's ranks
+    (DistributedType.NO), and the Accelerator built later inherits that, so every rank would train alone
+    as rank 0 on the same files.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _accelerator(config: TrainingConfig, cpu: bool | None) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
