@@ -177,25 +177,25 @@ _TOKEN_MODALITIES: dict[str, Modality] = {
 }
 
 
-def canonical_modality(name: str) -> Modality | None:
-    """The modality of a canonical file/folder name (``mri-t1.nii.gz``, ``t2.nii``, ``ct``, ``xray.png``,
-    ``report.txt``), else None. Free-form names (``IXI002-T1.nii.gz``) are not canonical."""
+def _lower_stem(name: str) -> str:
+    """``name`` lower-cased without its format suffix (the longest known one: ``.nii.gz`` before ``.gz``)."""
     stem = name.lower()
     for suffix, _ in SUFFIX_FORMATS:
         if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return ALIASES.get(stem)
+            return stem[: -len(suffix)]
+    return stem
+
+
+def canonical_modality(name: str) -> Modality | None:
+    """The modality of a canonical file/folder name (``mri-t1.nii.gz``, ``t2.nii``, ``ct``, ``xray.png``,
+    ``report.txt``), else None. Free-form names (``IXI002-T1.nii.gz``) are not canonical."""
+    return ALIASES.get(_lower_stem(name))
 
 
 def modality_from_name(name: str) -> Modality | None:
     """Modality from a file or folder name: the canonical stems (``mri-t1.nii.gz``) or name tokens
     (``IXI002-Guys-0828-T1.nii.gz`` → T1, ``CXR7_IM-2263-1001.png`` → X-ray)."""
-    lowered = name.lower()
-    for suffix, _ in SUFFIX_FORMATS:
-        if lowered.endswith(suffix):
-            lowered = lowered[: -len(suffix)]
-            break
+    lowered = _lower_stem(name)
     for modality in Modality:
         if lowered == modality.value:
             return modality
