@@ -5,7 +5,8 @@ finding; a mention is classified as **negative** (a negation cue — "no", "with
 "negative for", "no evidence of", "resolved", "is normal" … — governs it), **uncertain** (a hedge —
 "may", "possible", "cannot exclude", "likely" …) or **positive**. A report's label is aggregated as
 CheXpert does: any positive mention → 1, else any uncertain → −1, else any negative → 0, else blank
-(``None``, not mentioned). ``no_finding`` is 1 when no other finding is 1 or −1 (CheXpert's rule).
+(``None``, not mentioned). ``no_finding`` is 1 when no other finding is 1 or −1 (CheXpert's rule,
+support devices excepted: a patient with a pacemaker and nothing else has no finding).
 
 Scoring convention (``label_scores``): a label counts as *present* when it is 1 **or −1**
 (uncertain treated as positive, CheXpert's "U-Ones"), and absent when 0 or blank. Per label TP/FP/FN
@@ -41,6 +42,13 @@ FINDINGS: dict[str, tuple[str, ...]] = {
     "atelectasis": (r"atelecta(?:sis|ses|tic)", r"collapse of the"),
     "pneumonia": (r"pneumonias?", r"infectious process", r"infection"),
     "fracture": (r"fractures?", r"fractured"),
+    "support_devices": (
+        r"support devices?", r"(?:lines? and tubes?|tubes? and lines?)",
+        r"(?:endotracheal|et|enteric|nasogastric|ng|orogastric|og|feeding|chest|tracheostomy|dobhoff) tubes?",
+        r"(?:central venous|central|picc|venous|dialysis) (?:catheters?|lines?)", r"catheters?", r"\bpicc\b",
+        r"(?:dual-chamber |single-chamber )?pacemakers?", r"\bpacers?\b", r"defibrillator", r"\ba?icd\b",
+        r"(?:median )?sternotomy(?: wires)?", r"sternal wires", r"pleural drains?", r"port-?a-?cath",
+    ),
     "tumour": (
         r"tumou?rs?", r"neoplasms?", r"gliomas?", r"glioblastomas?", r"metastas[ie]s",
         r"(?:intracranial|intra-axial|brain|cerebral|enhancing|space-occupying) (?:mass|lesion)(?:es|s)?",
@@ -128,7 +136,7 @@ def label_report(text: str) -> dict[str, int | None]:
     labels: dict[str, int | None] = {label: None for label in LABELS}
     for mention in find_mentions(text):
         labels[mention.label] = _aggregate(labels[mention.label], mention.value)
-    findings = [labels[label] for label in FINDINGS]
+    findings = [labels[label] for label in FINDINGS if label != "support_devices"]  # devices are not a pathology
     labels[NO_FINDING] = None if any(v in (POSITIVE, UNCERTAIN) for v in findings) else POSITIVE
     return labels
 

@@ -134,6 +134,17 @@ def _positive(report: str, keyword: str) -> bool:
 
 KEYWORDS = {"cardiomegaly": "cardiomegaly", "effusion": "effusion", "nodule": "nodule", "pneumothorax": "pneumothorax",
             "consolidation": "consolidation", "tumour": "tumour", "ventriculomegaly": "ventriculomegaly"}
+DEVICE_WORDS = {"endotracheal_tube": ("endotracheal tube", "et tube"), "enteric_tube": ("enteric tube", "nasogastric tube", "feeding tube"),
+                "central_line": ("central venous catheter", "central line"), "pacemaker": ("pacemaker",),
+                "sternotomy_wires": ("sternotomy",), "chest_tube": ("chest tube",)}
+
+
+def _says(report: str, name: str) -> bool:
+    """True when the report states finding ``name``: a non-negated keyword, or for support devices a
+    sentence naming one."""
+    if name == "support_devices":
+        return any(_positive(report, word) for words in DEVICE_WORDS.values() for word in words)
+    return _positive(report, KEYWORDS[name])
 
 
 def test_effusion_is_fluid_in_ct_bright_on_t2_and_in_the_report():
@@ -157,7 +168,46 @@ def test_other_findings_change_the_tissues():
     assert np.median(ct[_core(phantom, Tissue.CONSOLIDATION, 0)]) > -300  # soft-tissue density in lung
     assert phantom.measurements["cardiothoracic_ratio"] > 0.5
     for name in FINDINGS["chest"]:
-        assert _positive(report, KEYWORDS[name]), (name, report)
+        assert _says(report, name), (name, report)
+
+
+def test_support_devices_are_bright_on_the_radiograph_void_on_mri_and_named_in_the_report():
+    """Devices are drawn on a patient's own anatomy (a separate random stream: with or without them the
+    rest of the patient is the same), saturate the CT, stand out on the DRR and are each named."""
+    devices = dict(NONE["chest"], support_devices=1.0)
+    found = []
+    for index in range(12):  # enough patients to meet every kind of device
+        with_devices = build_patient(index=index, anatomy="chest", seed=3, size=64, prevalence=devices)
+        phantom, images, report = with_devices
+        kinds = [device.kind for device in phantom.findings["support_devices"].devices]
+        assert kinds, "a patient drawn with support devices has at least one"
+        found += kinds
+        for device in phantom.findings["support_devices"].devices:
+            assert any(word in report.lower() for word in DEVICE_WORDS[device.kind]), (device, report)
+            if device.side and device.kind in ("pacemaker", "chest_tube"):
+                assert device.side in report.lower()
+        device_voxels = np.isin(phantom.labels, (Tissue.METAL, Tissue.TUBING))
+        assert device_voxels.sum() > 5
+        plain, plain_images, plain_report = build_patient(index=index, anatomy="chest", seed=3, size=64, prevalence=NONE["chest"])
+        assert np.array_equal(phantom.labels[~device_voxels], plain.labels[~device_voxels])  # anatomy untouched
+        assert images["ct"][0][device_voxels].max() == 3071  # saturates the CT scale
+        # No MR signal (tubes in the airway and wires in bone replace tissue that was already dark).
+        assert images["mri-t2"][0][device_voxels].mean() <= plain_images["mri-t2"][0][device_voxels].mean()
+        if "pacemaker" in kinds:
+            assert images["mri-t2"][0][device_voxels].mean() < 0.5 * plain_images["mri-t2"][0][device_voxels].mean()
+            can = (phantom.labels == Tissue.METAL).any(axis=1).T[::-1, :]  # DRR layout: rows superior → inferior
+            brighter = images["xray"][0].astype(float) - plain_images["xray"][0].astype(float)
+            assert brighter[can].mean() > 0.2 * 65535  # a pacemaker is one of the brightest things on the film
+    assert set(found) >= {"endotracheal_tube", "enteric_tube", "central_line", "pacemaker", "sternotomy_wires"}
+
+
+def test_support_devices_have_their_own_random_stream():
+    """Adding devices (or changing their prevalence) does not change any other finding of a cohort seed."""
+    for index in range(20):
+        with_devices, _, _ = build_patient(index=index, anatomy="chest", seed=9, size=32, prevalence={"support_devices": 1.0})
+        without, _, _ = build_patient(index=index, anatomy="chest", seed=9, size=32, prevalence={"support_devices": 0.0})
+        assert "support_devices" in with_devices.findings and "support_devices" not in without.findings
+        assert {k: v for k, v in with_devices.findings.items() if k != "support_devices"} == without.findings
 
 
 def test_head_tumour_has_oedema_in_every_modality():
@@ -202,7 +252,7 @@ def test_canonical_folders_labels_match_reports_and_files_are_synthetic(cohorts)
             assert report.synthetic and report.findings and report.impression
             assert (folder / "report.txt").read_text().startswith("#")
             for name, value in labels.items():
-                assert _positive(report.text, KEYWORDS[name]) == bool(value), (folder, name, report.text)
+                assert _says(report.text, name) == bool(value), (folder, name, report.text)
             ct, ct_meta = io.read(folder / "ct.nii.gz")
             assert ct_meta.synthetic and ct.shape == (32, 32, 32)
             for name in ("mri-t1", "mri-t2", "mri-pd"):

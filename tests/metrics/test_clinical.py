@@ -31,6 +31,13 @@ from medm2g_core.metrics.clinical import LABELS, RuleBasedLabeler, label_report,
         ("The lateral ventricles are enlarged.", "ventriculomegaly", 1),
         ("Ventricles are normal in size.", "ventriculomegaly", 0),
         ("Heart failure history.", "cardiomegaly", None),
+        ("Left chest wall pacemaker with leads in the right atrium and right ventricle.", "support_devices", 1),
+        ("Status post median sternotomy.", "support_devices", 1),
+        ("ET tube tip is 4.5 cm above the carina.", "support_devices", 1),
+        ("Right internal jugular central venous catheter with its tip in the lower SVC.", "support_devices", 1),
+        ("Lines and tubes in satisfactory position.", "support_devices", 1),
+        ("No support devices.", "support_devices", 0),
+        ("No lung markings beyond the visceral pleural line.", "support_devices", None),
     ],
 )
 def test_rule_based_labels(text, label, expected):
@@ -41,6 +48,7 @@ def test_no_finding_follows_chexpert_rule():
     assert label_report("No acute cardiopulmonary process. No effusion.")["no_finding"] == 1
     assert label_report("Possible pneumonia.")["no_finding"] is None
     assert label_report("Cardiomegaly.")["no_finding"] is None
+    assert label_report("Left chest pacemaker. No acute process.")["no_finding"] == 1  # devices are not a pathology
 
 
 def test_positive_beats_uncertain_beats_negative():

@@ -8,7 +8,8 @@ shape, vessel-tree branching. Structures: skin, subcutaneous fat, chest-wall and
 ribs with costal cartilage, sternum, clavicles, scapulae, thoracic spine (cortical shell, cancellous
 body, discs, canal with cord), lungs with a branching vessel tree (lung markings), trachea and
 bronchi, heart (myocardium around a blood pool), aorta, SVC and pulmonary arteries in mediastinal
-fat, oesophagus, diaphragm, liver, stomach with its gas bubble.
+fat, oesophagus, diaphragm, liver, stomach with its gas bubble; the support devices of a patient with
+``support_devices`` along their real routes (``_place_devices``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,13 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def build_chest(rng: np.random.Generator, *, size: int, findings: dict[str, Finding]) -> Phantom:
-    """Build one chest phantom with ``findings`` applied; deterministic for the state of ``rng``."""
+def build_chest(rng: np.random.Generator, *, size: int, findings: dict[str, Finding],
+                device_rng: np.random.Generator | None = None) -> Phantom:
+    """Build one chest phantom with ``findings`` applied; deterministic for the state of ``rng``.
+
+    Device placement (tip heights, wire count) draws from ``device_rng`` (default ``rng``), so that a
+    patient's anatomy does not depend on whether it carries devices.
+    """
     grid = chest_grid(size)
     x, y, z = grid.axes()
     shape = grid.shape
@@ -227,6 +233,14 @@ def build_chest(rng: np.random.Generator, *, size: int, findings: dict[str, Find
     lobe_frame = {"z_hilum": z_carina - 20.0, "y_hilum": y_trachea + 8.0, "cav_a": cav_a, "cav_b": cav_b,
                   "z_carina": z_carina, "z_apex": z_apex}
     _apply_findings(phantom, rng, lobe_frame)
+    if "support_devices" in findings:
+        landmarks = {"cav_a": cav_a, "cav_b": cav_b, "wall": wall,
+                     "z_apex": z_apex, "z_carina": z_carina, "z_dome_right": z_dome_right, "z_dome_left": z_dome_left,
+                     "y_trachea": y_trachea, "y_spine": y_spine, "r_vert": float(np.max(r_vert)), "z_top": z_top,
+                     "heart": (heart_x, y_heart, z_heart, rx, ry, rz), "z_top_heart": z_top_heart,
+                     "sternum_y": sternum_y, "stomach": stomach_centre}
+        phantom.measurements.update(_place_devices(labels, grid, findings["support_devices"].devices, landmarks,
+                       rng if device_rng is None else device_rng, body=body))
     phantom.labels = warp_labels(phantom.labels, rng, grid, amplitude_mm=4.0, correlation_mm=90.0)
     return phantom
 
@@ -298,6 +312,73 @@ def _ribs(labels, x, y, z, rng, *, cav_a, cav_b, z_apex, body) -> None:
                 tip = points[-1]
                 cartilage = [tip, (side * 12.0, -b + 2.0, tip[2] + 4.0 * (8 - number))]
                 labels[tube(x, y, z, points=cartilage, radius=4.0) & body & (labels != T.CORTICAL_BONE)] = T.CARTILAGE
+
+
+# --- support devices --------------------------------------------------------------------------------
+
+def _place_devices(labels: np.ndarray, grid: Grid, devices, at: dict, rng: np.random.Generator, *,
+                   body: np.ndarray) -> dict[str, float]:
+    """Draw each device along its route: metal for the pacemaker can and sternal wires, radio-opaque
+    tubing for tubes, catheters and leads (at least ~0.6 voxel in radius so that a line stays connected).
+
+    Returns the measurements a report quotes (``ett_above_carina_cm``).
+    """
+    measurements: dict[str, float] = {}
+    T = Tissue
+    x, y, z = grid.axes()
+    thin = 0.6 * grid.spacing[0]
+    heart_x, y_heart, z_heart, rx, ry, rz = at["heart"]
+    cav_a, cav_b, z_apex = at["cav_a"], at["cav_b"], at["z_apex"]
+    svc_top = (-30.0, y_heart + 14.0, z_apex - 20.0)
+    svc_low = (-31.0, y_heart + 11.0, at["z_top_heart"] - 5.0)
+
+    def draw(points, radius: float, tissue: Tissue) -> None:
+        labels[tube(x, y, z, points=points, radius=max(radius, thin)) & body] = tissue
+
+    def wall_y(x_mm: float, z_mm: float, depth: float) -> float:
+        """Anterior y (mm, negative) of the point ``depth`` mm inside the skin at ``(x_mm, z_mm)``."""
+        cage = 0.55 + 0.45 * np.sqrt(np.clip((z_apex - z_mm) / 150.0, 0.0, 1.0))
+        a, b = cav_a * cage + at["wall"], cav_b * cage + at["wall"]
+        return -(b * np.sqrt(max(1.0 - (x_mm / a) ** 2, 0.0)) - depth)
+
+    for device in devices:
+        sign = 1.0 if device.side == "left" else -1.0  # +x is the patient's left
+        if device.kind == "endotracheal_tube":
+            tip = at["z_carina"] + rng.uniform(30, 60)
+            measurements["ett_above_carina_cm"] = round(float(tip - at["z_carina"]) / 10.0, 1)
+            draw([(0.0, at["y_trachea"], at["z_top"]), (0.0, at["y_trachea"], tip)], 4.5, T.TUBING)
+        elif device.kind == "enteric_tube":
+            sx, sy, sz = at["stomach"]
+            esophagus_y = at["y_spine"] - at["r_vert"] - 8.0
+            draw([(4.0, esophagus_y, at["z_top"]), (10.0, at["y_spine"] - 20.0, at["z_dome_left"] - 10.0),
+                  (sx, sy, sz + 10.0), (sx + 25.0, sy - 10.0, sz - rng.uniform(5, 25))], 2.5, T.TUBING)
+        elif device.kind == "central_line":
+            if device.route == "jugular":
+                entry = [(sign * 35.0, at["y_trachea"] - 5.0, at["z_top"]), (sign * 30.0, y_heart + 14.0, z_apex + 10.0)]
+            else:
+                entry = [(sign * 110.0, wall_y(sign * 110.0, z_apex + 5.0, 12.0), z_apex + 5.0), (sign * 40.0, y_heart + 14.0, z_apex - 5.0)]
+            draw([*entry, svc_top, svc_low], 1.5, T.TUBING)
+        elif device.kind == "pacemaker":
+            z_can = z_apex - rng.uniform(20, 40)
+            can = (sign * 0.55 * cav_a, wall_y(sign * 0.55 * cav_a, z_can, 9.0), z_can)
+            shell = ellipsoid(x, y, z, centre=can, radii=(24.0, max(4.5, 0.8 * grid.spacing[1]), 20.0)) < 1.0
+            labels[shell & body] = T.METAL
+            via = [can, (sign * 40.0, y_heart + 14.0, z_apex - 15.0), svc_top, svc_low]
+            draw([*via, (heart_x - 0.55 * rx, y_heart, z_heart), (heart_x + 0.4 * rx, y_heart - 0.45 * ry, z_heart - 0.45 * rz)],
+                 1.5, T.TUBING)  # right ventricular lead
+            draw([*via, (heart_x - 0.45 * rx, y_heart - 0.5 * ry, z_heart + 0.45 * rz)], 1.5, T.TUBING)  # atrial lead
+        elif device.kind == "sternotomy_wires":
+            wires = int(rng.integers(5, 8))
+            for z_wire in np.linspace(z_apex - 45.0, z_heart - 0.5 * rz, wires):
+                draw([(-12.0, at["sternum_y"] - 2.0, z_wire), (12.0, at["sternum_y"] - 2.0, z_wire)], 1.5, T.METAL)
+        elif device.kind == "chest_tube":
+            z_in = at["z_dome_right"] + rng.uniform(50, 80)
+            draw([(sign * (cav_a + 40.0), 10.0, z_in - 15.0), (sign * (cav_a - 12.0), 0.0, z_in),
+                  (sign * 0.75 * cav_a, -0.2 * cav_b, z_in + 70.0), (sign * 0.5 * cav_a, -0.3 * cav_b, z_apex - 25.0)],
+                 5.0, T.TUBING)
+        else:
+            raise AssertionError(device.kind)
+    return measurements
 
 
 # --- findings ---------------------------------------------------------------------------------------

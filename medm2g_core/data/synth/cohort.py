@@ -52,7 +52,7 @@ def patient_id(index: int) -> str:
 
 
 def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
-    names = ("findings", "anatomy", "ct", "mri", "xray", "report")
+    names = ("findings", "anatomy", "ct", "mri", "xray", "report", "devices")  # append only: a child's seed is its index
     children = np.random.SeedSequence([int(seed), int(index)]).spawn(len(names))
     return {name: np.random.default_rng(child) for name, child in zip(names, children)}
 
@@ -78,9 +78,11 @@ def build_patient(*, index: int, anatomy: str, seed: int, size: int = 64,
     _check(anatomy=anatomy, size=size, seed=seed)
     streams = _streams(seed, index)
     resolved = resolve_prevalence(anatomy, prevalence)
-    present = sample_findings(streams["findings"], anatomy=anatomy, prevalence=resolved)
-    build = build_chest if anatomy == "chest" else build_head
-    phantom = build(streams["anatomy"], size=size, findings=present)
+    present = sample_findings(streams["findings"], anatomy=anatomy, prevalence=resolved, device_rng=streams["devices"])
+    if anatomy == "chest":
+        phantom = build_chest(streams["anatomy"], size=size, findings=present, device_rng=streams["devices"])
+    else:
+        phantom = build_head(streams["anatomy"], size=size, findings=present)
     grid = phantom.grid
     # Head CT is reconstructed with a soft kernel and thick slices (low noise, GM/WM visible); the
     # chest with a standard kernel.
@@ -91,9 +93,10 @@ def build_patient(*, index: int, anatomy: str, seed: int, size: int = 64,
         volume = physics.mri_from_labels(phantom.labels, sequence=physics.SEQUENCES[name], bias=bias, rng=streams["mri"])
         images[name] = (volume, grid.meta(modality=name, units="a.u."))
     if anatomy == "chest":
-        radiograph = physics.drr_from_ct(ct, grid=grid, rng=streams["xray"])
+        radiograph = physics.drr_from_ct(ct, grid=grid, rng=streams["xray"], excess_hu=physics.xray_excess_hu(phantom.labels))
         images["xray"] = (radiograph.image, radiograph.meta)
-        text = reports.chest_report(present, rng=streams["report"], cardiothoracic_ratio=phantom.measurements["cardiothoracic_ratio"])
+        text = reports.chest_report(present, rng=streams["report"], cardiothoracic_ratio=phantom.measurements["cardiothoracic_ratio"],
+                                    ett_above_carina_cm=phantom.measurements.get("ett_above_carina_cm"))
     else:
         text = reports.head_report(present, rng=streams["report"])
     return phantom, images, text

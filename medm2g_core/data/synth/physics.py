@@ -65,6 +65,8 @@ class Tissue(IntEnum):
     PLEURAL_AIR = 25
     TUMOUR = 26
     OEDEMA = 27
+    METAL = 28
+    TUBING = 29
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,13 @@ TISSUES: dict[Tissue, TissueProperties] = {
     Tissue.PLEURAL_AIR: TissueProperties(hu=-1000, t1_ms=1, t2_ms=1, pd=0.0),
     Tissue.TUMOUR: TissueProperties(hu=35, t1_ms=1300, t2_ms=130, pd=0.85),
     Tissue.OEDEMA: TissueProperties(hu=18, t1_ms=1350, t2_ms=250, pd=0.90),  # vasogenic oedema
+    # Devices, as the mean attenuation of a coarse voxel they partly fill: metal (pacemaker can with its
+    # battery, sternal wires: titanium and steel are 15–45× water at 60 keV) and tubing (tubes, catheters
+    # and leads, dominated by their barium stripe). Both exceed the CT scale, which saturates at its top;
+    # the radiograph sees the rest (``xray_excess_hu``), so devices stand out on the DRR as on a film.
+    # Neither gives MR signal.
+    Tissue.METAL: TissueProperties(hu=20000, t1_ms=1, t2_ms=1, pd=0.0),
+    Tissue.TUBING: TissueProperties(hu=6000, t1_ms=1, t2_ms=1, pd=0.0),
 }
 
 assert set(TISSUES) == set(Tissue), "every tissue class needs properties"
@@ -153,17 +162,31 @@ def partial_volume(values: np.ndarray, *, sigma_voxels: float = 0.45) -> np.ndar
     return ndimage.gaussian_filter(values, sigma_voxels, mode="nearest").astype(FLOAT)
 
 
+CT_RANGE_HU = (-1024, 3071)
+"""What a 12-bit CT stores; denser material (metal) saturates at the top."""
+
+
 def ct_from_labels(labels: np.ndarray, *, rng: np.random.Generator, noise_hu: float = 14.0) -> np.ndarray:
     """CT volume in HU (int16) from a tissue-label volume.
 
     Tissue HU → partial-volume blur → additive correlated Gaussian noise of standard deviation
     ``noise_hu`` (white noise low-passed like a CT reconstruction kernel, then rescaled) → clipped
-    to the scanner range [−1024, 3071] HU.
+    to the scanner range ``CT_RANGE_HU``.
     """
     hu = partial_volume(lookup(labels, hu_table()))
     noise = ndimage.gaussian_filter(rng.standard_normal(labels.shape).astype(FLOAT), 0.6, mode="wrap")
     noise *= noise_hu / max(float(noise.std()), 1e-6)
-    return np.clip(np.rint(hu + noise), -1024, 3071).astype(np.int16)
+    return np.clip(np.rint(hu + noise), *CT_RANGE_HU).astype(np.int16)
+
+
+def xray_excess_hu(labels: np.ndarray) -> np.ndarray | None:
+    """HU beyond the CT scale (metal), partial-volumed like the CT: what a radiograph computed from the
+    saturated CT would miss. None when no tissue of ``labels`` exceeds ``CT_RANGE_HU``."""
+    table = hu_table()
+    excess = np.maximum(table - CT_RANGE_HU[1], 0.0).astype(FLOAT)
+    if not excess[np.unique(labels)].any():
+        return None
+    return partial_volume(lookup(labels, excess))
 
 
 def bias_field(rng: np.random.Generator, grid: Grid, *, strength: float = 0.12) -> np.ndarray:
@@ -208,7 +231,8 @@ DRR_WINDOW = (1.2, 8.5)
 """Line-integral window mapped to black → white (air → dense spine/heart)."""
 
 
-def drr_from_ct(hu: np.ndarray, *, grid: Grid, rng: np.random.Generator, photons_per_mm2: float = 2.0e4) -> Radiograph:
+def drr_from_ct(hu: np.ndarray, *, grid: Grid, rng: np.random.Generator, photons_per_mm2: float = 2.0e4,
+                excess_hu: np.ndarray | None = None) -> Radiograph:
     """Digitally reconstructed PA radiograph of a CT volume (parallel beam along anterior–posterior).
 
     ``L = Σ_j mu(i, j, k) · spacing_y`` (Beer–Lambert: ``I = I0 · exp(−L)``); quantum noise is
@@ -216,8 +240,9 @@ def drr_from_ct(hu: np.ndarray, *, grid: Grid, rng: np.random.Generator, photons
     log signal ``−log(I/I0)`` so that high attenuation (bone, heart) is bright as on a radiograph.
     The image is laid out as a PA film is read: row 0 is the most superior row and column 0 the
     patient's right side (on the viewer's left). Pixel spacing (mm) = ``(spacing_z, spacing_x)``.
+    ``excess_hu`` (``xray_excess_hu``) adds back what the CT's range clipped off (metal).
     """
-    mu = attenuation_from_hu(hu)
+    mu = attenuation_from_hu(hu if excess_hu is None else np.asarray(hu, dtype=FLOAT) + excess_hu)
     line = mu.sum(axis=1) * grid.spacing[1]  # (x, z)
     line = line.T[::-1, :].astype(FLOAT)  # rows: superior → inferior; cols: right → left
     pixel_area = grid.spacing[0] * grid.spacing[2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medm2g_core.data.synth.findings import Finding
+from medm2g_core.data.synth.findings import Device, Finding
 
 
 def _pick(rng: np.random.Generator, options: list[str]) -> str:
@@ -32,10 +32,41 @@ def _side(finding: Finding) -> str:
     return "bilateral" if finding.side == "bilateral" else f"{finding.side}-sided"
 
 
-def chest_report(findings: dict[str, Finding], *, rng: np.random.Generator, cardiothoracic_ratio: float) -> str:
-    """Chest radiograph/CT report for the present ``findings`` (absent ones are negated)."""
+def _device_sentence(rng: np.random.Generator, device: Device, ett_cm: float | None) -> str:
+    side = (device.side or "right").capitalize()
+    if device.kind == "endotracheal_tube":
+        cm = f"{ett_cm if ett_cm is not None else 4.0:.1f} cm"
+        return _pick(rng, [f"Endotracheal tube terminates {cm} above the carina.", f"ET tube tip is {cm} above the carina.",
+                           f"An endotracheal tube is in place, its tip {cm} above the carina."])
+    if device.kind == "enteric_tube":
+        return _pick(rng, ["Enteric tube courses below the diaphragm with its tip in the stomach.",
+                           "Nasogastric tube with its tip in the stomach.", "A feeding tube passes below the diaphragm into the stomach."])
+    if device.kind == "central_line":
+        vein = "internal jugular" if device.route == "jugular" else "subclavian"
+        return _pick(rng, [f"{side} {vein} central venous catheter with its tip in the lower SVC.",
+                           f"{side} {vein} central line terminates in the SVC.",
+                           f"A {device.side} {vein} central venous catheter is in place, tip at the cavoatrial junction."])
+    if device.kind == "pacemaker":
+        return _pick(rng, [f"{side} chest wall pacemaker with leads in the right atrium and right ventricle.",
+                           f"Dual-chamber pacemaker, generator over the {device.side} chest, leads terminating in the right atrium and right ventricle.",
+                           f"A {device.side}-sided pacemaker is present with two leads in the right heart."])
+    if device.kind == "sternotomy_wires":
+        return _pick(rng, ["Median sternotomy wires are intact.", "Status post median sternotomy.",
+                           "Intact median sternotomy wires are noted."])
+    if device.kind == "chest_tube":
+        return _pick(rng, [f"{side} chest tube in place, its tip projecting over the apex.",
+                           f"A {device.side}-sided chest tube is in place.", f"{side} pleural drain (chest tube) with the tip at the lung apex."])
+    raise AssertionError(device.kind)
+
+
+def chest_report(findings: dict[str, Finding], *, rng: np.random.Generator, cardiothoracic_ratio: float,
+                 ett_above_carina_cm: float | None = None) -> str:
+    """Chest radiograph/CT report for the present ``findings`` (absent ones are negated; support devices,
+    as in real reports, only mentioned when present, first)."""
     sentences: list[str] = []
     impressions: list[str] = []
+    if "support_devices" in findings:
+        sentences.extend(_device_sentence(rng, device, ett_above_carina_cm) for device in findings["support_devices"].devices)
     if "cardiomegaly" in findings:
         grade = findings["cardiomegaly"].grade
         sentences.append(_pick(rng, [
@@ -105,6 +136,8 @@ def chest_report(findings: dict[str, Finding], *, rng: np.random.Generator, card
     sentences.append(_pick(rng, ["The osseous structures are intact.", "No acute bony abnormality.", "Visualised bones are unremarkable."]))
     if not impressions:
         impressions.append(_pick(rng, ["No acute cardiopulmonary abnormality.", "Normal chest.", "No acute cardiopulmonary process."]))
+    if "support_devices" in findings:
+        impressions.append(_pick(rng, ["Support devices as described.", "Lines and tubes in satisfactory position."]))
     return f"FINDINGS: {' '.join(sentences)}\nIMPRESSION: {' '.join(impressions)}\n"
 
 
