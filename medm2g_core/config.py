@@ -163,6 +163,10 @@ class AugmentConfig:
     word_dropout: float = 0.0
 
 
+IMAGE_POOLINGS = ("mean", "gem", "attention")
+"""Image-encoder poolings (``models.encoders.ImageEncoder``) a recipe may name."""
+
+
 @dataclass(frozen=True)
 class AlignConfig:
     """The alignment stage (DESIGN §1.1–1.3): encoders, losses, augmentations, its training overrides.
@@ -172,7 +176,10 @@ class AlignConfig:
         image_encoder: "resnet" (the small ResNet-style CNN of ``models.encoders``).
         image_widths: channel widths of the image encoder stages (each halves the resolution).
         image_token_dim: width of the image token grid handed to flows (0 = last stage width).
-        image_pooling: "attention" (learned positions: where a finding is counts) or "mean" (global average).
+        image_pooling: how an image's token grid becomes one embedding (``IMAGE_POOLINGS``): "mean" (global
+            average), "gem" (generalised mean with a learned exponent: small bright findings — a
+            pacemaker, sternal wires — survive instead of being averaged away) or "attention" (learned
+            positions: where a finding is counts).
         text_encoder: "bert" (small BERT trained from scratch with a WordPiece tokenizer trained on the
             training reports) or the path of a local Hugging Face encoder folder.
         text_width / text_layers / text_heads: small-BERT size.
@@ -225,8 +232,8 @@ class AlignConfig:
                 raise ConfigError("align.modalities lists imaging modalities only; the report text is always the hub")
         if self.image_encoder != "resnet":
             raise ConfigError(f"align.image_encoder: {self.image_encoder!r} is not available; valid: resnet")
-        if self.image_pooling not in ("mean", "attention"):
-            raise ConfigError(f"align.image_pooling: {self.image_pooling!r} is not available; valid: attention, mean")
+        if self.image_pooling not in IMAGE_POOLINGS:
+            raise ConfigError(f"align.image_pooling: {self.image_pooling!r} is not available; valid: {', '.join(IMAGE_POOLINGS)}")
         if self.temperature_init <= 0:
             raise ConfigError("align.temperature_init must be > 0")
         if self.vi_weight < 0:

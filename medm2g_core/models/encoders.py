@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medm2g_core.config import IMAGE_POOLINGS
+
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
     if spatial_dims not in (2, 3):
@@ -56,7 +58,8 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
 class ImageEncoderConfig:
     """``widths``: channels per stage (each stage halves the resolution); ``token_dim`` 0 = last width.
 
-    ``pooling``: how the token grid becomes one embedding — ``"mean"`` (global average, position-blind)
+    ``pooling``: how the token grid becomes one embedding — ``"mean"`` (global average, position-blind),
+    ``"gem"`` (``GeMPool``: generalised mean, between the mean and the max; small bright findings count)
     or ``"attention"`` (CLIP's ResNet attention pool: one query, the mean token, attends over the tokens
     plus a learned positional embedding, so *where* a feature is counts — the side of an effusion, the
     width of the heart). ``pool_grid``: tokens per side the positional embedding is learned at
@@ -70,6 +73,24 @@ class ImageEncoderConfig:
     spatial_dims: int = 2
     pooling: str = "mean"
     pool_grid: int = 8
+
+
+class GeMPool(nn.Module):
+    """(B, C, *grid) → (B, C): generalised mean ``(mean x^p)^(1/p)`` per channel with a learned ``p ≥ 1``.
+
+    Radenović et al., TPAMI 2019. ``p = 1`` is the mean and ``p → ∞`` the max; from ``p = 3`` a finding
+    on a few tokens (a pacemaker on one of 64) is not averaged away, while the whole grid still votes.
+    Features are clamped at ``eps`` first (``ResidualBlock`` ends in SiLU, which dips just below 0).
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(min=1.0)
+        return features.flatten(2).clamp(min=self.eps).pow(p).mean(dim=2).pow(1.0 / p)
 
 
 class AttentionPool(nn.Module):
@@ -113,11 +134,13 @@ class ImageEncoder(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         token_dim = config.token_dim or widths[-1]
         self.token_projection = nn.Identity() if token_dim == widths[-1] else nn.Linear(widths[-1], token_dim)
-        if config.pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' or 'attention', not {config.pooling!r}")
-        self.pool = (
-            AttentionPool(widths[-1], grid=config.pool_grid, spatial_dims=config.spatial_dims) if config.pooling == "attention" else None
-        )
+        if config.pooling not in IMAGE_POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(IMAGE_POOLINGS)}, not {config.pooling!r}")
+        self.pool: nn.Module | None = None  # mean
+        if config.pooling == "gem":
+            self.pool = GeMPool()
+        elif config.pooling == "attention":
+            self.pool = AttentionPool(widths[-1], grid=config.pool_grid, spatial_dims=config.spatial_dims)
         self.head = projection_head(widths[-1], config.embed_dim)
 
     @property

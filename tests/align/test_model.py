@@ -146,6 +146,20 @@ def test_pretrained_text_encoder_offline(tmp_path):
     assert torch.equal(a, b) and tokens.shape[-1] == 384
 
 
+def test_gem_pooling_roundtrip(cohort, tmp_path):
+    torch.manual_seed(0)
+    model = AlignModel.build(align=dataclasses.replace(TINY, image_pooling="gem"), modalities=["xray"],
+                             reports=["no effusion"], image_size=16).eval()
+    with torch.no_grad():
+        model.images["xray"].pool.p.fill_(4.5)  # a learned exponent must survive the round trip
+    model.save_pretrained(tmp_path / "align")
+    again = AlignModel.from_pretrained(tmp_path / "align")
+    assert again.config.image_pooling == "gem" and float(again.images["xray"].pool.p) == 4.5
+    images = _batch(cohort, augment=False)["images"]["xray"][:, 0, 0]
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images, "xray")[0], again.encode_image(images, "xray")[0])
+
+
 def test_attention_pooling_roundtrip_and_grid(cohort, tmp_path):
     torch.manual_seed(0)
     config = dataclasses.replace(TINY, image_pooling="attention")
