@@ -52,7 +52,7 @@ def build_regression_network(flow_config: Any, shared_config: Any) -> tuple[Any,
 
 class RegressionModel:
     """A trained regression baseline, with ``FlowModel``'s inference attributes (``pair``, ``image_size``,
-    ``context_slices``, ``predict``) so ``translate_volume`` can run it."""
+    ``context_slices``, ``normalise_options``, ``predict``) so ``translate_volume`` can run it."""
 
     def __init__(self, *, network: Any, align: Any, device: str = "cpu"):
         self.network = network.eval()
@@ -61,6 +61,7 @@ class RegressionModel:
         self.pair: Pair = network.config.pair
         self.image_size: int = network.config.image_size
         self.context_slices: int = network.config.context_slices
+        self.normalise_options: dict[str, tuple[float, ...]] = network.config.normalise_options
         self.timestep = network.config.flow_config.num_train_timesteps - 1
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -36,6 +36,8 @@ from torch.utils.data import Dataset
 
 from medm2g_core.config import AugmentConfig
 from medm2g_core.data.transforms import (
+    DEFAULT_CT_WINDOW,
+    DEFAULT_MRI_PERCENTILES,
     NormState,
     augment_report,
     augment_view,
@@ -178,8 +180,8 @@ class AlignDataset(Dataset):
         augment: AugmentConfig | None = None,
         slices_per_volume: int = 1,
         seed: int = 0,
-        ct_window: Sequence[float] = (-1024.0, 3000.0),
-        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
+        mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
         cache_items: int = 8,
     ):
         self.records = list(records)
@@ -320,8 +322,8 @@ class PairSliceDataset(Dataset):
         context_slices: int = 0,
         augment: AugmentConfig | None = None,
         seed: int = 0,
-        ct_window: Sequence[float] = (-1024.0, 3000.0),
-        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
+        mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
         cache_items: int = 4,
     ):
         self.sources = _modalities(sources)
@@ -399,8 +401,8 @@ class ImageTextDataset(Dataset):
         image_size: int,
         augment: AugmentConfig | None = None,
         seed: int = 0,
-        ct_window: Sequence[float] = (-1024.0, 3000.0),
-        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
+        mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
         cache_items: int = 8,
     ):
         self.modality = _modalities([image_modality])[0]

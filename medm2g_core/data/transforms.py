@@ -56,12 +56,18 @@ class NormState:
         return cls(**data)
 
 
+DEFAULT_CT_WINDOW = (-1024.0, 3000.0)
+"""HU mapped to [-1, 1] unless a recipe's ``data.ct_window`` says otherwise (DESIGN §3)."""
+DEFAULT_MRI_PERCENTILES = (0.5, 99.5)
+"""Volume percentiles mapped to [-1, 1] unless a recipe's ``data.mri_percentiles`` says otherwise."""
+
+
 def normalize(
     array: np.ndarray,
     modality: Modality | str,
     *,
-    ct_window: Sequence[float] = (-1024.0, 3000.0),
-    mri_percentiles: Sequence[float] = (0.5, 99.5),
+    ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
+    mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
 ) -> tuple[np.ndarray, NormState]:
     """Map ``array`` to float32 in [-1, 1]; returns it with the ``NormState`` of the inverse."""
     modality = parse_modality(modality) if isinstance(modality, str) else modality

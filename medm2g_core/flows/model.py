@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.flows.config import FlowConfig
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
@@ -67,6 +68,9 @@ class FlowNetworkConfig:
         spatial: registered image flow (sources concatenated channel-wise).
         embed_dim: width of the aligned pooled embeddings; token_dims: encoder family → token width.
         flow: ``FlowConfig`` fields; denoiser: ``ImageDenoiserConfig``/``TextLatentDenoiserConfig`` fields.
+        normalisation: how images were mapped to [-1, 1] in training (the recipe's ``data.ct_window`` and
+            ``data.mri_percentiles``); inference normalises sources and denormalises a CT target with the
+            same numbers. Bundles from before it was recorded were trained with the defaults.
     """
 
     sources: tuple[str, ...] = ()
@@ -79,6 +83,14 @@ class FlowNetworkConfig:
     token_dims: dict[str, int] = field(default_factory=dict)
     flow: dict[str, Any] = field(default_factory=dict)
     denoiser: dict[str, Any] = field(default_factory=dict)
+    normalisation: dict[str, list[float]] = field(
+        default_factory=lambda: {"ct_window": list(DEFAULT_CT_WINDOW), "mri_percentiles": list(DEFAULT_MRI_PERCENTILES)})
+
+    @property
+    def normalise_options(self) -> dict[str, tuple[float, ...]]:
+        """``ct_window`` and ``mri_percentiles`` keywords for ``transforms.normalize``."""
+        return {"ct_window": tuple(self.normalisation.get("ct_window", DEFAULT_CT_WINDOW)),
+                "mri_percentiles": tuple(self.normalisation.get("mri_percentiles", DEFAULT_MRI_PERCENTILES))}
 
     @property
     def pair(self) -> Pair:
@@ -263,7 +275,8 @@ class FlowModel:
     """A trained flow loaded from a bundle, ready to ``predict`` (docs/architecture.md "Flow inference").
 
     Attributes:
-        pair, config (``FlowConfig``), image_size, context_slices; network (``FlowNetwork``), align
+        pair, config (``FlowConfig``), image_size, context_slices, normalise_options (the training
+        normalisation: ``transforms.normalize`` keywords); network (``FlowNetwork``), align
         (``AlignModel``), shared (``SharedCrossAttention``), text_vae + tokenizer (report targets),
         autoencoders (latent flows: modality → ``ImageAutoencoder``).
     """
@@ -280,6 +293,7 @@ class FlowModel:
         self.config: FlowConfig = network.config.flow_config
         self.image_size: int = network.config.image_size
         self.context_slices: int = network.config.context_slices
+        self.normalise_options: dict[str, tuple[float, ...]] = network.config.normalise_options
 
     @property
     def shared(self) -> SharedCrossAttention:

@@ -417,12 +417,12 @@ def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: d
                          synthetic: bool, device: str, progress: ProgressFn) -> None:
     from medm2g_core import __version__, io
     from medm2g_core.baselines.intensity import IntensityMap
-    from medm2g_core.data.transforms import normalize
+    from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES, normalize
     from medm2g_core.io.meta import units_for
     from medm2g_core.pipelines.translate import _physical, _target_state, _write_volume, translate_volume
 
-    ct_window = normalisation.get("ct_window", (-1024.0, 3000.0))
-    mri_percentiles = normalisation.get("mri_percentiles", (0.5, 99.5))
+    ct_window = normalisation.get("ct_window", DEFAULT_CT_WINDOW)
+    mri_percentiles = normalisation.get("mri_percentiles", DEFAULT_MRI_PERCENTILES)
     mapping = IntensityMap.load(baseline_dir(bundle_dir, pair, "identity") / INTENSITY_MAP) if "identity" in outputs else None
     regression = None
     if "regression" in outputs:
@@ -443,7 +443,7 @@ def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: d
         if mapping is not None:
             source = pair.sources[0]
             values, state = normalize(arrays[source], source, ct_window=ct_window, mri_percentiles=mri_percentiles)
-            target_state = _target_state(pair.target, {source: state})
+            target_state = _target_state(pair.target, {source: state}, ct_window=ct_window)
             image = _physical(mapping(values), pair.target, target_state)
             out_meta = meta.replace(modality=pair.target.value, units=units_for(pair.target.value), synthetic=True,
                                     extra={**meta.extra, "derivation": f"medm2g {__version__} {pair.name} identity-after-intensity-map baseline",
@@ -486,12 +486,12 @@ def query_image(path: Path, modality: Modality, *, size: int, normalisation: dic
     """The normalised (1, size, size) image the align stage sees (middle axial slice of a volume),
     as ``data.datasets.ImageTextDataset`` builds it."""
     from medm2g_core import io
-    from medm2g_core.data.transforms import axial_slice, normalize, resize_image
+    from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES, axial_slice, normalize, resize_image
 
     normalisation = normalisation or {}
     array, _ = io.read(path)
-    values, _ = normalize(array, modality, ct_window=normalisation.get("ct_window", (-1024.0, 3000.0)),
-                          mri_percentiles=normalisation.get("mri_percentiles", (0.5, 99.5)))
+    values, _ = normalize(array, modality, ct_window=normalisation.get("ct_window", DEFAULT_CT_WINDOW),
+                          mri_percentiles=normalisation.get("mri_percentiles", DEFAULT_MRI_PERCENTILES))
     if modality.is_volume:
         values = axial_slice(values, values.shape[2] // 2)
     return resize_image(values, size)

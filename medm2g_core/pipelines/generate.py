@@ -56,7 +56,8 @@ def _source_modality(item: Any) -> Modality:
     return Modality.XRAY if len(meta.shape) == 2 else Modality.CT
 
 
-def _image_tensor(item: tuple[np.ndarray, ImageMeta], modality: Modality, *, size: int, channels: int) -> Any:
+def _image_tensor(item: tuple[np.ndarray, ImageMeta], modality: Modality, *, size: int, channels: int,
+                  options: dict[str, Any]) -> Any:
     """An image source → (1, channels, size, size) in [-1, 1]; volumes give their middle axial slice
     (with ``channels // 2`` context slices per side)."""
     import torch
@@ -69,7 +70,7 @@ def _image_tensor(item: tuple[np.ndarray, ImageMeta], modality: Modality, *, siz
         array = array[..., :3].mean(axis=-1)  # an RGB(A) X-ray → grey, as in training
     if not np.all(np.isfinite(array)):
         raise InputError(None, f"the {modality.value} image holds NaN or infinite values", "fix the image first")
-    values, _ = normalize(array, modality)
+    values, _ = normalize(array, modality, **options)  # the flow's training normalisation
     context = channels // 2
     if values.ndim == 3:
         middle, depth = values.shape[2] // 2, values.shape[2]
@@ -107,7 +108,8 @@ def generate_one(model: "MedM2G", items: Sequence[Any], *, target: Modality, sam
                 raise InputError(None, "the report text is empty", "give the report text or a report.txt with FINDINGS/IMPRESSION")
             inputs[modality] = [text.strip()]
         else:
-            inputs[modality] = _image_tensor(item, modality, size=int(flow.image_size), channels=channels)
+            inputs[modality] = _image_tensor(item, modality, size=int(flow.image_size), channels=channels,
+                                             options=flow.normalise_options)
     weight_map = None
     if weights is not None:
         if len(weights) != len(modalities):

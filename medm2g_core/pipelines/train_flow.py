@@ -402,6 +402,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
         sources=tuple(s.value for s in pair.sources), target=pair.target.value, kind=kind, image_size=size,
         context_slices=flows.context_slices if pair.is_paired_image else 0, spatial=pair.is_paired_image,
         embed_dim=int(align.config.embed_dim), token_dims=token_dims, flow=to_jsonable(flow_config), denoiser=to_jsonable(denoiser),
+        normalisation={"ct_window": list(context.recipe.data.ct_window), "mri_percentiles": list(context.recipe.data.mri_percentiles)},
     )
 
 

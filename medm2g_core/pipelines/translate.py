@@ -116,13 +116,13 @@ def _physical(array: np.ndarray, target: Modality, state: Any) -> np.ndarray:
     return values
 
 
-def _target_state(target: Modality, sources: Mapping[Modality, Any]) -> Any:
-    """How to map the flow's [-1, 1] output to physical units: the CT window for CT; for an MRI target,
+def _target_state(target: Modality, sources: Mapping[Modality, Any], *, ct_window: Sequence[float]) -> Any:
+    """How to map the flow's [-1, 1] output to physical units: the training CT window for CT; for an MRI target,
     the percentile range of the first source of the same family (MRI has no absolute units), else [0, 1000]."""
     from medm2g_core.data.transforms import NormState
 
     if target is Modality.CT:
-        return NormState(target.value, "window", CT_RANGE_HU[0], CT_RANGE_HU[1], units="HU")
+        return NormState(target.value, "window", float(ct_window[0]), float(ct_window[1]), units="HU")
     for modality, state in sources.items():
         if modality.encoder_family == target.encoder_family:
             return NormState(target.value, "percentile", state.low, state.high, percentiles=state.percentiles)
@@ -164,6 +164,7 @@ def translate_volume(
     if len(shape) != 3:
         raise InputError(None, f"translation needs a 3D volume, got shape {shape}", "pass a CT/MRI volume (2D images: use generate)")
     started = time.monotonic()
+    options = flow.normalise_options  # the recipe's normalisation, as in training
     ornt = canonical_orientation(meta)
     normalised: dict[Modality, np.ndarray] = {}
     states: dict[Modality, Any] = {}
@@ -174,7 +175,7 @@ def translate_volume(
         values = np.asarray(array, dtype=np.float32)
         if not np.all(np.isfinite(values)):
             raise InputError(None, f"{modality.value} holds NaN or infinite values", "fix or mask the volume before translating")
-        normalised[modality], states[modality] = normalize(to_canonical(values, ornt), modality)
+        normalised[modality], states[modality] = normalize(to_canonical(values, ornt), modality, **options)
     canonical_shape = next(iter(normalised.values())).shape
     depth = canonical_shape[2]
     plane = canonical_shape[:2]
@@ -203,7 +204,7 @@ def translate_volume(
             if spread is not None and predicted_std is not None:
                 spread[:, :, k] = resize_back(predicted_std[row], plane)[0].numpy()
         progress(ProgressEvent(task="slices", completed=indices[-1] + 1, total=depth))
-    state = _target_state(target, states)
+    state = _target_state(target, states, ct_window=options["ct_window"])
     image = from_canonical(_physical(mean, target, state), ornt)
     std = None
     if spread is not None:

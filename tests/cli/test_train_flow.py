@@ -84,6 +84,9 @@ def test_train_flow_fits_the_baselines_evaluate_uses(tmp_path):
     assert set(json.loads(trained.stdout)["baselines"]) == {"identity"}
     record = json.loads((bundle / "bundle.json").read_text())["baselines"]["mri-t1__ct"]
     assert "identity" in record and "regression" not in record
+    # inference normalises with what training used (the recipe's data section), recorded with the flow
+    flow_config = json.loads((bundle / "flows" / "mri-t1__ct" / "config.json").read_text())
+    assert flow_config["normalisation"] == {"ct_window": [-1024.0, 3000.0], "mri_percentiles": [0.5, 99.5]}
 
     pred = _stand_in_predictions(head, tmp_path / "pred")
     evaluate = ["evaluate", "--task", "translation", "--pred", str(pred), "--ref", str(head), "--model", str(bundle), "--json"]

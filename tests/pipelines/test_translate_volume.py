@@ -32,8 +32,9 @@ class EchoFlow:
     image_size = 16
     context_slices = 1
 
-    def __init__(self) -> None:
+    def __init__(self, *, ct_window=(-1024.0, 3000.0), mri_percentiles=(0.5, 99.5)) -> None:
         self.calls: list[int] = []
+        self.normalise_options = {"ct_window": ct_window, "mri_percentiles": mri_percentiles}
 
     def predict(self, sources, *, samples: int = 1, seed: int | Sequence[int] = 0, steps=None, guidance=None, weights=None):
         source = sources[Modality.MRI_T1]
@@ -81,6 +82,25 @@ def test_geometry_kept_units_hu_and_batching_does_not_change_the_result() -> Non
     assert float(one.std.mean()) > 0
     # the echo flow returns the normalised MRI, so the HU output is a monotone map of the input
     assert np.corrcoef(one.image.ravel(), volume.ravel())[0, 1] > 0.95
+
+
+def test_the_flows_training_normalisation_is_used_for_sources_and_the_ct_output() -> None:
+    """A flow trained with ``data.ct_window: [-200, 1800]`` and MRI percentiles (2, 98) is fed and read
+    back with those numbers, not the library defaults."""
+    meta = _oblique_meta((16, 16, 6))
+    ramp = np.linspace(0.0, 500.0, 16, dtype=np.float32)  # linear along one in-plane axis: resizing keeps it
+    volume = np.broadcast_to(ramp[None, :, None], meta.shape).copy()
+    custom = translate_volume(EchoFlow(ct_window=(-200.0, 1800.0), mri_percentiles=(10.0, 90.0)),
+                              {Modality.MRI_T1: volume}, meta, seed=0)
+    default = translate_volume(EchoFlow(), {Modality.MRI_T1: volume}, meta, seed=0)
+    # the echo returns the normalised MRI ± 0.01 noise: HU = window low + (MRI scaled by its percentiles) × width
+    low, high = np.percentile(volume, [10.0, 90.0])
+    inside = (volume > low + 40) & (volume < high - 40)
+    expected = -200.0 + (volume[inside] - low) / (high - low) * 2000.0
+    assert np.abs(custom.image[inside] - expected).max() < 60  # 3σ of the echo noise (0.01 × 1000 HU) + interpolation
+    low, high = np.percentile(volume, [0.5, 99.5])
+    expected = -1024.0 + (volume[inside] - low) / (high - low) * 4024.0
+    assert np.abs(default.image[inside] - expected).max() < 120
 
 
 def test_same_seed_same_output_other_seed_differs() -> None:
