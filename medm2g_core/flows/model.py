@@ -68,6 +68,8 @@ class FlowNetworkConfig:
         spatial: registered image flow (sources concatenated channel-wise).
         embed_dim: width of the aligned pooled embeddings; token_dims: encoder family → token width.
         flow: ``FlowConfig`` fields; denoiser: ``ImageDenoiserConfig``/``TextLatentDenoiserConfig`` fields.
+        ct_source_windows: extra HU windows of a CT source on the spatial path (``FlowRecipe``): each
+            adds ``1 + 2·context_slices`` channels, computed from the normalised CT by ``window_channels``.
         normalisation: how images were mapped to [-1, 1] in training (the recipe's ``data.ct_window`` and
             ``data.mri_percentiles``); inference normalises sources and denormalises a CT target with the
             same numbers. Bundles from before it was recorded were trained with the defaults.
@@ -83,6 +85,7 @@ class FlowNetworkConfig:
     token_dims: dict[str, int] = field(default_factory=dict)
     flow: dict[str, Any] = field(default_factory=dict)
     denoiser: dict[str, Any] = field(default_factory=dict)
+    ct_source_windows: list[list[float]] = field(default_factory=list)
     normalisation: dict[str, list[float]] = field(
         default_factory=lambda: {"ct_window": list(DEFAULT_CT_WINDOW), "mri_percentiles": list(DEFAULT_MRI_PERCENTILES)})
 
@@ -205,8 +208,22 @@ def build_condition(network: FlowNetwork, align: Any, sources: dict[Modality, An
     if config.spatial:
         for modality in own:
             value = (spatial or {}).get(modality, sources.get(modality))
+            if value is not None and modality is Modality.CT and config.ct_source_windows and modality not in (spatial or {}):
+                value = window_channels(value, config.normalise_options["ct_window"], config.ct_source_windows)
             spatial_inputs.append(None if value is None else value.float())
     return ConditionInputs(semantic=semantic, spatial=spatial_inputs), order
+
+
+def window_channels(ct: torch.Tensor, ct_window: Sequence[float], windows: Sequence[Sequence[float]]) -> torch.Tensor:
+    """(B, c, H, W) CT normalised with ``ct_window`` → (B, c·(1 + len(windows)), H, W): the input, then each
+    HU window of ``windows`` mapped to [-1, 1] (clipped) — an affine map of the normalised values, so
+    training and inference compute it identically from what they already have."""
+    low, high = float(ct_window[0]), float(ct_window[1])
+    hu = low + (ct.float() + 1.0) * 0.5 * (high - low)
+    parts = [ct]
+    for w_low, w_high in windows:
+        parts.append(((hu - float(w_low)) / (float(w_high) - float(w_low)) * 2.0 - 1.0).clamp(-1.0, 1.0).to(ct.dtype))
+    return torch.cat(parts, 1)
 
 
 def expand_keep(keep: torch.Tensor, *, spatial: bool) -> torch.Tensor:

@@ -9,6 +9,7 @@ flows:
   objective: {warm_start_fraction: 0.3}               # FlowConfig overrides (every flow)
   slices: 24                  # axial slices per patient for paired image flows ("all", "middle", N)
   context_slices: 0           # 2.5D: neighbouring slices per side as extra source channels
+  ct_source_windows: [[0, 80]]  # extra HU windows of a CT source, as more channels (pixel-space registered flows)
   source_dropout: 0.15        # per-source dropout of multi-source flows (missing-source robustness)
   forgetting: {val_batches: 2, psnr_samples: 8}
   training: {steps: 300}      # TrainingConfig overrides for every flow
@@ -43,7 +44,13 @@ class ForgettingConfig:
 @dataclass(frozen=True)
 class FlowRecipe:
     """The ``flows:`` section (see the module docstring). Dict-valued fields are overrides of the
-    named dataclass and are validated when a flow is built."""
+    named dataclass and are validated when a flow is built.
+
+    ``ct_source_windows``: a CT *source* of a registered pixel-space flow enters as its ``data.ct_window``
+    channel plus one channel per window listed here (e.g. brain ``[0, 80]``, soft tissue ``[-160, 240]``).
+    In the full [−1024, 3000] HU window grey matter, white matter and CSF differ by ~0.02 of the range,
+    which a small denoiser does not resolve; a brain window spreads them over the whole range.
+    """
 
     shared: str = "frozen"
     shared_attention: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +59,7 @@ class FlowRecipe:
     objective: dict[str, Any] = field(default_factory=dict)
     slices: Any = 24
     context_slices: int = 0
+    ct_source_windows: tuple[tuple[float, float], ...] = ()
     source_dropout: float = 0.15
     val_items: int = 64
     sample_items: int = 4
@@ -64,6 +72,9 @@ class FlowRecipe:
             raise ConfigError(f"flows.shared must be one of {', '.join(SHARED_MODES)}, not {self.shared!r}")
         if self.context_slices < 0:
             raise ConfigError("flows.context_slices must be ≥ 0")
+        for window in self.ct_source_windows:
+            if len(window) != 2 or not float(window[0]) < float(window[1]):
+                raise ConfigError(f"flows.ct_source_windows: {list(window)} is not a [low, high] HU window with low < high, e.g. [0, 80]")
         if not 0.0 <= self.source_dropout < 1.0:
             raise ConfigError("flows.source_dropout must be in [0, 1)")
         for key in self.pairs:

@@ -379,6 +379,11 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
         family = family_of(source)
         token_dims[family] = int(align.text.backbone.config.hidden_size) if source is Modality.REPORT else int(align.images[family].token_dim)
     size = context.recipe.data.image_size
+    # Extra HU windows of a CT source: registered pixel-space flows only (latent flows encode one channel).
+    windows = [list(map(float, w)) for w in flows.ct_source_windows] if pair.is_paired_image and Modality.CT in pair.sources else []
+    if windows and flow_config.latent:
+        raise ConfigError(f"flows.ct_source_windows applies to pixel-space flows, and {pair} is a latent flow "
+                          "(objective.latent: true): remove ct_source_windows for it, or train it in pixel space")
     if pair.target is Modality.REPORT:
         denoiser = TextLatentDenoiserConfig(latent_tokens=text_vae.config.latent_tokens, latent_dim=text_vae.config.latent_dim,
                                             width=shared_config.query_dim, condition_dim=shared_config.condition_dim,
@@ -392,7 +397,8 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
             channels, sample_size = ae.config.latent_channels, size // ae.config.downsample
         if pair.is_paired_image:
             per_source = 1 + 2 * flows.context_slices
-            spatial = tuple(per_source * (autoencoders[s].config.latent_channels if flow_config.latent else 1) for s in pair.sources)
+            spatial = tuple(per_source * (autoencoders[s].config.latent_channels if flow_config.latent
+                                          else 1 + (len(windows) if s is Modality.CT else 0)) for s in pair.sources)
         denoiser = ImageDenoiserConfig(sample_size=sample_size, target_channels=channels, spatial_channels=spatial,
                                        block_out_channels=(32, shared_config.query_dim, shared_config.query_dim),
                                        condition_dim=shared_config.condition_dim, attention_heads=shared_config.heads)
@@ -403,6 +409,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
         context_slices=flows.context_slices if pair.is_paired_image else 0, spatial=pair.is_paired_image,
         embed_dim=int(align.config.embed_dim), token_dims=token_dims, flow=to_jsonable(flow_config), denoiser=to_jsonable(denoiser),
         normalisation={"ct_window": list(context.recipe.data.ct_window), "mri_percentiles": list(context.recipe.data.mri_percentiles)},
+        ct_source_windows=windows,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medm2g_core.flows.model import FlowNetwork, FlowNetworkConfig, expand_keep
+from medm2g_core.flows.model import FlowNetwork, FlowNetworkConfig, expand_keep, window_channels
 from medm2g_core.modalities import Modality
 from medm2g_core.models.conditioning import SharedCrossAttention, SharedCrossAttentionConfig, assemble_condition
 
@@ -63,3 +63,24 @@ def test_pooled_embedding_is_scale_invariant_aligned_direction():
     # A family the flow was not trained with contributes only its aligned pooled token.
     c = network.semantic_source(Modality.REPORT, pooled=torch.ones(1, 8), tokens=torch.ones(1, 4, 99), mask=None)
     assert c.tokens.shape == (1, 1, 16)
+
+
+def test_window_channels_map_hu_windows_from_the_normalised_ct():
+    hu = torch.tensor([-1024.0, -50.0, 0.0, 40.0, 80.0, 500.0, 3000.0]).view(1, 1, 1, 7)
+    normalised = (hu + 1024.0) / 4024.0 * 2 - 1  # data.ct_window [-1024, 3000]
+    out = window_channels(normalised, (-1024.0, 3000.0), [(0.0, 80.0), (-160.0, 240.0)])
+    assert out.shape == (1, 3, 1, 7)
+    assert torch.equal(out[:, :1], normalised)
+    torch.testing.assert_close(out[0, 1, 0], torch.tensor([-1.0, -1.0, -1.0, 0.0, 1.0, 1.0, 1.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[0, 2, 0], torch.tensor([-1.0, -0.45, -0.2, 0.0, 0.2, 1.0, 1.0]), atol=1e-4, rtol=0)
+
+
+def test_recipe_refuses_a_reversed_ct_window():
+    import pytest
+
+    from medm2g_core.errors import ConfigError
+    from medm2g_core.flows.recipe import parse_flow_recipe
+
+    assert parse_flow_recipe({"ct_source_windows": [[0, 80]]}).ct_source_windows
+    with pytest.raises(ConfigError, match=r"low < high, e.g. \[0, 80\]"):
+        parse_flow_recipe({"ct_source_windows": [[80, 0]]})

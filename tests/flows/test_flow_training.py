@@ -116,6 +116,31 @@ def test_many_to_one_flow_trains_and_predicts_with_a_source_missing(cohorts):
     assert any(p.suffix == ".png" for p in result.samples_dir.iterdir())
 
 
+def test_ct_source_windows_add_channels_in_training_and_inference(cohorts, tmp_path):
+    """``flows.ct_source_windows: [[0, 80]]``: a CT source enters as two channels (full window + brain
+    window), recorded with the flow; translation of a CT volume uses them too."""
+    import json
+
+    import numpy as np
+
+    from medm2g_core import io
+    from medm2g_core.pipelines.translate import translate_volume
+    from tiny_recipe import tiny_recipe
+
+    root, _, head, _ = cohorts
+    recipe = tmp_path / "windows.yaml"
+    recipe.write_text(tiny_recipe("windows", flows={"ct_source_windows": [[0, 80]]}))
+    bundle = fresh_bundle(root, "windows.m2g")
+    result = train_flow(head, bundle, pair="ct-mri", recipe=recipe)
+    assert result.stages[-1].val_end["loss"] < result.stages[-1].val_start["loss"]
+    config = json.loads((bundle / "flows" / "ct__mri-t1" / "config.json").read_text())
+    assert config["ct_source_windows"] == [[0.0, 80.0]] and config["denoiser"]["spatial_channels"] == [2]
+    model = FlowModel.load(bundle, "ct-mri")
+    volume, meta = io.read(next(p for p in sorted(head.iterdir()) if p.is_dir()) / "ct.nii.gz")
+    out = translate_volume(model, {model.pair.sources[0]: np.asarray(volume, np.float32)}, meta, seed=0)
+    assert out.image.shape == volume.shape and np.isfinite(out.image).all()
+
+
 def test_resume_equals_uninterrupted(cohorts):
     import shutil
 
