@@ -15,11 +15,12 @@ fat, oesophagus, diaphragm, liver, stomach with its gas bubble; the support devi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from medm2g_core.data.synth.findings import Finding
+from medm2g_core.data.synth.findings import Device, Finding
 from medm2g_core.data.synth.geometry import Grid, ellipsoid, smooth_field, tube, warp_labels
 from medm2g_core.data.synth.physics import Tissue
 
@@ -316,8 +317,8 @@ def _ribs(labels, x, y, z, rng, *, cav_a, cav_b, z_apex, body) -> None:
 
 # --- support devices --------------------------------------------------------------------------------
 
-def _place_devices(labels: np.ndarray, grid: Grid, devices, at: dict, rng: np.random.Generator, *,
-                   body: np.ndarray) -> dict[str, float]:
+def _place_devices(labels: np.ndarray, grid: Grid, devices: tuple[Device, ...], at: dict[str, Any],
+                   rng: np.random.Generator, *, body: np.ndarray) -> dict[str, float]:
     """Draw each device along its route: metal for the pacemaker can and sternal wires, radio-opaque
     tubing for tubes, catheters and leads (at least ~0.6 voxel in radius so that a line stays connected).
 
