@@ -84,3 +84,19 @@ def test_recipe_refuses_a_reversed_ct_window():
     assert parse_flow_recipe({"ct_source_windows": [[0, 80]]}).ct_source_windows
     with pytest.raises(ConfigError, match=r"low < high, e.g. \[0, 80\]"):
         parse_flow_recipe({"ct_source_windows": [[80, 0]]})
+
+
+def test_a_flow_saved_before_normalisation_was_recorded_loads_with_the_defaults(tmp_path):
+    """Bundles written before ``normalisation`` / ``ct_source_windows`` existed were trained with the
+    default CT window and MRI percentiles and one CT channel: they load as exactly that."""
+    import json
+
+    network = tiny()
+    network.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("normalisation", "ct_source_windows"):
+        config.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = FlowNetwork.from_pretrained(tmp_path, shared=network.shared)
+    assert reloaded.config.normalise_options == {"ct_window": (-1024.0, 3000.0), "mri_percentiles": (0.5, 99.5)}
+    assert reloaded.config.ct_source_windows == []
