@@ -149,6 +149,7 @@ def train_flow(
         raise ConfigError("--pair is required for --stage flow (e.g. xray-report, mri-ct, t2+pd-t1)")
     pair = parse_pair(pair) if isinstance(pair, str) else pair
     names = _baseline_names(pair, regression=baselines)
+    _ct_source_windows(pair, flows.resolve(pair), _flow_config(pair, flows.resolve(pair)))  # refuse before any training
     out = _train_flow_stage(context, pair, started=started, synthetic=synthetic)
     if names:
         out.baselines = _fit_baselines(context, pair, names)
@@ -362,10 +363,9 @@ def flow_datasets(context: _Context, pair: Pair, flows: Any) -> tuple[Any, Any]:
     return train_dataset, val_dataset
 
 
-def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, shared_config: Any, *, text_vae: Any, autoencoders: dict):
+def _flow_config(pair: Pair, flows: Any) -> Any:
+    """The pair's ``FlowConfig``: its demo defaults with the recipe's ``flows.objective`` over them."""
     from medm2g_core.flows.config import FlowConfig
-    from medm2g_core.flows.model import FlowNetworkConfig, family_of
-    from medm2g_core.models.denoisers import ImageDenoiserConfig, TextLatentDenoiserConfig
     from medm2g_core.serialization import dataclass_from_dict, to_jsonable
 
     objective = dict(flows.objective)
@@ -374,16 +374,31 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
     flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
     if flow_config.latent:
         flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(flow_config), "clip_sample": objective.get("clip_sample", False)}, where="flows.objective")
+    return flow_config
+
+
+def _ct_source_windows(pair: Pair, flows: Any, flow_config: Any) -> list[list[float]]:
+    """Extra HU windows of the pair's CT source (``flows.ct_source_windows``): registered pixel-space flows
+    only — a latent flow encodes one channel per source, so asking for windows there is refused."""
+    windows = [list(map(float, w)) for w in flows.ct_source_windows] if pair.is_paired_image and Modality.CT in pair.sources else []
+    if windows and flow_config.latent:
+        raise ConfigError(f"flows.ct_source_windows applies to pixel-space flows, and {pair} is a latent flow "
+                          "(objective.latent: true): remove ct_source_windows for it, or train it in pixel space")
+    return windows
+
+
+def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, shared_config: Any, *, text_vae: Any, autoencoders: dict):
+    from medm2g_core.flows.model import FlowNetworkConfig, family_of
+    from medm2g_core.models.denoisers import ImageDenoiserConfig, TextLatentDenoiserConfig
+    from medm2g_core.serialization import dataclass_from_dict, to_jsonable
+
+    flow_config = _flow_config(pair, flows)
     token_dims = {}
     for source in pair.sources:
         family = family_of(source)
         token_dims[family] = int(align.text.backbone.config.hidden_size) if source is Modality.REPORT else int(align.images[family].token_dim)
     size = context.recipe.data.image_size
-    # Extra HU windows of a CT source: registered pixel-space flows only (latent flows encode one channel).
-    windows = [list(map(float, w)) for w in flows.ct_source_windows] if pair.is_paired_image and Modality.CT in pair.sources else []
-    if windows and flow_config.latent:
-        raise ConfigError(f"flows.ct_source_windows applies to pixel-space flows, and {pair} is a latent flow "
-                          "(objective.latent: true): remove ct_source_windows for it, or train it in pixel space")
+    windows = _ct_source_windows(pair, flows, flow_config)
     if pair.target is Modality.REPORT:
         denoiser = TextLatentDenoiserConfig(latent_tokens=text_vae.config.latent_tokens, latent_dim=text_vae.config.latent_dim,
                                             width=shared_config.query_dim, condition_dim=shared_config.condition_dim,

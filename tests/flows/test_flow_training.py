@@ -141,6 +141,19 @@ def test_ct_source_windows_add_channels_in_training_and_inference(cohorts, tmp_p
     assert out.image.shape == volume.shape and np.isfinite(out.image).all()
 
 
+def test_ct_source_windows_on_a_latent_flow_are_refused_before_training(cohorts, tmp_path):
+    from medm2g_core.errors import ConfigError
+    from tiny_recipe import tiny_recipe
+
+    root, _, head, _ = cohorts
+    recipe = tmp_path / "latent.yaml"
+    recipe.write_text(tiny_recipe("latent", flows={"ct_source_windows": [[0, 80]], "objective": {"latent": True}}))
+    bundle = fresh_bundle(root, "latent.m2g")
+    with pytest.raises(ConfigError, match="pixel-space flows"):
+        train_flow(head, bundle, pair="ct-mri", recipe=recipe)
+    assert not (bundle / "autoencoders").exists() and not (bundle / "flows" / "ct__mri-t1").exists()
+
+
 def test_resume_equals_uninterrupted(cohorts):
     import shutil
 
