@@ -45,7 +45,7 @@ FINDINGS: dict[str, tuple[str, ...]] = {
     "support_devices": (
         r"support devices?", r"(?:lines? and tubes?|tubes? and lines?)",
         r"(?:endotracheal|et|enteric|nasogastric|ng|orogastric|og|feeding|chest|tracheostomy|dobhoff) tubes?",
-        r"(?:central venous|central|picc|venous|dialysis) (?:catheters?|lines?)", r"catheters?", r"\bpicc\b",
+        r"(?:central venous|central|picc|venous|dialysis) (?:catheters?|lines?)", r"\bcatheters?\b", r"\bpicc\b",
         r"(?:dual-chamber |single-chamber )?pacemakers?", r"\bpacers?\b", r"defibrillator", r"\ba?icd\b",
         r"(?:median )?sternotomy(?: wires)?", r"sternal wires", r"pleural drains?", r"port-?a-?cath",
     ),

@@ -38,6 +38,7 @@ from medm2g_core.metrics.clinical import LABELS, RuleBasedLabeler, label_report,
         ("Lines and tubes in satisfactory position.", "support_devices", 1),
         ("No support devices.", "support_devices", 0),
         ("No lung markings beyond the visceral pleural line.", "support_devices", None),
+        ("History of cardiac catheterization.", "support_devices", None),
     ],
 )
 def test_rule_based_labels(text, label, expected):
