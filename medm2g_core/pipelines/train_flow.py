@@ -496,15 +496,20 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name])
     bundle.record_component("flows", pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
-    forgetting_config = flows.forgetting
+    # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
+    # the forgetting report compares like with like even when that flow's recipe measures differently.
+    measured_with = {"val_batches": flows.forgetting.val_batches, "psnr_items": flows.forgetting.psnr_samples,
+                     "batch_size": config.batch_size, "seed": config.seed, "split_seed": context.recipe.data.split_seed,
+                     "split_fractions": list(context.recipe.data.split_fractions), "slices": flows.slices,
+                     "val_items": flows.val_items}
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
     out.metrics = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=config.batch_size,
-                                val_batches=forgetting_config.val_batches, psnr_items=forgetting_config.psnr_samples, seed=config.seed)
+                                val_batches=flows.forgetting.val_batches, psnr_items=flows.forgetting.psnr_samples, seed=config.seed)
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
                         data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)",
-                        val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from)
+                        val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
     for index, previous in enumerate(earlier):
-        report = _remeasure(context, previous, flows_recipe=context.flows, batch_size=config.batch_size, seed=config.seed)
+        report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
         if report is not None:
             out.forgetting[previous] = report
             bundle.set_metrics(f"flows/{previous}", report["after"])
@@ -517,8 +522,12 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     return out
 
 
-def _remeasure(context: _Context, name: str, *, flows_recipe: Any, batch_size: int, seed: int) -> dict[str, Any] | None:
-    """Re-measure an earlier flow on its own cohort's validation split: {"before", "after"} or None."""
+def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict[str, Any]) -> dict[str, Any] | None:
+    """Re-measure an earlier flow on its own cohort's validation split: {"before", "after"} or None.
+
+    Measured as its own metrics were (``measured_with`` of its stage: validation batches, PSNR items,
+    batch size, seed, split, slices, validation items); flows recorded before that was kept use ``current`` (this run's settings).
+    """
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.data.splits import split_records
     from medm2g_core.flows.forgetting import evaluate_flow
@@ -533,12 +542,14 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, batch_size: i
         return {"before": before or {}, "after": {}, "note": f"cohort {data_dir} not available; not re-measured"}
     network_config = load_config(bundle.component_dir("flows", name), FlowNetworkConfig)
     pair = network_config.pair
+    how = {**current, **stage.get("measured_with", {})}
     records = scan_cohort(data_dir)
-    splits = split_records(records, seed=context.recipe.data.split_seed, fractions=context.recipe.data.split_fractions)
+    splits = split_records(records, seed=how["split_seed"], fractions=how["split_fractions"])
     earlier_context = _Context(**{**context.__dict__, "splits": splits, "data_dir": data_dir})
     resolved = flows_recipe.resolve(pair)
-    resolved = type(resolved)(**{**resolved.__dict__, "context_slices": network_config.context_slices})
+    resolved = type(resolved)(**{**resolved.__dict__, "context_slices": network_config.context_slices,
+                                 "slices": how["slices"], "val_items": how["val_items"]})
     _, val_dataset = flow_datasets(earlier_context, pair, resolved)
-    after = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=batch_size, val_batches=resolved.forgetting.val_batches,
-                          psnr_items=resolved.forgetting.psnr_samples, seed=seed)
+    after = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=how["batch_size"], val_batches=how["val_batches"],
+                          psnr_items=how["psnr_items"], seed=how["seed"])
     return {"before": before, "after": after}

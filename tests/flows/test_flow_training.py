@@ -154,6 +154,27 @@ def test_ct_source_windows_on_a_latent_flow_are_refused_before_training(cohorts,
     assert not (bundle / "autoencoders").exists() and not (bundle / "flows" / "ct__mri-t1").exists()
 
 
+def test_forgetting_compares_like_with_like_when_recipes_measure_differently(cohorts, tmp_path):
+    """The demo measures flows with 1 validation batch and few PSNR items; a later flow trained with a
+    recipe that measures with more must re-measure the earlier flow the earlier way — with the shared
+    layers frozen, nothing changed, so before equals after exactly."""
+    from tiny_recipe import tiny_recipe
+
+    root, _, head, _ = cohorts
+    light = tmp_path / "light.yaml"
+    light.write_text(tiny_recipe("light", flows={"forgetting": {"val_batches": 1, "psnr_samples": 2}, "val_items": 6},
+                                 training={"batch_size": 2}))
+    heavy = tmp_path / "heavy.yaml"
+    heavy.write_text(tiny_recipe("heavy", flows={"forgetting": {"val_batches": 3, "psnr_samples": 4}, "val_items": 8}))
+    bundle = fresh_bundle(root, "like.m2g")
+    train_flow(head, bundle, pair="mri-ct", recipe=light)
+    train_flow(head, bundle, pair="t1-t2", recipe=heavy)
+    data = Bundle.open(bundle).data
+    assert data["stages"]["flows/mri-t1__ct"]["measured_with"]["val_batches"] == 1
+    report = data["forgetting"]["mri-t1__mri-t2"]["mri-t1__ct"]
+    assert report["before"] == report["after"] and "psnr" in report["after"]
+
+
 def test_resume_equals_uninterrupted(cohorts):
     import shutil
 
