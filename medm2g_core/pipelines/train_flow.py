@@ -458,6 +458,22 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     earlier = [name for name in bundle.flows if name != pair.name]
     name = f"flows/{pair.name}"
     config = context.training(flows.training, final=True, extra={"ema_decay": 0.999})
+    # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
+    # the forgetting report compares like with like even when that flow's recipe measures differently.
+    measured_with = {"val_batches": flows.forgetting.val_batches, "psnr_items": flows.forgetting.psnr_samples,
+                     "batch_size": config.batch_size, "seed": config.seed, "split_seed": context.recipe.data.split_seed,
+                     "split_fractions": list(context.recipe.data.split_fractions), "slices": flows.slices,
+                     "val_items": flows.val_items}
+    # Earlier flows recorded before measured_with existed: their stored metrics may come from other
+    # settings, so their "before" is measured now, the way "after" will be (before seeding: training is
+    # unaffected).
+    legacy = [p for p in earlier if "measured_with" not in bundle.data["stages"].get(f"flows/{p}", {})]
+    fresh_before: dict[str, dict[str, float]] = {}
+    for index, previous in enumerate(legacy):
+        context.progress(ProgressEvent(task="measure flows before training", completed=index, total=len(legacy)))
+        report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
+        if report is not None and report.get("after"):
+            fresh_before[previous] = report["after"]
     align = AlignModel.from_pretrained(bundle.path / "align")
     seed_everything(config.seed)
     shared_dir = bundle.path / "flows" / SHARED_NAME
@@ -496,12 +512,6 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name])
     bundle.record_component("flows", pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
-    # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
-    # the forgetting report compares like with like even when that flow's recipe measures differently.
-    measured_with = {"val_batches": flows.forgetting.val_batches, "psnr_items": flows.forgetting.psnr_samples,
-                     "batch_size": config.batch_size, "seed": config.seed, "split_seed": context.recipe.data.split_seed,
-                     "split_fractions": list(context.recipe.data.split_fractions), "slices": flows.slices,
-                     "val_items": flows.val_items}
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
     out.metrics = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=config.batch_size,
                                 val_batches=flows.forgetting.val_batches, psnr_items=flows.forgetting.psnr_samples, seed=config.seed)
@@ -510,6 +520,8 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
                         val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
     for index, previous in enumerate(earlier):
         report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
+        if report is not None and previous in fresh_before:
+            report["before"] = fresh_before[previous]
         if report is not None:
             out.forgetting[previous] = report
             bundle.set_metrics(f"flows/{previous}", report["after"])

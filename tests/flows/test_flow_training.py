@@ -174,6 +174,16 @@ def test_forgetting_compares_like_with_like_when_recipes_measure_differently(coh
     report = data["forgetting"]["mri-t1__mri-t2"]["mri-t1__ct"]
     assert report["before"] == report["after"] and "psnr" in report["after"]
 
+    # A bundle written before measurements were recorded: "before" is measured fresh, like "after".
+    opened = Bundle.open(bundle)
+    for stage in ("flows/mri-t1__ct", "flows/mri-t1__mri-t2"):
+        opened.data["stages"][stage].pop("measured_with")
+    opened.save()
+    train_flow(head, bundle, pair="t2-t1", recipe=heavy)
+    report = Bundle.open(bundle).data["forgetting"]["mri-t2__mri-t1"]
+    assert report["mri-t1__ct"]["before"] == report["mri-t1__ct"]["after"]
+    assert report["mri-t1__mri-t2"]["before"] == report["mri-t1__mri-t2"]["after"]
+
 
 def test_resume_equals_uninterrupted(cohorts):
     import shutil
