@@ -218,8 +218,9 @@ def window_channels(ct: torch.Tensor, ct_window: Sequence[float], windows: Seque
     """(B, c, H, W) CT normalised with ``ct_window`` → (B, c·(1 + len(windows)), H, W): the input, then each
     HU window of ``windows`` mapped to [-1, 1] (clipped) — an affine map of the normalised values, so
     training and inference compute it identically from what they already have."""
-    low, high = float(ct_window[0]), float(ct_window[1])
-    hu = low + (ct.float() + 1.0) * 0.5 * (high - low)
+    from medm2g_core.data.transforms import NormState, denormalize
+
+    hu = denormalize(ct.float(), NormState(Modality.CT.value, "window", float(ct_window[0]), float(ct_window[1]), units="HU"))
     parts = [ct]
     for w_low, w_high in windows:
         parts.append(((hu - float(w_low)) / (float(w_high) - float(w_low)) * 2.0 - 1.0).clamp(-1.0, 1.0).to(ct.dtype))

@@ -149,7 +149,8 @@ def train_flow(
         raise ConfigError("--pair is required for --stage flow (e.g. xray-report, mri-ct, t2+pd-t1)")
     pair = parse_pair(pair) if isinstance(pair, str) else pair
     names = _baseline_names(pair, regression=baselines)
-    _ct_source_windows(pair, flows.resolve(pair), _flow_config(pair, flows.resolve(pair)))  # refuse before any training
+    resolved = flows.resolve(pair)
+    _ct_source_windows(pair, resolved, _flow_config(pair, resolved))  # refuse before any training
     out = _train_flow_stage(context, pair, started=started, synthetic=synthetic)
     if names:
         out.baselines = _fit_baselines(context, pair, names)
@@ -430,7 +431,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
 
 def _train_flow_stage(context: _Context, pair: Pair, *, started: float, synthetic: bool) -> TrainFlowResult:
     from medm2g_core.align.model import AlignModel
-    from medm2g_core.flows.forgetting import evaluate_flow, spread_batch
+    from medm2g_core.flows.forgetting import spread_batch
     from medm2g_core.flows.model import EMA_NAME, SHARED_NAME, FlowNetwork, _read_shared, load_text_vae
     from medm2g_core.flows.task import FlowTask
     from medm2g_core.models.autoencoders import ImageAutoencoder
@@ -513,8 +514,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     bundle.record_component("flows", pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
-    out.metrics = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=config.batch_size,
-                                val_batches=flows.forgetting.val_batches, psnr_items=flows.forgetting.psnr_samples, seed=config.seed)
+    out.metrics = _evaluate_as(bundle.path, pair, val_dataset, measured_with)
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
                         data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)",
                         val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
@@ -542,7 +542,6 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
     """
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.data.splits import split_records
-    from medm2g_core.flows.forgetting import evaluate_flow
     from medm2g_core.serialization import load_config
     from medm2g_core.flows.model import FlowNetworkConfig
 
@@ -562,6 +561,12 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
     resolved = type(resolved)(**{**resolved.__dict__, "context_slices": network_config.context_slices,
                                  "slices": how["slices"], "val_items": how["val_items"]})
     _, val_dataset = flow_datasets(earlier_context, pair, resolved)
-    after = evaluate_flow(bundle.path, pair, dataset=val_dataset, batch_size=how["batch_size"], val_batches=how["val_batches"],
-                          psnr_items=how["psnr_items"], seed=how["seed"])
-    return {"before": before, "after": after}
+    return {"before": before, "after": _evaluate_as(bundle.path, pair, val_dataset, how)}
+
+
+def _evaluate_as(bundle_dir: Path, pair: Pair, dataset: Any, how: dict[str, Any]) -> dict[str, float]:
+    """A flow's metrics on ``dataset``, measured as ``how`` (a ``measured_with`` record) says."""
+    from medm2g_core.flows.forgetting import evaluate_flow
+
+    return evaluate_flow(bundle_dir, pair, dataset=dataset, batch_size=how["batch_size"], val_batches=how["val_batches"],
+                         psnr_items=how["psnr_items"], seed=how["seed"])
