@@ -68,6 +68,9 @@ class FlowNetworkConfig:
         spatial: registered image flow (sources concatenated channel-wise).
         embed_dim: width of the aligned pooled embeddings; token_dims: encoder family → token width.
         flow: ``FlowConfig`` fields; denoiser: ``ImageDenoiserConfig``/``TextLatentDenoiserConfig`` fields.
+        condition_encoders: image encoder family → ``ImageEncoderConfig`` fields of the flow's OWN copy of
+            that aligned encoder (``FlowRecipe.condition_encoder: finetune``), initialised from ``align/`` and
+            trained with the flow; empty = the frozen aligned encoders condition the flow.
         ct_source_windows: extra HU windows of a CT source on the spatial path (``FlowRecipe``): each
             adds ``1 + 2·context_slices`` channels, computed from the normalised CT by ``window_channels``.
         normalisation: how images were mapped to [-1, 1] in training (the recipe's ``data.ct_window`` and
@@ -86,6 +89,7 @@ class FlowNetworkConfig:
     flow: dict[str, Any] = field(default_factory=dict)
     denoiser: dict[str, Any] = field(default_factory=dict)
     ct_source_windows: list[list[float]] = field(default_factory=list)
+    condition_encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     normalisation: dict[str, list[float]] = field(
         default_factory=lambda: {"ct_window": list(DEFAULT_CT_WINDOW), "mri_percentiles": list(DEFAULT_MRI_PERCENTILES)})
 
@@ -133,6 +137,12 @@ class FlowNetwork(UsesSharedCrossAttention):
         self.source_embedding = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(width) * 0.02) for name in config.sources}
         )
+        from medm2g_core.models.encoders import ImageEncoder, ImageEncoderConfig
+
+        self.condition_encoders = nn.ModuleDict({
+            family: ImageEncoder(dataclass_from_dict(ImageEncoderConfig, dict(values), where=f"condition encoder {family}"))
+            for family, values in config.condition_encoders.items()
+        })
         denoiser_config = config.denoiser_config
         if config.kind == "image":
             self.denoiser: nn.Module = ImageDenoiser(denoiser_config, shared=shared)
@@ -144,6 +154,12 @@ class FlowNetwork(UsesSharedCrossAttention):
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor | int, *, condition) -> torch.Tensor:
         return self.denoiser(noisy, timesteps, condition=condition)
+
+    @torch.no_grad()
+    def init_condition_encoders(self, align: Any) -> None:
+        """Start the flow's own condition encoders from the aligned ones they copy."""
+        for family, encoder in self.condition_encoders.items():
+            encoder.load_state_dict(align.images[family].state_dict())
 
     def semantic_source(self, modality: Modality, *, pooled: torch.Tensor, tokens: torch.Tensor | None,
                         mask: torch.Tensor | None, weight: float = 1.0) -> SemanticSource:
@@ -201,7 +217,13 @@ def build_condition(network: FlowNetwork, align: Any, sources: dict[Modality, An
             continue
         if modality not in own and not modality.is_image and modality is not Modality.REPORT:
             raise ValueError(f"cannot condition on {modality.value}")
-        pooled, tokens, mask = encode_aligned(align, modality, value, context_slices=config.context_slices)
+        family = family_of(modality)
+        if family in network.condition_encoders and isinstance(value, torch.Tensor):
+            image = center_channels(value, context_slices=config.context_slices) if value.ndim == 4 else value
+            pooled, tokens = network.condition_encoders[family](image.float())
+            mask = None
+        else:
+            pooled, tokens, mask = encode_aligned(align, modality, value, context_slices=config.context_slices)
         weight = 1.0 if weights is None else float(weights.get(modality, 1.0))
         semantic.append(network.semantic_source(modality, pooled=pooled, tokens=tokens, mask=mask, weight=weight))
     spatial_inputs: list[torch.Tensor | None] = []

@@ -30,6 +30,7 @@ from medm2g_core.errors import ConfigError
 from medm2g_core.modalities import Pair, parse_pair
 
 SHARED_MODES = ("frozen", "finetune")
+CONDITION_ENCODER_MODES = ("frozen", "finetune")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class FlowRecipe:
     channel plus one channel per window listed here (e.g. brain ``[0, 80]``, soft tissue ``[-160, 240]``).
     In the full [−1024, 3000] HU window grey matter, white matter and CSF differ by ~0.02 of the range,
     which a small denoiser does not resolve; a brain window spreads them over the whole range.
+
+    ``condition_encoder``: ``frozen`` — image sources are encoded by the bundle's aligned encoders as they are;
+    ``finetune`` — the flow trains its own copy of each source's aligned image encoder (initialised from
+    ``align/``, saved with the flow), for sources whose findings the contrastive encoder does not separate.
     """
 
     shared: str = "frozen"
@@ -60,6 +65,7 @@ class FlowRecipe:
     slices: Any = 24
     context_slices: int = 0
     ct_source_windows: tuple[tuple[float, float], ...] = ()
+    condition_encoder: str = "frozen"
     source_dropout: float = 0.15
     val_items: int = 64
     sample_items: int = 4
@@ -70,6 +76,9 @@ class FlowRecipe:
     def __post_init__(self) -> None:
         if self.shared not in SHARED_MODES:
             raise ConfigError(f"flows.shared must be one of {', '.join(SHARED_MODES)}, not {self.shared!r}")
+        if self.condition_encoder not in CONDITION_ENCODER_MODES:
+            raise ConfigError(f"flows.condition_encoder must be one of {', '.join(CONDITION_ENCODER_MODES)}, "
+                              f"not {self.condition_encoder!r}")
         if self.context_slices < 0:
             raise ConfigError("flows.context_slices must be ≥ 0")
         for window in self.ct_source_windows:

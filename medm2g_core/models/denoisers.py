@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medm2g_core.models.conditioning import Condition, SharedCrossAttention, UsesSharedCrossAttention, mask_to_bias, stack_spatial
@@ -41,6 +42,9 @@ def _with_null_token(null_token: torch.Tensor, condition: Condition) -> tuple[to
 
 
 # --------------------------------------------------------------------------- image denoiser
+IMAGE_BACKBONES = ("unet2d", "conv")
+
+
 @dataclass
 class ImageDenoiserConfig:
     """A tiny-by-default ``UNet2DConditionModel`` with the shared cross-attention at low resolution.
@@ -57,8 +61,14 @@ class ImageDenoiserConfig:
             at high resolution is ~4× slower on CPU).
         condition_dim: width C of condition tokens/pooled embedding.
         attention_heads: heads of the mid block's self-attention.
-        norm_num_groups: GroupNorm groups.
+        norm_num_groups: GroupNorm groups (``unet2d``); the ``conv`` backbone normalises per channel.
         adaptive: pooled condition → per-flow scale/shift of every ResNet GroupNorm.
+        backbone: ``unet2d`` — diffusers' ``UNet2DConditionModel`` (paper scale); ``conv`` — a plain
+            convolutional UNet (two 3×3 convolutions per level, max-pool down, transposed-conv up, skip
+            concatenation, as MONAI's ``BasicUNet``) with the time + pooled-condition embedding as a
+            scale/shift of every block and the shared cross-attention at every level whose width equals
+            the shared ``query_dim``. On CPU at 64² it steps ~3× faster than ``unet2d`` and learns
+            more per step (see ``recipes/demo-cpu.yaml``).
     """
 
     sample_size: int = 64
@@ -71,6 +81,11 @@ class ImageDenoiserConfig:
     attention_heads: int = 4
     norm_num_groups: int = 8
     adaptive: bool = True
+    backbone: str = "unet2d"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in IMAGE_BACKBONES:
+            raise ValueError(f"image denoiser backbone {self.backbone!r}; valid: {', '.join(IMAGE_BACKBONES)}")
 
     @property
     def in_channels(self) -> int:
@@ -102,6 +117,99 @@ def build_image_unet(config: ImageDenoiserConfig):
     )
 
 
+class _ConvBlock(nn.Module):
+    """Two 3×3 convolutions, each normalised per channel; the first modulated by ``emb`` (scale, shift)."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(out_channels, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(out_channels, out_channels)
+        self.modulation = nn.Linear(emb_dim, 2 * out_channels)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, hidden: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(emb)[:, :, None, None].chunk(2, dim=1)
+        hidden = F.leaky_relu(self.norm1(self.conv1(hidden)) * (1 + scale) + shift, 0.1)
+        return F.leaky_relu(self.norm2(self.conv2(hidden)), 0.1)
+
+
+class _CrossAttentionPoint(nn.Module):
+    """Residual cross-attention of a feature map (B, C, H, W) to condition tokens through one shared layer."""
+
+    def __init__(self, channels: int, layer: nn.Module):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(8, channels), channels)
+        self.layer = layer  # the shared module object
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        batch, channels, height, width = hidden.shape
+        query = self.norm(hidden).flatten(2).transpose(1, 2)
+        attended = self.layer(query, encoder_hidden_states=tokens, attention_mask=bias)
+        return hidden + attended.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class ConvUNet(nn.Module):
+    """The ``conv`` backbone: ``forward(sample (B, in, H, W), timesteps (B,), tokens (B, N, C), bias, pooled (B, C))``.
+
+    Level i works at H/2^i with ``block_out_channels[i]`` channels; the decoder mirrors the encoder with
+    skip concatenation. The embedding (sinusoidal time → MLP, plus the projected pooled condition when
+    ``adaptive``) scales and shifts every block; the shared cross-attention layers are inserted after the
+    encoder and decoder blocks of each level whose width equals ``shared.config.query_dim``.
+    """
+
+    def __init__(self, config: ImageDenoiserConfig, *, shared: SharedCrossAttention):
+        super().__init__()
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+        widths = tuple(config.block_out_channels)
+        if len(widths) < 2:
+            raise ValueError(f"the conv backbone needs at least 2 levels, got block_out_channels={list(widths)}")
+        if config.sample_size % 2 ** (len(widths) - 1):
+            raise ValueError(f"sample_size {config.sample_size} is not divisible by 2^{len(widths) - 1} "
+                             f"({len(widths)} levels); use fewer block_out_channels or another image size")
+        emb_dim = 4 * widths[0]
+        self.config = config
+        self.time_proj = Timesteps(widths[0], flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(widths[0], emb_dim)
+        self.condition_embedding = nn.Linear(config.condition_dim, emb_dim) if config.adaptive else None
+        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.down = nn.ModuleList(_ConvBlock(widths[max(i - 1, 0)], width, emb_dim) for i, width in enumerate(widths))
+        self.up_sample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(len(widths) - 1))
+        self.up = nn.ModuleList(_ConvBlock(2 * widths[i], widths[i], emb_dim) for i in range(len(widths) - 1))
+        self.conv_out = nn.Conv2d(widths[0], config.target_channels, 1)
+        levels = [i for i, width in enumerate(widths) if width == shared.config.query_dim]
+        points = [("down", i) for i in levels] + [("up", i) for i in reversed(levels) if i < len(widths) - 1]
+        if len(points) > shared.config.num_layers:
+            raise ValueError(f"the conv UNet has {len(points)} cross-attention points but SharedCrossAttention has "
+                             f"{shared.config.num_layers} layers; raise num_layers")
+        self.attention = nn.ModuleDict({f"{side}{level}": _CrossAttentionPoint(widths[level], shared.layers[k])
+                                        for k, (side, level) in enumerate(points)})
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, *, tokens: torch.Tensor, bias: torch.Tensor | None,
+                pooled: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
+        if self.condition_embedding is not None:
+            emb = emb + self.condition_embedding(pooled.to(sample.dtype))
+        hidden = self.conv_in(sample)
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                hidden = F.max_pool2d(hidden, 2)
+            hidden = block(hidden, emb)
+            if f"down{level}" in self.attention:
+                hidden = self.attention[f"down{level}"](hidden, tokens, bias)
+            skips.append(hidden)
+        skips.pop()
+        for level in reversed(range(len(self.up))):
+            hidden = self.up[level](torch.cat([skips.pop(), self.up_sample[level](hidden)], dim=1), emb)
+            if f"up{level}" in self.attention:
+                hidden = self.attention[f"up{level}"](hidden, tokens, bias)
+        return self.conv_out(hidden)
+
+
 class ImageDenoiser(UsesSharedCrossAttention):
     """Image (or image-latent) denoiser of one flow.
 
@@ -114,15 +222,20 @@ class ImageDenoiser(UsesSharedCrossAttention):
     def __init__(self, config: ImageDenoiserConfig, *, shared: SharedCrossAttention):
         super().__init__()
         self.config = config
-        if config.block_out_channels[-1] != shared.config.query_dim:
+        if config.backbone == "unet2d" and config.block_out_channels[-1] != shared.config.query_dim:
             raise ValueError(
                 f"the lowest UNet level has width {config.block_out_channels[-1]} but the shared cross-attention "
                 f"expects query_dim {shared.config.query_dim}; make block_out_channels[-1] equal to it"
             )
         if config.condition_dim != shared.config.condition_dim:
             raise ValueError(f"condition_dim {config.condition_dim} != shared condition_dim {shared.config.condition_dim}")
-        self.unet = build_image_unet(config)
         self.null_token = nn.Parameter(torch.randn(1, 1, config.condition_dim) * 0.02)
+        if config.backbone == "conv":
+            self.unet: nn.Module = ConvUNet(config, shared=shared)
+            self.cross_attention_points = len(self.unet.attention)
+            self._refer_to_shared(shared)
+            return
+        self.unet = build_image_unet(config)
         # Tie the shared layers in place of every cross-attention (attn2) of the UNet, in module order.
         points = [(name, module) for name, module in self.unet.named_modules() if hasattr(module, "attn2") and module.attn2 is not None]
         if len(points) > shared.config.num_layers:
@@ -137,9 +250,13 @@ class ImageDenoiser(UsesSharedCrossAttention):
         spatial = stack_spatial(condition, channels=self.config.spatial_channels, like=noisy)
         sample = noisy if spatial is None else torch.cat([noisy, spatial], dim=1)
         tokens, mask = _with_null_token(self.null_token, condition)
+        steps = _timesteps_for(timesteps, noisy.shape[0], noisy.device)
+        if self.config.backbone == "conv":
+            bias = None if condition.mask_is_full else mask_to_bias(mask, dtype=noisy.dtype)
+            return self.unet(sample, steps, tokens=tokens.to(noisy.dtype), bias=bias, pooled=condition.pooled)
         output = self.unet(
             sample,
-            _timesteps_for(timesteps, noisy.shape[0], noisy.device),
+            steps,
             encoder_hidden_states=tokens.to(noisy.dtype),
             encoder_attention_mask=None if condition.mask_is_full else mask,
             class_labels=condition.pooled.to(noisy.dtype) if self.config.adaptive else None,

@@ -426,6 +426,8 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
         embed_dim=int(align.config.embed_dim), token_dims=token_dims, flow=to_jsonable(flow_config), denoiser=to_jsonable(denoiser),
         normalisation={"ct_window": list(context.recipe.data.ct_window), "mri_percentiles": list(context.recipe.data.mri_percentiles)},
         ct_source_windows=windows,
+        condition_encoders={family_of(s): to_jsonable(align.images[family_of(s)].config) for s in pair.sources
+                            if s.is_image and flows.condition_encoder == "finetune"},
     )
 
 
@@ -490,6 +492,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         shared_trainable = True
     network = FlowNetwork(_network_config(context, pair, flows, align, shared.config, text_vae=text_vae, autoencoders=autoencoders),
                           shared=shared)
+    network.init_condition_encoders(align)
     warm_start_steps = int(round(network.config.flow_config.warm_start_fraction * config.steps))
     if warm_start_steps and network.config.flow_config.prediction_type == "sample":
         network.denoiser.zero_init_noise_path()

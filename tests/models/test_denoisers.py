@@ -9,7 +9,7 @@ from medm2g_core.errors import BundleError
 from medm2g_core.models.conditioning import ConditionInputs, SemanticSource, SharedCrossAttention, assemble_condition
 from medm2g_core.models.denoisers import ImageDenoiser, TextLatentDenoiser
 from medm2g_core.serialization import load_weights
-from tiny_models import C, perturb, tiny_image_denoiser, tiny_shared, tiny_text_denoiser
+from tiny_models import C, W, perturb, tiny_image_denoiser, tiny_shared, tiny_text_denoiser
 
 
 def condition_for(batch: int, *, spatial: bool, seed: int = 0):
@@ -21,9 +21,11 @@ def condition_for(batch: int, *, spatial: bool, seed: int = 0):
     return assemble_condition(inputs)
 
 
-def test_image_denoiser_shapes_and_condition_matters():
+@pytest.mark.parametrize("backbone", ["unet2d", "conv"])
+def test_image_denoiser_shapes_and_condition_matters(backbone):
     torch.manual_seed(0)
-    model = tiny_image_denoiser(tiny_shared(), spatial_channels=(1,)).eval()
+    model = tiny_image_denoiser(tiny_shared(), spatial_channels=(1,), backbone=backbone).eval()
+    perturb(model)
     assert model.config.in_channels == 3  # target + spatial + presence
     noisy = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
@@ -49,11 +51,13 @@ def test_wrong_widths_are_refused():
         tiny_image_denoiser(tiny_shared(), block_out_channels=(8, 32))
 
 
-@pytest.mark.parametrize("kind", ["image", "text"])
+@pytest.mark.parametrize("kind", ["image", "image-conv", "text"])
 def test_save_reload_identical_and_shared_saved_once(kind, tmp_path):
     torch.manual_seed(0)
     shared = tiny_shared()
-    model = (tiny_image_denoiser(shared, spatial_channels=(1,)) if kind == "image" else tiny_text_denoiser(shared)).eval()
+    model = (tiny_image_denoiser(shared, spatial_channels=(1,), backbone="conv" if kind == "image-conv" else "unet2d")
+             if kind != "text" else tiny_text_denoiser(shared)).eval()
+    kind = "image" if kind == "image-conv" else kind
     perturb(model)
     cls = ImageDenoiser if kind == "image" else TextLatentDenoiser
     noisy = torch.randn(2, 1, 16, 16) if kind == "image" else torch.randn(2, 4, 6)
@@ -88,6 +92,7 @@ def test_mismatched_weights_are_a_bundle_error(tmp_path):
 def test_zero_init_noise_path_makes_a_regressor():
     torch.manual_seed(0)
     for model, shape in ((tiny_image_denoiser(tiny_shared(), spatial_channels=(1,)), (2, 1, 16, 16)),
+                         (tiny_image_denoiser(tiny_shared(), spatial_channels=(1,), backbone="conv"), (2, 1, 16, 16)),
                          (tiny_text_denoiser(tiny_shared()), (2, 4, 6))):
         model.eval()
         perturb(model)
@@ -99,11 +104,13 @@ def test_zero_init_noise_path_makes_a_regressor():
         torch.testing.assert_close(a, b)  # output depends on the condition only
 
 
-@pytest.mark.parametrize("kind", ["image", "text"])
+@pytest.mark.parametrize("kind", ["image", "image-conv", "text"])
 def test_dropped_source_tokens_do_not_reach_the_output(kind):
     torch.manual_seed(0)
     shared = tiny_shared()
-    model = (tiny_image_denoiser(shared) if kind == "image" else tiny_text_denoiser(shared)).eval()
+    model = (tiny_image_denoiser(shared, backbone="conv" if kind == "image-conv" else "unet2d")
+             if kind != "text" else tiny_text_denoiser(shared)).eval()
+    kind = "image" if kind == "image-conv" else kind
     perturb(model)
     noisy = torch.randn(2, 1, 16, 16) if kind == "image" else torch.randn(2, 4, 6)
     kept = SemanticSource(torch.randn(2, 2, C))
@@ -119,3 +126,20 @@ def test_dropped_source_tokens_do_not_reach_the_output(kind):
     with torch.no_grad():
         alone = model(noisy, torch.tensor([7, 70]), condition=assemble_condition(ConditionInputs(semantic=[kept])))
     torch.testing.assert_close(run(torch.randn(2, 3, C)), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_backbone_ties_the_shared_layers_and_gets_their_gradient():
+    torch.manual_seed(0)
+    shared = tiny_shared()
+    model = tiny_image_denoiser(shared, spatial_channels=(1,), backbone="conv")
+    assert model.cross_attention_points == 1 and model.unet.attention["down1"].layer is shared.layers[0]
+    perturb(model)
+    model(torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), condition=condition_for(2, spatial=True)).pow(2).mean().backward()
+    assert shared.layers[0].to_k.weight.grad.abs().sum() > 0
+
+
+def test_conv_backbone_refuses_sizes_it_cannot_halve():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_image_denoiser(tiny_shared(), backbone="conv", sample_size=18, block_out_channels=(8, 8, W))
+    with pytest.raises(ValueError, match="backbone"):
+        tiny_image_denoiser(tiny_shared(), backbone="vit")

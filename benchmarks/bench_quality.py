@@ -1,0 +1,129 @@
+"""Quality per CPU-second: the medm2g flow vs its equal-budget regression baseline vs a plain peer.
+
+For each pair (``mri-ct``, ``t1-t2``) and each budget (multiples of the flow's demo steps) it trains, on one
+phantom head cohort (or a cohort given with ``--cohort``, e.g. an imported real one):
+
+- the medm2g flow (``medm2g train-flow --baselines``: the regression baseline is the flow's network trained
+  with L1 for the same steps, the identity baseline an intensity map);
+- the plain peer (``benchmarks/peer.py``: MONAI ``BasicUNet`` L1 regression, no project code) for the same
+  wall-clock seconds as the flow's training stage;
+
+then translates the held-out patients' whole volumes and scores all of them with ``medm2g evaluate``, and prints
+one table: metric of each system, seconds, and model/peer ratios. Nothing is asserted; the numbers go in the
+README's performance section.
+
+    .venv/bin/python benchmarks/bench_quality.py [--pairs mri-ct,t1-t2] [--budgets 1,3,10] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TARGET = {"mri-ct": ("ct", "MAE", "PSNR", "SSIM"), "t1-t2": ("mri-t2", None, "PSNR", "SSIM")}
+DEMO_STEPS = {"mri-ct": 600, "t1-t2": 500}  # keep in step with medm2g_core's demo settings
+
+
+def medm2g(*args: str, log: Path) -> dict:
+    command = [str(Path(sys.executable).with_name("medm2g")), *args, "--json"]
+    with open(log, "a") as err:
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, stderr=err, text=True).stdout
+    lines = [line for line in out.splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def held_out(cohort: Path, count: int) -> tuple[list[str], list[str]]:
+    splits = json.loads((cohort / "splits.json").read_text())
+    return sorted(splits["train"]), sorted(splits["val"] + splits["test"])[:count]
+
+
+def metrics_of(evaluation: dict, system: str) -> dict[str, float]:
+    found = evaluation["systems"][system]["metrics"]
+    return {name.split(":")[1].split("[")[0].strip(): entry["value"] for name, entry in found.items()}
+
+
+def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path, patients: int, seed: int) -> dict:
+    target = TARGET[pair][0]
+    steps = int(round(DEMO_STEPS[pair] * budget))
+    work = out / f"{pair}-x{budget:g}"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.txt"
+    bundle = work / "bundle.m2g"
+    subprocess.run(["rm", "-rf", str(bundle)], check=True)
+    subprocess.run(["cp", "-r", str(aligned), str(bundle)], check=True)
+    trained = medm2g("train-flow", "--data", str(cohort), "--bundle", str(bundle), "--pair", pair, "--steps", str(steps),
+                     "--seed", str(seed), "--baselines", log=log)
+    seconds = next(s["seconds"] for s in trained["stages"] if s["name"].startswith("flows/"))
+    train, held = held_out(cohort, patients)
+    inputs = [str(cohort / p / "mri-t1.nii.gz") for p in held]
+    medm2g("translate", *inputs, "--to", target, "--model", str(bundle), "--out", str(work / "model"), "--overwrite",
+           "--batch-size", "64", "--seed", str(seed), log=log)
+    started = time.monotonic()
+    subprocess.run([sys.executable, str(HERE / "peer.py"), "--cohort", str(cohort), "--sources", "mri-t1", "--target", target,
+                    "--train", ",".join(train), "--predict", ",".join(held), "--seconds", str(seconds), "--seed", str(seed),
+                    "--out", str(work / "peer")], check=True, stdout=open(work / "peer.json", "w"), stderr=open(log, "a"))
+    peer_seconds = time.monotonic() - started
+    evaluation = medm2g("evaluate", "--task", "translation", "--pred", str(work / "model"), "--ref", str(cohort),
+                        "--model", str(bundle), "--pair", pair, "--baseline", "identity", "--baseline", "regression",
+                        "--baseline", f"peer={work / 'peer'}", log=log)
+    return {"pair": pair, "budget": budget, "steps": steps, "seconds": seconds, "peer_seconds_total": round(peer_seconds, 1),
+            "peer": json.loads((work / "peer.json").read_text()),
+            "systems": {name: metrics_of(evaluation, name) for name in evaluation["systems"]}}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| pair | budget (flow steps, s) | metric | medm2g flow | regression (same steps) | identity | peer (same s) | flow/peer |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for metric in TARGET[r["pair"]][1:]:
+            if metric is None:
+                continue
+            values = {name: r["systems"].get(name, {}).get(metric) for name in ("model", "regression", "identity", "peer")}
+            ratio = values["model"] / values["peer"] if values["model"] and values["peer"] else float("nan")
+            cells = " | ".join(f"{values[n]:.3g}" if values[n] is not None else "–" for n in ("model", "regression", "identity", "peer"))
+            lines.append(f"| {r['pair']} | {r['budget']:g}× ({r['steps']}, {r['seconds']:.0f} s) | {metric} | {cells} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", default="mri-ct,t1-t2")
+    parser.add_argument("--budgets", default="1,3,10", help="multiples of the demo's flow steps")
+    parser.add_argument("--cohort", type=Path, help="cohort with splits.json (default: 32 head phantoms at 64³, seed 1)")
+    parser.add_argument("--patients", type=int, default=3, help="held-out patients translated and scored")
+    parser.add_argument("--align-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cohort = args.cohort
+    if cohort is None:
+        cohort = out / "head"
+        if not (cohort / "splits.json").is_file():
+            subprocess.run([sys.executable, str(HERE / "make_cohort.py"), str(cohort), "--anatomy", "head", "--patients", "32",
+                            "--seed", "1"], check=True)
+    aligned = out / "aligned.m2g"
+    if not (aligned / "bundle.json").is_file():
+        medm2g("align", "--data", str(cohort), "--out", str(aligned), "--steps", str(args.align_steps), "--seed", str(args.seed),
+               log=out / "align-log.txt")
+    results = []
+    for pair in args.pairs.split(","):
+        for budget in (float(b) for b in args.budgets.split(",")):
+            results.append(run_pair(pair, budget, cohort=cohort, aligned=aligned, out=out, patients=args.patients, seed=args.seed))
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            print(table(results[-1:]), flush=True)
+    print(f"\nmachine: {os.cpu_count()} CPU threads visible, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
