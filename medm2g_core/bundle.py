@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import BundleError
 from medm2g_core.serialization import read_json, refuse_pickles, to_jsonable, write_json, write_text
 

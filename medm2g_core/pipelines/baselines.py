@@ -415,7 +415,8 @@ def predict_baselines(
 
 def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: dict[str, Path], normalisation: dict, *,
                          synthetic: bool, device: str, progress: ProgressFn) -> None:
-    from medm2g_core import __version__, io
+    from medm2g_core import io
+    from medm2g_core._version import __version__
     from medm2g_core.baselines.intensity import IntensityMap
     from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES, normalize
     from medm2g_core.io.meta import units_for

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import ConfigError, InputError
 from medm2g_core.io.meta import SUFFIX_FORMATS, canonical_modality, memory_limit_bytes, modality_from_name
 from medm2g_core.modalities import Modality

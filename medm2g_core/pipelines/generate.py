@@ -123,7 +123,7 @@ def generate_one(model: "MedM2G", items: Sequence[Any], *, target: Modality, sam
     if target is Modality.REPORT:
         texts = (prediction.texts or [[]])[0]
         return GenerationResult(modality=target, reports=[as_report(t) for t in texts], flow=pair.name)
-    from medm2g_core import __version__
+    from medm2g_core._version import __version__
     from medm2g_core.data.transforms import NormState, denormalize
 
     state = NormState(Modality.XRAY.value, "dtype", 0.0, 65535.0)

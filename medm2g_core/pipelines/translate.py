@@ -210,7 +210,7 @@ def translate_volume(
     if spread is not None:
         # std in physical units: the denormalisation is affine, so it scales by (high - low) / 2.
         std = from_canonical(np.maximum(spread, 0.0) * np.float32((state.high - state.low) / 2.0), ornt)
-    from medm2g_core import __version__
+    from medm2g_core._version import __version__
     from medm2g_core.io.meta import units_for
 
     derivation = f"medm2g {__version__} {flow.pair.name} translation" + (f" with bundle {bundle_name}" if bundle_name else "")
