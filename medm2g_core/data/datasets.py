@@ -220,9 +220,9 @@ class AlignDataset(Dataset):
         return self._reports[key]
 
     def _report_findings(self, path: Path | None, text: str) -> torch.Tensor:
-        """(L,) 0/1: the findings the rule-based labeler reads as present in the report (``metrics.clinical.LABELS``,
+        """(L,) 0/1: the findings the rule-based labeler reads as present in the report (``data.labeler.LABELS``,
         "no finding" included), from the report as written (before any text augmentation); all 0 without one."""
-        from medm2g_core.metrics.clinical import LABELS, label_report
+        from medm2g_core.data.labeler import LABELS, label_report
 
         if path is None or not text.strip():
             return torch.zeros(len(LABELS), dtype=torch.uint8)
