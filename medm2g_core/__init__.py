@@ -14,7 +14,7 @@ __all__ = ["__version__", "MedM2G"]
 
 def __getattr__(name: str):
     if name == "MedM2G":
-        from medm2g_core.pipelines.model import MedM2G
+        from medm2g_core.inference.model import MedM2G
 
         return MedM2G
     raise AttributeError(name)
