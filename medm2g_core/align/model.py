@@ -32,7 +32,7 @@ class AlignModelConfig:
         embed_dim: shared embedding dimension.
         families: image encoder families ("xray", "ct", "mri"; ``Modality.encoder_family``).
         image_widths / image_token_dim / spatial_dims / image_pooling / pool_grid: ``ImageEncoderConfig``
-            of each family (``pooling``, ``pool_grid``; bundles from before pooling existed load as "mean").
+            of each family (``pooling``, ``pool_grid``; a config without them loads as "mean").
         text_encoder: "bert" (small BERT from scratch) or "pretrained" (architecture in ``text_encoder/``).
         text_source: where the pretrained encoder came from (informational).
         text_width / text_layers / text_heads: small-BERT size.

@@ -1,6 +1,6 @@
 """One flow of a bundle: its network (``FlowNetwork``), its condition path, and inference (``FlowModel``).
 
-Condition path (DESIGN §1.5, issue 11). Every source modality of a flow gives one **semantic source**
+Condition path (DESIGN §1.5). Every source modality of a flow gives one **semantic source**
 built from the frozen aligned encoders of the bundle (``align/``):
 
 - its aligned pooled embedding (the shared, text-hub-aligned space) — L2-normalised, scaled to unit
@@ -13,7 +13,7 @@ Registered image flows (``mri-ct``, ``t1-t2``, ``t2+pd-t1``) also give each sour
 source** (its slice, plus 2.5D context slices) concatenated channel-wise. Dropping a source (training
 dropout, or absent at inference) drops both its semantic and its spatial part.
 
-Composition (CoDi-style, issue 11) is ``FlowModel.predict(sources, weights=...)`` on ONE flow:
+Composition (CoDi-style) is ``FlowModel.predict(sources, weights=...)`` on ONE flow:
 sources beyond the flow's own (any modality the bundle's align stage encodes) are added as extra
 semantic sources; the adaptive parameters see the weighted mean of every kept source's aligned pooled
 embedding (``assemble_condition``: Σ w_s·p_s / Σ w_s), and cross-attention sees all their tokens. A

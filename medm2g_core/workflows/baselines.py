@@ -1,4 +1,4 @@
-"""Fit the baselines of a flow into a bundle, and write their predictions (EVALUATION.md, issue 8 item 5).
+"""Fit the baselines of a flow into a bundle, and write their predictions (EVALUATION.md).
 
 ``fit_baselines(data_dir, bundle, pair=...)`` — on the training split of the cohort (the split the
 flow was trained on: the recipe's ``data.split_seed``/``split_fractions``, honouring ``splits.json``):

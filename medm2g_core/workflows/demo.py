@@ -1,4 +1,4 @@
-"""``run_demo()``: the whole MedM2G pipeline on synthetic phantom cohorts, offline (DESIGN §2, §7; issue 9).
+"""``run_demo()``: the whole MedM2G pipeline on synthetic phantom cohorts, offline (DESIGN §2, §7).
 
 What one call does, stage by stage (each stage recorded in ``OUT/demo-state.json`` when it finishes):
 

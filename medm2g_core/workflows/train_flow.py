@@ -1,4 +1,4 @@
-"""``train_flow()``: add one generation flow (or a latent space) to a bundle (DESIGN §1.4–1.7, issue 6/11).
+"""``train_flow()``: add one generation flow (or a latent space) to a bundle (DESIGN §1.4–1.7).
 
 One call = one ``medm2g train-flow`` run, through the one training loop (``training.loop.train``):
 
@@ -22,7 +22,7 @@ On several processes every rank calls it; only rank 0 writes the bundle.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -377,7 +377,7 @@ def _flow_config(pair: Pair, flows: Any) -> Any:
         objective.setdefault("clip_sample", False)  # text latents are unit-RMS, not bounded to [-1, 1]
     flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
     if flow_config.latent:
-        flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(flow_config), "clip_sample": objective.get("clip_sample", False)}, where="flows.objective")
+        flow_config = replace(flow_config, clip_sample=objective.get("clip_sample", False))
     return flow_config
 
 
