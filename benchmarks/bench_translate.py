@@ -37,8 +37,8 @@ def main() -> None:
     synthesize_cohort(work / "cohort", patients=24 if args.build else 1, anatomy="chest", seed=0, size=args.size, workers=0)
     bundle = args.model
     if args.build:
-        from medm2g_core.pipelines.align import align
-        from medm2g_core.pipelines.train_flow import train_flow
+        from medm2g_core.workflows.align import align
+        from medm2g_core.workflows.train_flow import train_flow
 
         align(work / "cohort", work / "bundle", steps=2, workers=0)
         train_flow(work / "cohort", work / "bundle", pair="mri-ct", steps=2)

@@ -173,7 +173,7 @@ def batch_item_reporter(json_out: bool) -> Callable[[Any], None]:
     """Per-input callback: a failure is one stderr line naming the file and cause; --json prints one
     object per input on stdout (the only thing written there)."""
 
-    def report(item: Any) -> None:  # medm2g_core.pipelines.batch.ItemResult
+    def report(item: Any) -> None:  # medm2g_core.jobs.runs.ItemResult
         if item.status == "failed":
             error_line(item.message or f"{item.input}: failed")
         elif state.verbose:
@@ -184,7 +184,7 @@ def batch_item_reporter(json_out: bool) -> Callable[[Any], None]:
     return report
 
 
-def batch_summary(title: str, result: Any) -> None:  # medm2g_core.pipelines.batch.BatchResult
+def batch_summary(title: str, result: Any) -> None:  # medm2g_core.jobs.runs.BatchResult
     """The summary table (stderr): counts and time; the run record's path."""
     counts = result.counts
     table(

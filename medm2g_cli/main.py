@@ -23,7 +23,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from medm2g_core import __version__
+        from medm2g_core._version import __version__
 
         typer.echo(f"medm2g {__version__}")
         raise typer.Exit(0)

@@ -1,19 +1,20 @@
-"""medm2g core library: I/O, data, models, training, sampling, metrics and pipelines.
+"""medm2g core library: I/O, data, models, training, sampling, metrics, inference, batch jobs, workflows.
 
-The core never prints; long jobs report progress through a callback (see ``types.Progress``).
-Heavy modules (torch, diffusers) are imported lazily so that ``import medm2g_core`` is cheap.
+This file is the roof: it only re-exports (``__version__`` and, lazily, the ``MedM2G`` facade) so that
+``import medm2g_core`` and ``medm2g --help`` stay cheap. Nothing inside the package imports from it.
+The core never prints; long jobs report progress through a callback (see ``types.ProgressFn``).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from medm2g_core._version import __version__
 
 __all__ = ["__version__", "MedM2G"]
 
 
 def __getattr__(name: str):
     if name == "MedM2G":
-        from medm2g_core.pipelines.model import MedM2G
+        from medm2g_core.inference.model import MedM2G
 
         return MedM2G
     raise AttributeError(name)

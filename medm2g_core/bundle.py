@@ -19,17 +19,54 @@ The default bundle (what `medm2g demo` made last) is remembered in ``$MEDM2G_HOM
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import BundleError
 from medm2g_core.serialization import read_json, refuse_pickles, to_jsonable, write_json, write_text
 
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
-COMPONENT_KINDS = ("align", "autoencoders", "text_vae", "flows")
+# Every folder and file name of the layout (DESIGN §4); other modules use these, never the strings.
+ALIGN, AUTOENCODERS, TEXT_VAE, FLOWS = "align", "autoencoders", "text_vae", "flows"
+TRAINING, BASELINES, SHARED, TOKENIZER = "training", "baselines", "shared", "tokenizer"
+CONFIG_FILE, WEIGHTS_FILE, EMA_WEIGHTS = "config.json", "model.safetensors", "ema.safetensors"
+COMPONENT_KINDS = (ALIGN, AUTOENCODERS, TEXT_VAE, FLOWS)
+
+
+def align_dir(root: str | Path) -> Path:
+    """``align/`` (aligned encoders; its tokenizer in ``align/tokenizer``)."""
+    return Path(root) / ALIGN
+
+
+def text_vae_dir(root: str | Path) -> Path:
+    return Path(root) / TEXT_VAE
+
+
+def autoencoder_dir(root: str | Path, modality: str) -> Path:
+    return Path(root) / AUTOENCODERS / modality
+
+
+def flow_dir(root: str | Path, pair: str) -> Path:
+    """``flows/<pair>/`` (``Pair.name``)."""
+    return Path(root) / FLOWS / pair
+
+
+def shared_dir(root: str | Path) -> Path:
+    """``flows/shared/``: the cross-attention every flow of the bundle shares."""
+    return Path(root) / FLOWS / SHARED
+
+
+def training_dir(root: str | Path, stage: str) -> Path:
+    """Resumable state of a stage: ``training/<stage>/``."""
+    return Path(root) / TRAINING / stage
+
+
+def baselines_dir(root: str | Path) -> Path:
+    return Path(root) / BASELINES
 
 
 def _now() -> str:
@@ -125,7 +162,7 @@ class Bundle:
         """``align``, ``text_vae``, ``autoencoders/<modality>`` or ``flows/<pair>`` (not created)."""
         if kind not in COMPONENT_KINDS:
             raise ValueError(f"unknown component kind {kind!r}; valid: {', '.join(COMPONENT_KINDS)}")
-        if kind in ("autoencoders", "flows"):
+        if kind in (AUTOENCODERS, FLOWS):
             if not name:
                 raise ValueError(f"{kind} components need a name (modality or pair)")
             return self.path / kind / name
@@ -133,17 +170,17 @@ class Bundle:
 
     def training_dir(self, stage: str) -> Path:
         """Resumable state of a stage: ``training/<stage>/`` (e.g. ``align``, ``flows-xray__report``)."""
-        return self.path / "training" / stage
+        return training_dir(self.path, stage)
 
     def has_component(self, kind: str, name: str | None = None) -> bool:
-        return (self.component_dir(kind, name) / "config.json").is_file()
+        return (self.component_dir(kind, name) / CONFIG_FILE).is_file()
 
     # -- records -------------------------------------------------------------------------------
     def record_component(self, kind: str, name: str | None = None) -> None:
         """Note that a component was (re)written; flows are kept in training order."""
         key = kind if name is None else f"{kind}/{name}"
         self.data["components"][key] = str(self.component_dir(kind, name).relative_to(self.path))
-        if kind == "flows" and name not in self.data["flows"]:
+        if kind == FLOWS and name not in self.data["flows"]:
             self.data["flows"].append(name)
 
     def add_modalities(self, names: list[str]) -> None:
@@ -253,6 +290,18 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
             out += _flatten(inner, f"{prefix}{key}" if not prefix else f"{prefix} {key}")
         return out
     return [(prefix, value)]
+
+
+def bundle_fingerprint(path: str | Path) -> str:
+    """Cheap identity of a bundle: ``bundle.json``'s bytes plus the names and sizes of its weights
+    (sha256, 16 hex). Retraining any component rewrites ``bundle.json`` (its ``updated`` stamp)."""
+    path = Path(path)
+    digest = hashlib.sha256((path / BUNDLE_JSON).read_bytes())
+    for weights in sorted(path.rglob("*.safetensors")):
+        if TRAINING in weights.relative_to(path).parts:
+            continue
+        digest.update(f"{weights.relative_to(path).as_posix()}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 # -- the default bundle ------------------------------------------------------------------------

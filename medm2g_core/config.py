@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medm2g_core.errors import ConfigError
+from medm2g_core.modalities import CT_HU_RANGE, MRI_PERCENTILES
 from medm2g_core.serialization import dataclass_from_dict, to_jsonable
 
 T = TypeVar("T")
@@ -113,7 +114,7 @@ class DataConfig:
             the slice index is kept for reassembly.
         split_fractions: train/val/test fractions of patients (hash of the patient id).
         split_seed: salt of the patient-level split hash.
-        ct_window: HU window mapped linearly to [-1, 1] (DESIGN: [-1024, 3000]).
+        ct_window: HU window mapped linearly to [-1, 1] (default ``modalities.CT_HU_RANGE``).
         mri_percentiles: MRI intensity percentiles mapped to [-1, 1].
         cache_items: small per-worker LRU cache of decoded files (0 = none).
     """
@@ -122,8 +123,8 @@ class DataConfig:
     slices_per_volume: int = 1
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
-    ct_window: tuple[float, float] = (-1024.0, 3000.0)
-    mri_percentiles: tuple[float, float] = (0.5, 99.5)
+    ct_window: tuple[float, float] = CT_HU_RANGE
+    mri_percentiles: tuple[float, float] = MRI_PERCENTILES
     cache_items: int = 8
 
     def __post_init__(self) -> None:

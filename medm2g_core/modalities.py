@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 
+CT_HU_RANGE = (-1024.0, 3000.0)
+"""The physical CT range in HU (air to dense bone): the default CT window of normalisation, the clip
+of translated CT and the range the image metrics clip to."""
+MRI_PERCENTILES = (0.5, 99.5)
+"""Volume percentiles an MRI is normalised with unless a recipe's ``data.mri_percentiles`` says otherwise."""
+
+
 class Modality(str, Enum):
     """A modality; the value is its canonical file stem in a patient folder (DESIGN.md §3)."""
 

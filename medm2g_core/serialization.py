@@ -19,7 +19,7 @@ from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import BundleError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

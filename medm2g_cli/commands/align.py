@@ -25,7 +25,7 @@ def align(
     json_out: JsonOut = False,
 ) -> None:
     """Train the aligned encoders (text hub InfoNCE + visual-invariant loss)."""
-    from medm2g_core.pipelines.align import align as run_align
+    from medm2g_core.workflows.align import align as run_align
 
     from medm2g_core.errors import ConfigError
 

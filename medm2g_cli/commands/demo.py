@@ -26,7 +26,7 @@ def demo(
     `medm2g translate OUT/cohort/head/P0001/mri-t1.nii.gz --to ct` works with no other flag.
     Everything is synthetic phantoms: not for diagnosis.
     """
-    from medm2g_core.pipelines.demo import run_demo
+    from medm2g_core.workflows.demo import run_demo
 
     out_dir = out if out is not None else DEFAULT_OUT
     console.info(f"medm2g demo{' --quick' if quick else ''}: synthetic phantom cohorts → {out_dir} (rerunning reuses finished stages)")

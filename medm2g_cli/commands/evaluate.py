@@ -75,7 +75,7 @@ def evaluate(
     if features is not None and task != "xray":
         console.warn("--features is used only by --task xray; ignored")
     baselines, computed = _parse_baselines(baseline or [], task)
-    from medm2g_core.pipelines.evaluate import evaluate as run_evaluation
+    from medm2g_core.workflows.evaluate import evaluate as run_evaluation
 
     with console.progress("evaluate") as report_progress:
         result = run_evaluation(

@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from medm2g_cli import console
+from medm2g_cli import console, parsing
 from medm2g_cli.options import Device, Guidance, JsonOut, ModelPath, Overwrite, Samples, SamplerSteps, Seed, SkipExisting
 
 
@@ -32,14 +32,14 @@ def generate(
 
     Exit codes: 0 all done, 1 some inputs failed (the rest finished), 2 usage or input error.
     """
-    from medm2g_core.pipelines.generate import generate_batch
+    from medm2g_core.jobs.generate import generate_batch
 
     console.run_batch(
         "generate",
         generate_batch,
         sources,
         json_out=json_out,
-        to=to,
+        to=parsing.parse_target(to),
         model=model,
         out=out,
         output_format=output_format,
@@ -47,7 +47,7 @@ def generate(
         seed=seed,
         steps=steps,
         guidance=guidance,
-        weights=weights,
+        weights=parsing.parse_weights(weights, len(sources)),
         skip_existing=skip_existing,
         overwrite=overwrite,
         device=device,

@@ -32,7 +32,7 @@ def train_flow(
 ) -> None:
     """Train a flow (and the latent spaces it needs) on a cohort, adding it to the bundle, then fit its baselines."""
     from medm2g_core.errors import ConfigError
-    from medm2g_core.pipelines.train_flow import train_flow as run_train_flow
+    from medm2g_core.workflows.train_flow import train_flow as run_train_flow
 
     if stage == "flow" and not pair:
         raise ConfigError("--pair is required (xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1)")

@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from medm2g_cli import console
+from medm2g_cli import console, parsing
 from medm2g_cli.options import BatchSize, Device, Guidance, JsonOut, ModelPath, Overwrite, Samples, SamplerSteps, Seed, SkipExisting
 
 
@@ -37,15 +37,17 @@ def translate(
 
     Exit codes: 0 all done, 1 some inputs failed (the rest finished), 2 usage or input error.
     """
-    from medm2g_core.pipelines.translate import translate_batch
+    from medm2g_core.jobs.translate import translate_batch
 
+    target = parsing.parse_target(to)
+    sources = parsing.parse_sources(source)
     console.run_batch(
         "translate",
         translate_batch,
         inputs,
         json_out=json_out,
-        to=to,
-        source=source,
+        to=target,
+        sources=sources,
         out=out,
         output=output,
         output_format=output_format,
@@ -54,11 +56,11 @@ def translate(
         seed=seed,
         steps=steps,
         guidance=guidance,
-        weights=weights,
+        weights=parsing.parse_weights(weights, len(sources) if sources else 1),
         skip_existing=skip_existing,
         overwrite=overwrite,
-        shard=shard,
+        shard=parsing.parse_shard(shard),
         device=device,
         batch_size=batch_size,
-        max_memory=max_memory,
+        max_memory=parsing.parse_memory(max_memory),
     )

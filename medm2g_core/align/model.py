@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from medm2g_core.bundle import TOKENIZER
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.modalities import Modality, parse_modality
 from medm2g_core.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder
@@ -31,7 +32,7 @@ class AlignModelConfig:
         embed_dim: shared embedding dimension.
         families: image encoder families ("xray", "ct", "mri"; ``Modality.encoder_family``).
         image_widths / image_token_dim / spatial_dims / image_pooling / pool_grid: ``ImageEncoderConfig``
-            of each family (``pooling``, ``pool_grid``; bundles from before pooling existed load as "mean").
+            of each family (``pooling``, ``pool_grid``; a config without them loads as "mean").
         text_encoder: "bert" (small BERT from scratch) or "pretrained" (architecture in ``text_encoder/``).
         text_source: where the pretrained encoder came from (informational).
         text_width / text_layers / text_heads: small-BERT size.
@@ -166,8 +167,8 @@ class AlignModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_config(directory, self.config, class_name=CLASS_NAME)
-        self.tokenizer.save_pretrained(str(directory / "tokenizer"))
-        for leftover in (directory / "tokenizer").glob("*.bin"):
+        self.tokenizer.save_pretrained(str(directory / TOKENIZER))
+        for leftover in (directory / TOKENIZER).glob("*.bin"):
             leftover.unlink()  # never leave pickle-looking files in a bundle
         if self.config.text_encoder == "pretrained":
             self.text.backbone.config.to_json_file(str(directory / "text_encoder_config.json"))
@@ -183,9 +184,9 @@ class AlignModel(nn.Module):
 
         directory = Path(directory)
         config = load_config(directory, AlignModelConfig, class_name=CLASS_NAME)
-        if not (directory / "tokenizer").is_dir():
+        if not (directory / TOKENIZER).is_dir():
             raise BundleError(f"{directory}/tokenizer is missing; the align component is incomplete — retrain it")
-        tokenizer = load_tokenizer(directory / "tokenizer")
+        tokenizer = load_tokenizer(directory / TOKENIZER)
         if config.text_encoder == "pretrained":
             from transformers import AutoConfig
 

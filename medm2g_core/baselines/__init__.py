@@ -7,7 +7,7 @@
 - Report generation: ``reports.ReportBaselines`` — nearest-neighbour retrieval of a training report
   through the aligned space, and the most frequent training report.
 
-Fitting and prediction over cohorts live in ``medm2g_core.pipelines.baselines``; each baseline is
+Fitting and prediction over cohorts live in ``medm2g_core.workflows.baselines``; each baseline is
 stored in the bundle under ``baselines/`` (JSON, or config + safetensors).
 """
 

@@ -10,7 +10,7 @@ fresh, trainable ``SharedCrossAttention`` of the same configuration, the noise p
 Stored as ``baselines/<pair>-regression/{config.json, model.safetensors, shared/}`` (the network's own
 weights and its private cross-attention; the bundle's ``flows/shared`` is never touched).
 ``RegressionModel`` predicts with the ``FlowModel.predict`` signature, so the translate pipeline's
-slicing, reassembly and denormalisation (``pipelines.translate.translate_volume``) run unchanged.
+slicing, reassembly and denormalisation (``inference.translate.translate_volume``) run unchanged.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Any, Sequence
 
 import torch
 
+from medm2g_core.bundle import SHARED
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.modalities import Modality, Pair, parse_modality
 
-SHARED_FOLDER = "shared"
+SHARED_FOLDER = SHARED
 
 
 def regression_network_config(flow_config: Any) -> Any:

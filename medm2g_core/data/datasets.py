@@ -13,7 +13,7 @@ item's randomness is a pure function of ``(seed, index)`` (reproducible with any
 after ``--resume``). Each has a ``collate(items)`` the loop uses as ``collate_fn``: tensors are
 stacked, everything else becomes a list.
 
-Images are normalised per modality to [-1, 1] (``transforms.normalize``; the ``NormState`` of the
+Images are normalised per modality to [-1, 1] (a flow's ``preprocess``, default ``transforms.normalize``; the ``NormState`` of the
 inverse travels with the item as a dict) and resized to ``image_size × image_size``. Volumes give
 axial slices ``volume[:, :, k]`` with ``k`` kept for reassembly.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,10 +36,9 @@ from torch.utils.data import Dataset
 
 from medm2g_core.config import AugmentConfig
 from medm2g_core.data.transforms import (
-    DEFAULT_CT_WINDOW,
-    DEFAULT_MRI_PERCENTILES,
     NormState,
     augment_report,
+    as_grey,
     augment_view,
     axial_slice,
     item_generator,
@@ -48,6 +47,11 @@ from medm2g_core.data.transforms import (
     slice_indices,
 )
 from medm2g_core.modalities import Modality, parse_modality
+
+
+Preprocess = Callable[[np.ndarray, Modality], "tuple[np.ndarray, NormState]"]
+"""Physical units → ([-1, 1] array, ``NormState``): a flow's ``inference.processing.Processing.preprocess``;
+default ``transforms.normalize`` with the default CT window and MRI percentiles."""
 
 
 def collate_dicts(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,9 +81,8 @@ class _CohortReader:
     patients and are lost when the worker exits).
     """
 
-    def __init__(self, *, ct_window: Sequence[float], mri_percentiles: Sequence[float], cache_items: int):
-        self.ct_window = tuple(ct_window)
-        self.mri_percentiles = tuple(mri_percentiles)
+    def __init__(self, *, preprocess: Preprocess | None, cache_items: int):
+        self.preprocess = preprocess or normalize
         self.cache_items = cache_items
         self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, NormState]] = OrderedDict()
         self._stacks: OrderedDict[tuple[str, str, int], tuple[torch.Tensor, NormState]] = OrderedDict()
@@ -94,9 +97,7 @@ class _CohortReader:
         from medm2g_core import io
 
         array, _meta = io.read(path)
-        if array.ndim == 3 and not modality.is_volume and array.shape[-1] in (3, 4):
-            array = array[..., :3].mean(axis=-1)  # an RGB(A) X-ray → grey
-        return normalize(array, modality, ct_window=self.ct_window, mri_percentiles=self.mri_percentiles)
+        return self.preprocess(as_grey(array, modality), modality)
 
     def image(self, path: Path, modality: Modality) -> tuple[np.ndarray, NormState]:
         key = (str(path), modality.value)
@@ -180,8 +181,7 @@ class AlignDataset(Dataset):
         augment: AugmentConfig | None = None,
         slices_per_volume: int = 1,
         seed: int = 0,
-        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
-        mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
+        preprocess: Preprocess | None = None,
         cache_items: int = 8,
     ):
         self.records = list(records)
@@ -190,7 +190,7 @@ class AlignDataset(Dataset):
         self.augment = augment
         self.slices_per_volume = slices_per_volume
         self.seed = seed
-        self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+        self.reader = _CohortReader(preprocess=preprocess, cache_items=cache_items)
         self._reports: dict[str, str] = {}  # a few hundred bytes per patient
         self._findings: dict[str, torch.Tensor] = {}
 
@@ -220,9 +220,9 @@ class AlignDataset(Dataset):
         return self._reports[key]
 
     def _report_findings(self, path: Path | None, text: str) -> torch.Tensor:
-        """(L,) 0/1: the findings the rule-based labeler reads as present in the report (``metrics.clinical.LABELS``,
+        """(L,) 0/1: the findings the rule-based labeler reads as present in the report (``data.labeler.LABELS``,
         "no finding" included), from the report as written (before any text augmentation); all 0 without one."""
-        from medm2g_core.metrics.clinical import LABELS, label_report
+        from medm2g_core.data.labeler import LABELS, label_report
 
         if path is None or not text.strip():
             return torch.zeros(len(LABELS), dtype=torch.uint8)
@@ -322,8 +322,7 @@ class PairSliceDataset(Dataset):
         context_slices: int = 0,
         augment: AugmentConfig | None = None,
         seed: int = 0,
-        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
-        mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
+        preprocess: Preprocess | None = None,
         cache_items: int = 4,
     ):
         self.sources = _modalities(sources)
@@ -335,7 +334,7 @@ class PairSliceDataset(Dataset):
         self.context_slices = context_slices
         self.augment = augment
         self.seed = seed
-        self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+        self.reader = _CohortReader(preprocess=preprocess, cache_items=cache_items)
         self.records, self.skipped = [], []
         for record in records:
             if all(m in record.files for m in (*self.sources, self.target)):
@@ -401,15 +400,14 @@ class ImageTextDataset(Dataset):
         image_size: int,
         augment: AugmentConfig | None = None,
         seed: int = 0,
-        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
-        mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
+        preprocess: Preprocess | None = None,
         cache_items: int = 8,
     ):
         self.modality = _modalities([image_modality])[0]
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
-        self.reader = _CohortReader(ct_window=ct_window, mri_percentiles=mri_percentiles, cache_items=cache_items)
+        self.reader = _CohortReader(preprocess=preprocess, cache_items=cache_items)
         self.records = [r for r in records if self.modality in r.files and Modality.REPORT in r.files]
         self.skipped = [r.patient_id for r in records if not (self.modality in r.files and Modality.REPORT in r.files)]
 

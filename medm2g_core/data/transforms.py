@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from medm2g_core.config import AugmentConfig
-from medm2g_core.modalities import Modality, parse_modality
+from medm2g_core.modalities import CT_HU_RANGE, MRI_PERCENTILES, Modality, parse_modality
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,12 @@ class NormState:
         return cls(**data)
 
 
-DEFAULT_CT_WINDOW = (-1024.0, 3000.0)
-"""HU mapped to [-1, 1] unless a recipe's ``data.ct_window`` says otherwise (DESIGN §3)."""
-DEFAULT_MRI_PERCENTILES = (0.5, 99.5)
-"""Volume percentiles mapped to [-1, 1] unless a recipe's ``data.mri_percentiles`` says otherwise."""
-
-
 def normalize(
     array: np.ndarray,
     modality: Modality | str,
     *,
-    ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
-    mri_percentiles: Sequence[float] = DEFAULT_MRI_PERCENTILES,
+    ct_window: Sequence[float] = CT_HU_RANGE,
+    mri_percentiles: Sequence[float] = MRI_PERCENTILES,
 ) -> tuple[np.ndarray, NormState]:
     """Map ``array`` to float32 in [-1, 1]; returns it with the ``NormState`` of the inverse."""
     modality = parse_modality(modality) if isinstance(modality, str) else modality
@@ -88,6 +82,13 @@ def normalize(
         state = NormState(state.modality, state.kind, state.low, state.low + 1.0, state.units, state.percentiles)
     scaled = (np.asarray(array, dtype=np.float64) - state.low) / span * 2.0 - 1.0
     return np.clip(scaled, -1.0, 1.0).astype(np.float32), state
+
+
+def as_grey(array: np.ndarray, modality: Modality) -> np.ndarray:
+    """An RGB(A) 2D image (rows, cols, 3|4) → grey (the channel mean); anything else unchanged."""
+    if array.ndim == 3 and not modality.is_volume and array.shape[-1] in (3, 4):
+        return array[..., :3].mean(axis=-1)
+    return array
 
 
 def denormalize(array: np.ndarray | torch.Tensor, state: NormState) -> np.ndarray | torch.Tensor:

@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from medm2g_core.sampling.prediction import PREDICTION_TYPES
+
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 BetaSchedule = Literal["squaredcos_cap_v2", "scaled_linear", "linear"]
 SamplerKind = Literal["ddim", "dpmsolver++"]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "scaled_linear", "linear")
 SAMPLERS = ("ddim", "dpmsolver++")
 

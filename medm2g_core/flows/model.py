@@ -1,6 +1,6 @@
 """One flow of a bundle: its network (``FlowNetwork``), its condition path, and inference (``FlowModel``).
 
-Condition path (DESIGN §1.5, issue 11). Every source modality of a flow gives one **semantic source**
+Condition path (DESIGN §1.5). Every source modality of a flow gives one **semantic source**
 built from the frozen aligned encoders of the bundle (``align/``):
 
 - its aligned pooled embedding (the shared, text-hub-aligned space) — L2-normalised, scaled to unit
@@ -13,7 +13,7 @@ Registered image flows (``mri-ct``, ``t1-t2``, ``t2+pd-t1``) also give each sour
 source** (its slice, plus 2.5D context slices) concatenated channel-wise. Dropping a source (training
 dropout, or absent at inference) drops both its semantic and its spatial part.
 
-Composition (CoDi-style, issue 11) is ``FlowModel.predict(sources, weights=...)`` on ONE flow:
+Composition (CoDi-style) is ``FlowModel.predict(sources, weights=...)`` on ONE flow:
 sources beyond the flow's own (any modality the bundle's align stage encodes) are added as extra
 semantic sources; the adaptive parameters see the weighted mean of every kept source's aligned pooled
 embedding (``assemble_condition``: Σ w_s·p_s / Σ w_s), and cross-attention sees all their tokens. A
@@ -38,16 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES
+from medm2g_core.bundle import EMA_WEIGHTS, SHARED, TOKENIZER, align_dir, autoencoder_dir, flow_dir, shared_dir, text_vae_dir
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.flows.config import FlowConfig
-from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
+from medm2g_core.modalities import CT_HU_RANGE, MRI_PERCENTILES, Modality, Pair, parse_modality, parse_pair
 from medm2g_core.models.conditioning import ConditionInputs, SemanticSource, SharedCrossAttention, UsesSharedCrossAttention
 from medm2g_core.models.denoisers import ImageDenoiser, ImageDenoiserConfig, TextLatentDenoiser, TextLatentDenoiserConfig
 from medm2g_core.serialization import dataclass_from_dict
 
-SHARED_NAME = "shared"
-EMA_NAME = "ema.safetensors"
+SHARED_NAME = SHARED
+EMA_NAME = EMA_WEIGHTS
 
 
 def family_of(modality: Modality) -> str:
@@ -75,7 +75,7 @@ class FlowNetworkConfig:
             adds ``1 + 2·context_slices`` channels, computed from the normalised CT by ``window_channels``.
         normalisation: how images were mapped to [-1, 1] in training (the recipe's ``data.ct_window`` and
             ``data.mri_percentiles``); inference normalises sources and denormalises a CT target with the
-            same numbers. Bundles from before it was recorded were trained with the defaults.
+            same numbers (``inference.processing``); a config without it means the defaults.
     """
 
     sources: tuple[str, ...] = ()
@@ -91,13 +91,13 @@ class FlowNetworkConfig:
     ct_source_windows: list[list[float]] = field(default_factory=list)
     condition_encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     normalisation: dict[str, list[float]] = field(
-        default_factory=lambda: {"ct_window": list(DEFAULT_CT_WINDOW), "mri_percentiles": list(DEFAULT_MRI_PERCENTILES)})
+        default_factory=lambda: {"ct_window": list(CT_HU_RANGE), "mri_percentiles": list(MRI_PERCENTILES)})
 
     @property
     def normalise_options(self) -> dict[str, tuple[float, ...]]:
         """``ct_window`` and ``mri_percentiles`` keywords for ``transforms.normalize``."""
-        return {"ct_window": tuple(self.normalisation.get("ct_window", DEFAULT_CT_WINDOW)),
-                "mri_percentiles": tuple(self.normalisation.get("mri_percentiles", DEFAULT_MRI_PERCENTILES))}
+        return {"ct_window": tuple(self.normalisation.get("ct_window", CT_HU_RANGE)),
+                "mri_percentiles": tuple(self.normalisation.get("mri_percentiles", MRI_PERCENTILES))}
 
     @property
     def pair(self) -> Pair:
@@ -284,7 +284,7 @@ def _cache_key(kind: str, directory: Path, *, device: str, use_ema: bool) -> tup
 def _read_shared(bundle: Path, *, device: str, use_ema: bool, cached: bool = False) -> SharedCrossAttention:
     from medm2g_core.serialization import load_weights
 
-    directory = Path(bundle) / "flows" / SHARED_NAME
+    directory = shared_dir(bundle)
     if not (directory / "config.json").is_file():
         raise BundleError(f"{directory} is missing; train a flow with `medm2g train-flow` first")
     key = _cache_key("shared", directory, device=device, use_ema=use_ema)
@@ -302,7 +302,7 @@ def _read_shared(bundle: Path, *, device: str, use_ema: bool, cached: bool = Fal
 def _read_align(bundle: Path, *, device: str) -> nn.Module:
     from medm2g_core.align.model import AlignModel
 
-    directory = Path(bundle) / "align"
+    directory = align_dir(bundle)
     key = _cache_key("align", directory, device=device, use_ema=False)
     if key not in _LOADED:
         model = AlignModel.from_pretrained(directory, device=device)
@@ -352,9 +352,9 @@ class FlowModel:
         bundle = Path(bundle)
         refuse_pickles(bundle)  # the same refusal as Bundle.open: this is a public entry point too
         pair = parse_pair(pair) if isinstance(pair, str) else pair
-        directory = bundle / "flows" / pair.name
+        directory = flow_dir(bundle, pair.name)
         if not (directory / "config.json").is_file():
-            from medm2g_core.bundle import Bundle
+            from medm2g_core.bundle import Bundle  # noqa: PLC0415 - only for the error message
 
             known = ", ".join(Bundle.open(bundle).flows) or "none"
             raise BundleError(f"{bundle}: has no flow {pair.name} (flows: {known}); train it with `medm2g train-flow --pair ...`")
@@ -371,8 +371,8 @@ class FlowModel:
             from medm2g_core.models.autoencoders import ImageAutoencoder
 
             for modality in (*pair.sources, pair.target):
-                if modality.is_image and (bundle / "autoencoders" / modality.value / "config.json").is_file():
-                    autoencoders[modality] = ImageAutoencoder.from_pretrained(bundle / "autoencoders" / modality.value, device=device).eval()
+                if modality.is_image and (autoencoder_dir(bundle, modality.value) / "config.json").is_file():
+                    autoencoders[modality] = ImageAutoencoder.from_pretrained(autoencoder_dir(bundle, modality.value), device=device).eval()
         return cls(network=network, align=align, text_vae=text_vae, tokenizer=tokenizer, autoencoders=autoencoders, device=device)
 
     # -- helpers shared with training ---------------------------------------------------------------
@@ -471,10 +471,10 @@ def load_text_vae(bundle: str | Path, *, device: str = "cpu") -> tuple[Any, Any]
     from medm2g_core.models.text_vae import TextVAE
     from medm2g_core.serialization import load_weights
 
-    directory = Path(bundle) / "text_vae"
+    directory = text_vae_dir(bundle)
     if not (directory / "config.json").is_file():
         raise BundleError(f"{directory} is missing; run `medm2g train-flow --stage text-vae` (or train a report flow)")
     vae = TextVAE.from_pretrained(directory, device=device)
     if (directory / EMA_NAME).is_file():
         vae.load_own_state(load_weights(directory / EMA_NAME), where=str(directory / EMA_NAME))
-    return vae.eval(), load_tokenizer(directory / "tokenizer")
+    return vae.eval(), load_tokenizer(directory / TOKENIZER)

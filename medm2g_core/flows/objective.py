@@ -19,7 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from medm2g_core.flows.config import PREDICTION_TYPES, FlowConfig
+from medm2g_core.flows.config import FlowConfig
+from medm2g_core.sampling.prediction import PREDICTION_TYPES, predicted_x0  # noqa: F401 - part of the objective's API
+from medm2g_core.sampling.prediction import alphas_at as _gather
 
 
 def make_noise_scheduler(config: FlowConfig):
@@ -36,12 +38,6 @@ def make_noise_scheduler(config: FlowConfig):
         clip_sample_range=config.clip_range,
         timestep_spacing=config.timestep_spacing,
     )
-
-
-def _gather(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t for each sample, shaped ``(B, 1, ..., 1)`` to broadcast against ``like`` (B, ...)."""
-    values = alphas_cumprod.to(device=like.device)[timesteps.to(like.device).long()].to(like.dtype)
-    return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def sample_timesteps(batch: int, *, num_train_timesteps: int, generator: torch.Generator | None = None,
@@ -66,22 +62,6 @@ def training_target(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tens
     if prediction_type == "v_prediction":
         abar = _gather(alphas_cumprod, timesteps, x0)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
-    raise ValueError(f"prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
-
-
-def predicted_x0(prediction: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, *, alphas_cumprod: torch.Tensor,
-                 prediction_type: str) -> torch.Tensor:
-    """x0 implied by a network output at ``noisy`` = x_t.
-
-    ε: x0 = (x_t − sqrt(1−ᾱ)·ε)/sqrt(ᾱ);  v: x0 = sqrt(ᾱ)·x_t − sqrt(1−ᾱ)·v;  sample: x0 itself.
-    """
-    if prediction_type == "sample":
-        return prediction
-    abar = _gather(alphas_cumprod, timesteps, noisy)
-    if prediction_type == "epsilon":
-        return (noisy - (1 - abar).sqrt() * prediction) / abar.sqrt()
-    if prediction_type == "v_prediction":
-        return abar.sqrt() * noisy - (1 - abar).sqrt() * prediction
     raise ValueError(f"prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
 
 

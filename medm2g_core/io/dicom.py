@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import InputError
 from medm2g_core.io.meta import SYNTHETIC_NOTE, check_allocation, memory_limit_bytes, require_file
 from medm2g_core.modalities import Modality

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import InputError
 from medm2g_core.io.meta import array_to_write, check_allocation, modality_from_name, orientation_code, require_file, sniff_format, units_for
 from medm2g_core.serialization import atomic_path, to_jsonable

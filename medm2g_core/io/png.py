@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medm2g_core import __version__
+from medm2g_core._version import __version__
 from medm2g_core.errors import InputError
 from medm2g_core.io.meta import SYNTHETIC_NOTE, check_allocation, format_from_suffix, modality_from_name, require_file, sniff_format, units_for
 from medm2g_core.serialization import atomic_path

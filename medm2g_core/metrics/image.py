@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-HU_RANGE = (-1024.0, 3000.0)
+from medm2g_core.modalities import CT_HU_RANGE
+
 SYNTHRAD_NAMES = {
     "mae": "MAE[synthrad, HU, mask, no clip]",
     "psnr": "PSNR[synthrad, HU -1024..3000, mask]",
@@ -103,7 +104,7 @@ def synthrad_metrics(prediction_hu: np.ndarray, reference_hu: np.ndarray, *, mas
     ``mask`` is the body mask (``body_mask(reference_hu)`` when the dataset gives none).
     """
     _check_pair(prediction_hu, reference_hu, mask)
-    low, high = HU_RANGE
+    low, high = CT_HU_RANGE
     mask = mask > 0
     prediction = prediction_hu.astype(np.float64)
     reference = reference_hu.astype(np.float64)

@@ -1,4 +1,4 @@
-"""The cross-guided condition path of MedM2G (DESIGN.md §1.5, issue 11).
+"""The cross-guided condition path of MedM2G (DESIGN.md §1.5).
 
 Three parts:
 
@@ -199,14 +199,6 @@ class Condition:
             mask_is_full=all(c.mask_is_full for c in conditions),
         )
 
-    def repeat(self, times: int) -> "Condition":
-        """Each sample repeated ``times`` times consecutively (B → B·times), for K samples per input."""
-        def rep(x: torch.Tensor) -> torch.Tensor:
-            return x.repeat_interleave(times, dim=0)
-
-        return Condition(rep(self.tokens), rep(self.mask), rep(self.pooled),
-                         [None if s is None else rep(s) for s in self.spatial], rep(self.presence), self.mask_is_full)
-
 
 def assemble_condition(inputs: ConditionInputs, *, keep: torch.Tensor | None = None, condition_dim: int | None = None,
                        batch_size: int | None = None) -> Condition:
@@ -283,7 +275,12 @@ def stack_spatial(condition: Condition, *, channels: Sequence[int], like: torch.
         elif image.shape[1] != count or tuple(image.shape[2:]) != tuple(size):
             raise ValueError(f"spatial source has shape {tuple(image.shape[1:])}, expected ({count}, {', '.join(map(str, size))})")
         parts.append(image.to(like.dtype))
-    presence = condition.presence if condition.presence.shape[1] == len(channels) else like.new_zeros(batch, len(channels))
+    if not condition.spatial:  # no sources given: every spatial source is missing
+        presence = like.new_zeros(batch, len(channels))
+    elif condition.presence.shape[1] != len(channels):
+        raise ValueError(f"condition has {condition.presence.shape[1]} presence flags for {len(channels)} spatial sources")
+    else:
+        presence = condition.presence
     presence = presence.to(like.dtype).reshape(batch, -1, *([1] * len(size))).expand(batch, len(channels), *size)
     return torch.cat(parts + [presence], dim=1)
 

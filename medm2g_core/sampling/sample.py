@@ -17,19 +17,29 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
-from medm2g_core.flows.config import FlowConfig
-from medm2g_core.flows.objective import predicted_x0
 from medm2g_core.models.conditioning import Condition, ConditionInputs, SemanticSource, assemble_condition
+from medm2g_core.sampling.prediction import predicted_x0
 
 Denoiser = Callable[..., torch.Tensor]  # denoiser(noisy, timesteps, *, condition: Condition) -> prediction
 
 
-def make_sampling_scheduler(config: FlowConfig, *, kind: str | None = None):
-    """DDIM (``"ddim"``) or DPM-Solver++ (``"dpmsolver++"``) on the flow's training schedule."""
+class Schedule(Protocol):
+    """The training noise schedule and default sampler a scheduler is built from (``flows.FlowConfig`` is one)."""
+
+    num_train_timesteps: int
+    beta_schedule: str
+    beta_start: float
+    beta_end: float
+    timestep_spacing: str
+    sampler: str
+
+
+def make_sampling_scheduler(config: Schedule, *, kind: str | None = None):
+    """DDIM (``"ddim"``) or DPM-Solver++ (``"dpmsolver++"``) on ``config``'s training schedule."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     kind = kind or config.sampler
@@ -118,7 +128,7 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
         steps: denoising steps; guidance: one scale or one per source (see ``guidance_branches``).
         generator: seeds the initial noise and any step noise (DDIM η > 0, SDE solvers): same seed →
             identical output. A list of B generators seeds each item on its own (module docstring).
-        prediction_type: what the denoiser outputs (``FlowConfig.prediction_type``).
+        prediction_type: what the denoiser outputs (``epsilon``, ``v_prediction`` or ``sample``).
         clip_sample, clip_range: clamp the predicted x0 to [−clip_range, clip_range] each step.
     Returns:
         x0 samples of ``shape`` (clipped when ``clip_sample``).

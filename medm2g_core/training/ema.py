@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medm2g_core.bundle import EMA_WEIGHTS
+
 
 class EMA:
     """Shadow copies ``θ_ema ← d·θ_ema + (1 − d)·θ`` of every floating parameter and buffer.
@@ -49,7 +51,7 @@ class EMA:
         for name, module in modules.items():
             module.load_state_dict(self.shadow[name])
 
-    FILE = "ema.safetensors"
+    FILE = EMA_WEIGHTS
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/ema.safetensors``: tensors as ``<module>/<key>``, decay and update count as metadata."""

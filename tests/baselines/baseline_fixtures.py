@@ -13,8 +13,8 @@ REGRESSION_STEPS = 10
 
 def build_with_baselines(root: Path) -> dict:
     """``{"chest", "head", "recipe", "bundle", "fit"}``: the flow trained, identity + regression fitted."""
-    from medm2g_core.pipelines.baselines import fit_baselines
-    from medm2g_core.pipelines.train_flow import train_flow
+    from medm2g_core.workflows.baselines import fit_baselines
+    from medm2g_core.workflows.train_flow import train_flow
 
     chest, head, recipe = build_aligned(root)
     bundle = fresh_bundle(root, "baselines.m2g")

@@ -16,7 +16,7 @@ from medm2g_core import io
 from medm2g_core.baselines.intensity import IntensityMap
 from medm2g_core.bundle import Bundle
 from medm2g_core.errors import BundleError
-from medm2g_core.pipelines.baselines import fit_baselines, predict_baselines
+from medm2g_core.workflows.baselines import fit_baselines, predict_baselines
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,12 @@ def test_align_passes_options_to_the_core(tmp_path, monkeypatch):
     seen = {}
 
     def fake_align(data, out, **kwargs):
-        from medm2g_core.pipelines.align import AlignResult
+        from medm2g_core.workflows.align import AlignResult
 
         seen.update(kwargs, data=data, out=out)
         return AlignResult(bundle=out, steps=3, resumed_from=None, patients={"train": 2}, modalities=["xray"], last_losses={}, val_losses={})
 
-    monkeypatch.setattr("medm2g_core.pipelines.align.align", fake_align)
+    monkeypatch.setattr("medm2g_core.workflows.align.align", fake_align)
     result = runner.invoke(app, ["align", "--data", str(tmp_path), "--out", str(tmp_path / "b"), "--steps", "3", "--vi-weight", "0", "--resume", "--json"])
     assert result.exit_code == 0, result.output
     assert seen["steps"] == 3 and seen["vi_weight"] == 0.0 and seen["resume"] is True and seen["text_encoder"] is None

@@ -15,7 +15,7 @@ runner = CliRunner()
 
 
 def _fake_result(out: Path, quick: bool):
-    from medm2g_core.pipelines.demo import DemoResult, StageRecord
+    from medm2g_core.workflows.demo import DemoResult, StageRecord
 
     metrics = {"retrieval": {"report->xray": {"R@1": 0.5, "chance_R@1": 0.1, "n": 10}},
                "mri-ct": {"model": {"PSNR dB": 30.0, "MAE HU": 40.0}, "identity": {"PSNR dB": 20.0}},
@@ -34,7 +34,7 @@ def test_demo_passes_options_to_the_core(tmp_path: Path, monkeypatch: pytest.Mon
         kwargs["progress"](__import__("medm2g_core.types", fromlist=["ProgressEvent"]).ProgressEvent(task="demo", completed=0, total=9, message="cohort"))
         return _fake_result(Path(out_dir), kwargs["quick"])
 
-    monkeypatch.setattr("medm2g_core.pipelines.demo.run_demo", fake_run_demo)
+    monkeypatch.setattr("medm2g_core.workflows.demo.run_demo", fake_run_demo)
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--seed", "3", "--json"])
     assert result.exit_code == 0, result.output
     assert seen["out_dir"] == tmp_path / "d" and seen["quick"] is True and seen["seed"] == 3 and callable(seen["progress"])
@@ -51,7 +51,7 @@ def test_demo_defaults_to_medm2g_demo_in_the_current_folder(monkeypatch: pytest.
         seen.update(kwargs, out_dir=out_dir)
         return _fake_result(Path(out_dir), kwargs["quick"])
 
-    monkeypatch.setattr("medm2g_core.pipelines.demo.run_demo", fake_run_demo)
+    monkeypatch.setattr("medm2g_core.workflows.demo.run_demo", fake_run_demo)
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     assert seen["out_dir"] == Path("medm2g-demo") and seen["quick"] is False and seen["seed"] == 0
@@ -61,7 +61,7 @@ def test_demo_defaults_to_medm2g_demo_in_the_current_folder(monkeypatch: pytest.
 @pytest.mark.slow
 def test_demo_quick_for_real_then_translate_without_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real pipeline through the CLI (tiny settings substituted for --quick), then the promised translate."""
-    from medm2g_core.pipelines import demo as demo_module
+    from medm2g_core.workflows import demo as demo_module
 
     monkeypatch.setenv("MEDM2G_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MEDM2G_MODEL", raising=False)

@@ -9,7 +9,7 @@ runner = CliRunner()
 
 
 def test_cli_passes_options_to_the_core(monkeypatch, tmp_path):
-    from medm2g_core.pipelines import evaluate as pipeline
+    from medm2g_core.workflows import evaluate as pipeline
 
     seen = {}
 

@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from medm2g_cli.main import app
-from medm2g_core.pipelines import batch
-from medm2g_core.pipelines.generate import as_report, looks_like_path
+from medm2g_core.jobs import runs as batch
+from medm2g_core.modalities import Modality
+from medm2g_core.inference.generate import as_report
+from medm2g_core.jobs.generate import looks_like_path
 
 runner = CliRunner()
 
@@ -24,12 +26,12 @@ def test_options_reach_the_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         kwargs["on_result"](item)
         return batch.BatchResult(items=[item])
 
-    monkeypatch.setattr("medm2g_core.pipelines.generate.generate_batch", fake)
+    monkeypatch.setattr("medm2g_core.jobs.generate.generate_batch", fake)
     result = runner.invoke(app, ["generate", "--to", "xray", "--from", "report.txt", "--from", "prior.nii.gz", "--weights", "0.7,0.3",
                                  "--samples", "3", "--seed", "5", "--out", str(tmp_path), "--format", "dicom", "--json"])
     assert result.exit_code == 0, result.output
-    assert seen["sources"] == ["report.txt", "prior.nii.gz"] and seen["weights"] == "0.7,0.3"
-    assert (seen["to"], seen["samples"], seen["seed"], seen["output_format"]) == ("xray", 3, 5, "dicom")
+    assert seen["sources"] == ["report.txt", "prior.nii.gz"] and seen["weights"] == [0.7, 0.3]
+    assert (seen["to"], seen["samples"], seen["seed"], seen["output_format"]) == (Modality.XRAY, 3, 5, "dicom")
     assert json.loads(result.stdout)["details"]["texts"] == ["FINDINGS: x"]
 
 

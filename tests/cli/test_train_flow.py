@@ -18,12 +18,12 @@ def test_train_flow_passes_options_to_the_core(tmp_path, monkeypatch):
     seen = {}
 
     def fake(data, bundle, **kwargs):
-        from medm2g_core.pipelines.train_flow import StageReport, TrainFlowResult
+        from medm2g_core.workflows.train_flow import StageReport, TrainFlowResult
 
         seen.update(kwargs, data=data, bundle=bundle)
         return TrainFlowResult(bundle=bundle, pair="xray__report", stages=[StageReport("flows/xray__report", 3, 1.0, None, {"loss": 2.0}, {"loss": 1.0})])
 
-    monkeypatch.setattr("medm2g_core.pipelines.train_flow.train_flow", fake)
+    monkeypatch.setattr("medm2g_core.workflows.train_flow.train_flow", fake)
     result = runner.invoke(app, ["train-flow", "--pair", "xray-report", "--data", str(tmp_path), "--bundle", str(tmp_path / "b"),
                                  "--steps", "3", "--resume", "--gradient-checkpointing", "--json"])
     assert result.exit_code == 0, result.output

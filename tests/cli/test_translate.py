@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from medm2g_cli.main import app
-from medm2g_core.pipelines import batch
+from medm2g_core.jobs import runs as batch
+from medm2g_core.modalities import Modality
 
 runner = CliRunner()
 
@@ -23,15 +24,16 @@ def test_options_reach_the_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         kwargs["on_result"](item)
         return batch.BatchResult(items=[item], seconds=0.1)
 
-    monkeypatch.setattr("medm2g_core.pipelines.translate.translate_batch", fake)
+    monkeypatch.setattr("medm2g_core.jobs.translate.translate_batch", fake)
     result = runner.invoke(app, ["translate", "a.nii.gz", "-", "--to", "ct", "--from", "mri-t2,mri-pd", "--out", str(tmp_path),
                                  "--samples", "4", "--seed", "7", "--shard", "1/3", "--device", "cpu", "--batch-size", "16",
                                  "--skip-existing", "--max-memory", "2G", "--weights", "0.7,0.3", "--json"])
     assert result.exit_code == 0, result.output
     assert seen["inputs"] == ["a.nii.gz", "-"]
-    assert seen["to"] == "ct" and seen["source"] == "mri-t2,mri-pd" and seen["out"] == tmp_path
-    assert (seen["samples"], seen["seed"], seen["shard"], seen["device"], seen["batch_size"]) == (4, 7, "1/3", "cpu", 16)
-    assert seen["skip_existing"] and seen["max_memory"] == "2G" and seen["weights"] == "0.7,0.3"
+    # the CLI parses flag syntax; the core receives typed values
+    assert seen["to"] is Modality.CT and seen["sources"] == (Modality.MRI_T2, Modality.MRI_PD) and seen["out"] == tmp_path
+    assert (seen["samples"], seen["seed"], seen["shard"], seen["device"], seen["batch_size"]) == (4, 7, (1, 3), "cpu", 16)
+    assert seen["skip_existing"] and seen["max_memory"] == 2 * 2**30 and seen["weights"] == [0.7, 0.3]
     assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "ok"
 
 
@@ -42,7 +44,7 @@ def test_failed_inputs_exit_1_with_one_line_each(monkeypatch: pytest.MonkeyPatch
             kwargs["on_result"](item)
         return batch.BatchResult(items=items)
 
-    monkeypatch.setattr("medm2g_core.pipelines.translate.translate_batch", fake)
+    monkeypatch.setattr("medm2g_core.jobs.translate.translate_batch", fake)
     result = runner.invoke(app, ["translate", "good", "bad.nii.gz", "--to", "ct"])
     assert result.exit_code == 1
     assert "bad.nii.gz: not a readable NIfTI file" in result.stderr

@@ -23,7 +23,7 @@ TINY_RECIPE = tiny_recipe(
 def build_aligned(root: Path, *, patients: int = 6) -> tuple[Path, Path, Path]:
     """(chest cohort, head cohort, recipe path) plus ``root/aligned.m2g`` (align stage only)."""
     from medm2g_core.data.synth import synthesize_cohort
-    from medm2g_core.pipelines.align import align
+    from medm2g_core.workflows.align import align
 
     torch.set_num_threads(1)
     chest, head = root / "chest", root / "head"

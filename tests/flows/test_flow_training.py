@@ -14,7 +14,7 @@ from flow_fixtures import build_aligned, fresh_bundle  # noqa: E402
 from medm2g_core.bundle import Bundle
 from medm2g_core.errors import BundleError
 from medm2g_core.flows.model import FlowModel
-from medm2g_core.pipelines.train_flow import train_flow
+from medm2g_core.workflows.train_flow import train_flow
 from medm2g_core.serialization import load_weights
 
 
@@ -124,7 +124,7 @@ def test_ct_source_windows_add_channels_in_training_and_inference(cohorts, tmp_p
     import numpy as np
 
     from medm2g_core import io
-    from medm2g_core.pipelines.translate import translate_volume
+    from medm2g_core.inference.translate import translate_volume
     from tiny_recipe import tiny_recipe
 
     root, _, head, _ = cohorts

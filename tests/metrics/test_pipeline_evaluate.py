@@ -8,7 +8,7 @@ from medm2g_core import io
 from medm2g_core.errors import InputError
 from medm2g_core.metrics.distribution import CallableExtractor
 from medm2g_core.metrics.image import body_mask, synthrad_metrics
-from medm2g_core.pipelines.evaluate import evaluate
+from medm2g_core.workflows.evaluate import evaluate
 from medm2g_core.serialization import to_jsonable
 from medm2g_core.types import ImageMeta
 

@@ -11,8 +11,9 @@ import pytest
 from medm2g_core import io
 from medm2g_core.errors import ConfigError, InputError
 from medm2g_core.modalities import Modality
-from medm2g_core.pipelines import batch
-from medm2g_core.pipelines.devices import resolve_device
+from medm2g_cli import parsing
+from medm2g_core.jobs import inputs as batch_inputs, runs as batch
+from medm2g_core.inference.devices import resolve_device
 from medm2g_core.types import ImageMeta
 
 
@@ -32,34 +33,34 @@ def cohort(tmp_path: Path) -> Path:
 def test_stdin_inputs_blank_lines_and_duplicates(cohort: Path) -> None:
     paths = [str(p) for p in sorted(cohort.glob("*/mri-t1.nii.gz"))]
     stream = stdio.StringIO("\n".join(paths + ["", paths[0]]) + "\n")
-    assert batch.expand_inputs(["-"], stdin=stream) == [Path(p) for p in paths]
+    assert batch_inputs.expand_inputs(["-"], stdin=stream) == [Path(p) for p in paths]
 
 
 def test_globs_expand_and_missing_files_are_kept_for_their_own_failure(cohort: Path) -> None:
-    found = batch.expand_inputs([str(cohort / "*" / "mri-t1.nii.gz"), str(cohort / "nope.nii.gz")])
+    found = batch_inputs.expand_inputs([str(cohort / "*" / "mri-t1.nii.gz"), str(cohort / "nope.nii.gz")])
     assert len(found) == 4 and found[-1].name == "nope.nii.gz"
 
 
 @pytest.mark.parametrize("inputs", [[], ["-"]])
 def test_zero_inputs_is_an_input_error(inputs: list[str]) -> None:
     with pytest.raises(InputError, match="no inputs"):
-        batch.expand_inputs(inputs, stdin=stdio.StringIO(""))
+        batch_inputs.expand_inputs(inputs, stdin=stdio.StringIO(""))
 
 
 def test_glob_matching_nothing_names_the_pattern(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no file matches .*\*\.nii\.gz"):
-        batch.expand_inputs([str(tmp_path / "*.nii.gz")])
+        batch_inputs.expand_inputs([str(tmp_path / "*.nii.gz")])
 
 
 def test_output_names_come_from_the_patient_folder(cohort: Path, tmp_path: Path) -> None:
-    assert batch.patient_name(cohort / "P0002" / "mri-t1.nii.gz") == "P0002"
-    assert batch.patient_name(cohort / "P0002") == "P0002"
+    assert batch_inputs.patient_name(cohort / "P0002" / "mri-t1.nii.gz") == "P0002"
+    assert batch_inputs.patient_name(cohort / "P0002") == "P0002"
     flat = _volume(tmp_path / "scans" / "IXI002-Guys-T1.nii.gz")
-    assert batch.patient_name(flat) == "IXI002-Guys-T1"  # free-form names: their own stem, so a flat folder never collides
+    assert batch_inputs.patient_name(flat) == "IXI002-Guys-T1"  # free-form names: their own stem, so a flat folder never collides
 
 
 def test_cohort_folder_expands_to_patient_folders(cohort: Path) -> None:
-    assert [p.name for p in batch.expand_folders([cohort])] == ["P0001", "P0002", "P0003"]
+    assert [p.name for p in batch_inputs.expand_folders([cohort])] == ["P0001", "P0002", "P0003"]
 
 
 def test_collision_is_found_before_any_work(tmp_path: Path) -> None:
@@ -76,10 +77,10 @@ def test_shards_partition_deterministically_whatever_the_input_order(tmp_path: P
     assert [[j.key for j in s] for s in shards] == [[j.key for j in s] for s in reversed_shards]
     keys = sorted(j.key for s in shards for j in s)
     assert keys == sorted(j.key for j in jobs)  # every job exactly once
-    assert batch.parse_shard("1/3") == (1, 3)
+    assert parsing.parse_shard("1/3") == (1, 3)
     for bad in ("3/3", "a/b", "1/0"):
         with pytest.raises(ConfigError):
-            batch.parse_shard(bad)
+            parsing.parse_shard(bad)
 
 
 def test_skip_existing_trusts_only_a_matching_sidecar(tmp_path: Path) -> None:
@@ -121,10 +122,10 @@ def test_isolation_one_failure_does_not_stop_the_rest(tmp_path: Path) -> None:
 
 
 def test_memory_parse_and_check(tmp_path: Path) -> None:
-    assert batch.parse_memory("4G") == 4 * 2**30
-    assert batch.parse_memory("512MiB") == 512 * 2**20
+    assert parsing.parse_memory("4G") == 4 * 2**30
+    assert parsing.parse_memory("512MiB") == 512 * 2**20
     with pytest.raises(ConfigError):
-        batch.parse_memory("lots")
+        parsing.parse_memory("lots")
     path = _volume(tmp_path / "big.nii.gz", shape=(20, 20, 20))
     shape, voxels = batch.estimate_array_bytes(path)
     assert shape == (20, 20, 20) and voxels == 8000
@@ -162,6 +163,6 @@ def test_devices() -> None:
 
 
 def test_modality_of_canonical_and_token_names(tmp_path: Path) -> None:
-    assert batch.canonical_modality("mri-t1.nii.gz") is Modality.MRI_T1
-    assert batch.canonical_modality("IXI002-T1.nii.gz") is None
-    assert batch.modality_of(Path("IXI002-Guys-T1.nii.gz")) is Modality.MRI_T1
+    assert batch_inputs.canonical_modality("mri-t1.nii.gz") is Modality.MRI_T1
+    assert batch_inputs.canonical_modality("IXI002-T1.nii.gz") is None
+    assert batch_inputs.modality_of(Path("IXI002-Guys-T1.nii.gz")) is Modality.MRI_T1

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medm2g_core.pipelines.demo import QUICK, STATE_FILE, DemoSettings, headline_metrics, run_demo
+from medm2g_core.modalities import Modality
+from medm2g_core.workflows.demo import QUICK, STATE_FILE, DemoSettings, headline_metrics, run_demo
 
 # Smaller than --quick so that the suite stays fast; every stage still runs for real.
 TINY = replace(QUICK, chest_patients=20, head_patients=12, align_steps=10, text_vae_steps=16,
@@ -75,11 +76,11 @@ def test_report_page_shows_model_and_baselines(demo) -> None:
 @pytest.mark.slow
 def test_bundle_is_the_default_model(demo) -> None:
     from medm2g_core.bundle import default_bundle
-    from medm2g_core.pipelines.translate import translate_batch
+    from medm2g_core.jobs.translate import translate_batch
 
     assert default_bundle() == (demo["out"] / "demo.m2g").resolve()
     source = demo["out"] / "cohort" / "head" / "P0001" / "mri-t1.nii.gz"
-    batch = translate_batch([source], to="ct", out=demo["out"] / "after", steps=1)  # no model given
+    batch = translate_batch([source], to=Modality.CT, out=demo["out"] / "after", steps=1)  # no model given
     assert batch.counts["ok"] == 1 and (demo["out"] / "after" / "P0001" / "ct.nii.gz").is_file()
 
 
@@ -117,7 +118,7 @@ def test_changed_settings_rerun_only_later_stages(demo) -> None:
 
 def test_interrupted_stage_resumes_and_later_stages_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage that raised stays 'started'; the next run gives it resume=True and runs nothing after it first."""
-    from medm2g_core.pipelines import demo as demo_module
+    from medm2g_core.workflows import demo as demo_module
 
     calls: list[tuple[str, bool]] = []
 

@@ -38,8 +38,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from medm2g_core.data.synth import synthesize_cohort
-    from medm2g_core.pipelines.align import align
-    from medm2g_core.pipelines.train_flow import train_flow
+    from medm2g_core.workflows.align import align
+    from medm2g_core.workflows.train_flow import train_flow
 
     from medm2g_core.config import apply_overrides, load_recipe
 

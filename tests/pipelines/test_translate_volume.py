@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from medm2g_core.modalities import Modality, Pair
-from medm2g_core.pipelines.translate import CT_RANGE_HU, from_canonical, slice_seed, to_canonical, canonical_orientation, translate_volume
+from medm2g_core.modalities import CT_HU_RANGE
+from medm2g_core.inference.translate import from_canonical, slice_seed, to_canonical, canonical_orientation, translate_volume
 from medm2g_core.types import ImageMeta
 
 
@@ -78,7 +79,7 @@ def test_geometry_kept_units_hu_and_batching_does_not_change_the_result() -> Non
     assert one.meta.same_grid(meta) and one.meta.direction == meta.direction and one.meta.origin == meta.origin
     assert one.meta.modality == "ct" and one.meta.units == "HU" and one.meta.synthetic
     assert "medm2g" in one.meta.extra["derivation"] and "mri-t1__ct" in one.meta.extra["derivation"]
-    assert CT_RANGE_HU[0] <= one.image.min() and one.image.max() <= CT_RANGE_HU[1]
+    assert CT_HU_RANGE[0] <= one.image.min() and one.image.max() <= CT_HU_RANGE[1]
     assert float(one.std.mean()) > 0
     # the echo flow returns the normalised MRI, so the HU output is a monotone map of the input
     assert np.corrcoef(one.image.ravel(), volume.ravel())[0, 1] > 0.95

@@ -35,7 +35,7 @@ class _Payload:
 def test_bundle_with_pickle_weights_is_refused_without_unpickling(tiny: Tiny, tmp_path: Path, name: str) -> None:
     from medm2g_core.bundle import Bundle
     from medm2g_core.flows.model import FlowModel
-    from medm2g_core.pipelines.model import MedM2G
+    from medm2g_core.inference.model import MedM2G
 
     bundle = copy_bundle(tiny.reference, tmp_path / "pickled.m2g")
     marker = tmp_path / "UNPICKLED"
@@ -196,7 +196,7 @@ def test_bundle_flow_names_cannot_point_outside_the_bundle(tiny: Tiny, tmp_path:
     """bundle.json's flow list becomes folder names only through the modality parser, so ``../``
     entries are never opened; asking for such a flow is an error, not a read outside the bundle."""
     from medm2g_core.flows.model import FlowModel
-    from medm2g_core.pipelines.model import MedM2G
+    from medm2g_core.inference.model import MedM2G
 
     bundle = copy_bundle(tiny.reference, tmp_path / "b.m2g")
     outside = tmp_path / "outside"

@@ -48,7 +48,7 @@ def main(out: Path) -> None:
 
     # The real alignment stage on two ranks (DDP-wrapped task, gathered InfoNCE inside the task).
     from medm2g_core.config import parse_recipe
-    from medm2g_core.pipelines.align import align
+    from medm2g_core.workflows.align import align
 
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from tiny_cohort import write_cohort

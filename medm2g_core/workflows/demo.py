@@ -1,4 +1,4 @@
-"""``run_demo()``: the whole MedM2G pipeline on synthetic phantom cohorts, offline (DESIGN §2, §7; issue 9).
+"""``run_demo()``: the whole MedM2G pipeline on synthetic phantom cohorts, offline (DESIGN §2, §7).
 
 What one call does, stage by stage (each stage recorded in ``OUT/demo-state.json`` when it finishes):
 
@@ -427,7 +427,7 @@ class _Run:
         return {"splits": counts}
 
     def align(self, resume: bool) -> dict[str, Any]:
-        from medm2g_core.pipelines.align import align
+        from medm2g_core.workflows.align import align
 
         result = align(self.cohort, self.bundle, recipe=self.recipe(), seed=self.seed, resume=resume,
                        progress=self.stage_progress("align"))
@@ -436,7 +436,7 @@ class _Run:
 
     def flow_action(self, pair: str, anatomy: str) -> Callable[[bool], dict[str, Any]]:
         def action(resume: bool) -> dict[str, Any]:
-            from medm2g_core.pipelines.train_flow import train_flow
+            from medm2g_core.workflows.train_flow import train_flow
 
             result = train_flow(self.cohort / anatomy, self.bundle, pair=pair, recipe=self.recipe(),
                                 steps=self.settings.flow_steps.get(pair), resume=resume, seed=self.seed,
@@ -447,7 +447,7 @@ class _Run:
         return action
 
     def fit_baselines(self, resume: bool) -> dict[str, Any]:
-        from medm2g_core.pipelines.baselines import fit_baselines
+        from medm2g_core.workflows.baselines import fit_baselines
 
         fitted = {}
         for pair, anatomy in BASELINE_PAIRS:
@@ -458,9 +458,10 @@ class _Run:
         return {"fitted": fitted}
 
     def predict(self, resume: bool) -> dict[str, Any]:
-        from medm2g_core.pipelines.baselines import predict_baselines
-        from medm2g_core.pipelines.generate import generate_batch
-        from medm2g_core.pipelines.translate import translate_batch
+        from medm2g_core.workflows.baselines import predict_baselines
+        from medm2g_core.jobs.generate import generate_batch
+        from medm2g_core.jobs.translate import translate_batch
+        from medm2g_core.modalities import parse_modality
 
         s = self.settings
         head, chest = self.held_out("head"), self.held_out("chest")
@@ -469,7 +470,7 @@ class _Run:
         for pair, target in (("mri-ct", "ct"), ("t1-t2", "mri-t2")):
             out = self.predictions / pair
             inputs = [str(self.cohort / "head" / pid / "mri-t1.nii.gz") for pid in head]
-            batch = translate_batch(inputs, to=target, out=out / "model", model=self.bundle, samples=s.samples, seed=self.seed,
+            batch = translate_batch(inputs, to=parse_modality(target), out=out / "model", model=self.bundle, samples=s.samples, seed=self.seed,
                                     steps=s.sampler_steps, device="cpu", overwrite=True,
                                     progress=self.stage_progress(f"predict {pair}"))
             counts[pair] = {"model": batch.counts}
@@ -478,7 +479,7 @@ class _Run:
         generated = {"xray-report": ("report", "xray.png"), "report-xray": ("xray", "report.txt")}
         for pair, (target, source_file) in generated.items():
             paths = "\n".join(str(self.cohort / "chest" / pid / source_file) for pid in chest) + "\n"
-            batch = generate_batch(["-"], to=target, model=self.bundle, out=self.predictions / pair / "model", seed=self.seed,
+            batch = generate_batch(["-"], to=parse_modality(target), model=self.bundle, out=self.predictions / pair / "model", seed=self.seed,
                                    steps=s.sampler_steps, device="cpu", overwrite=True, stdin=_text_io.StringIO(paths),
                                    progress=self.stage_progress(f"predict {pair}"))
             counts[pair] = {"model": batch.counts}
@@ -492,7 +493,7 @@ class _Run:
         return {"patients": {"head": head, "chest": chest}, "counts": counts}
 
     def evaluate(self, resume: bool) -> dict[str, Any]:
-        from medm2g_core.pipelines.evaluate import evaluate
+        from medm2g_core.workflows.evaluate import evaluate
         from medm2g_core.serialization import write_json
 
         tasks = {
@@ -558,10 +559,11 @@ class _AlignedXrayFeatures:
         import torch
 
         from medm2g_core.align.model import AlignModel
+        from medm2g_core.bundle import align_dir
         from medm2g_core.data.transforms import resize_image
 
         if self._model is None:
-            self._model = AlignModel.from_pretrained(self.bundle / "align").eval()
+            self._model = AlignModel.from_pretrained(align_dir(self.bundle)).eval()
         values = np.asarray(images, dtype=np.float32) * 2.0 - 1.0
         batch = torch.stack([resize_image(image[None], self.image_size) for image in values])
         with torch.no_grad():

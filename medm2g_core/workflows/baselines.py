@@ -1,4 +1,4 @@
-"""Fit the baselines of a flow into a bundle, and write their predictions (EVALUATION.md, issue 8 item 5).
+"""Fit the baselines of a flow into a bundle, and write their predictions (EVALUATION.md).
 
 ``fit_baselines(data_dir, bundle, pair=...)`` — on the training split of the cohort (the split the
 flow was trained on: the recipe's ``data.split_seed``/``split_fractions``, honouring ``splits.json``):
@@ -32,7 +32,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from medm2g_core.baselines import REPORT_BASELINES, TRANSLATION_BASELINES
+from medm2g_core.bundle import ALIGN, align_dir, baselines_dir
+from medm2g_core.bundle import flow_dir as bundle_flow_dir
+from medm2g_core.bundle import shared_dir as bundle_shared_dir
 from medm2g_core.errors import BundleError, ConfigError, InputError
+from medm2g_core.inference.processing import Processing
 from medm2g_core.modalities import Modality, Pair, parse_pair
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
@@ -54,8 +58,8 @@ def baselines_for(pair: Pair) -> tuple[str, ...]:
 def baseline_dir(bundle: str | Path, pair: Pair, name: str) -> Path:
     """Where a baseline lives in a bundle."""
     if name == "regression":
-        return Path(bundle) / "baselines" / f"{pair.name}-regression"
-    return Path(bundle) / "baselines" / pair.name
+        return baselines_dir(bundle) / f"{pair.name}-regression"
+    return baselines_dir(bundle) / pair.name
 
 
 def cli_pair(pair: Pair) -> str:
@@ -150,7 +154,7 @@ def fit_baselines(
         raise ConfigError(f"baseline(s) {', '.join(unknown)} do not exist for {pair}; valid: {', '.join(available)}")
     data_dir, bundle_dir = Path(data_dir), Path(bundle)
     handle = Bundle.open(bundle_dir)
-    if not handle.has_component("align"):
+    if not handle.has_component(ALIGN):
         raise BundleError(f"{bundle_dir} has no align stage; run `medm2g align --data {data_dir} --out {bundle_dir}` first")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     splits = _splits(data_dir, recipe)
@@ -174,8 +178,7 @@ def fit_baselines(
     record = dict(handle.data.get("baselines", {}).get(pair.name, {}))
     record["split"] = {"seed": recipe.data.split_seed, "fractions": list(recipe.data.split_fractions),
                        "train_patients": len(train_records), "data": str(data_dir.resolve())}
-    record["normalisation"] = {"ct_window": list(recipe.data.ct_window), "mri_percentiles": list(recipe.data.mri_percentiles),
-                               "image_size": recipe.data.image_size}
+    record["normalisation"] = {**Processing.from_data(recipe.data).record(), "image_size": recipe.data.image_size}
     for name, details in fitted.items():
         record[name] = {**details, "path": str(Path(details["path"]).relative_to(bundle_dir))}
     handle.data.setdefault("baselines", {})[pair.name] = record
@@ -192,11 +195,9 @@ def _is_main_process() -> bool:
 def _normalised(path: Path, modality: Modality, recipe: Any) -> tuple[np.ndarray, Any, np.ndarray, Any]:
     """(array in physical units, meta, normalised array, NormState)."""
     from medm2g_core import io
-    from medm2g_core.data.transforms import normalize
 
     array, meta = io.read(path)
-    values, state = normalize(np.asarray(array, dtype=np.float32), modality, ct_window=recipe.data.ct_window,
-                              mri_percentiles=recipe.data.mri_percentiles)
+    values, state = Processing.from_data(recipe.data).preprocess(np.asarray(array, dtype=np.float32), modality)
     return array, meta, values, state
 
 
@@ -239,8 +240,8 @@ def _fit_identity(records: list, bundle_dir: Path, pair: Pair, recipe: Any, prog
     mapping.patients = used
     mask_rule = "body_mask(CT > -500 HU, largest component, holes filled)" if Modality.CT in (source, target) \
         else f"target above {MRI_BODY_FRACTION:.0%} of its percentile range"
-    mapping.details = {"units": "normalised [-1, 1] (data.transforms.normalize) on both sides", "mask": mask_rule,
-                       "ct_window": list(recipe.data.ct_window), "mri_percentiles": list(recipe.data.mri_percentiles),
+    mapping.details = {"units": "normalised [-1, 1] (inference.processing) on both sides", "mask": mask_rule,
+                       **Processing.from_data(recipe.data).record(),
                        "first_source_only": len(pair.sources) > 1, "skipped": skipped}
     path = mapping.save(baseline_dir(bundle_dir, pair, "identity") / INTENSITY_MAP)
     return {"path": str(path), "patients": len(used), "voxels": mapping.voxels, "knots": len(mapping.source_values)}
@@ -260,8 +261,8 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     from medm2g_core.training.loop import seed_everything, train
 
     bundle_dir = handle.path
-    flow_dir = bundle_dir / "flows" / pair.name
-    shared_dir = bundle_dir / "flows" / SHARED_NAME
+    flow_dir = bundle_flow_dir(bundle_dir, pair.name)
+    shared_dir = bundle_shared_dir(bundle_dir)
     if not (flow_dir / "config.json").is_file() or not (shared_dir / "config.json").is_file():
         raise BundleError(f"{bundle_dir} has no trained {pair} flow; the regression baseline copies its network and step budget — "
                           f"run `medm2g train-flow --pair {pair.name} --bundle {bundle_dir} --data DATA` first")
@@ -277,12 +278,12 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     sources = list(pair.sources)
     cache = min(max(recipe.data.cache_items, (len(sources) + 1) * max(len(records), 1)), 256)
     dataset = PairSliceDataset(records, sources=sources, target=pair.target, image_size=flow_config.image_size, slices=slices,
-                               context_slices=flow_config.context_slices, ct_window=recipe.data.ct_window,
-                               mri_percentiles=recipe.data.mri_percentiles, cache_items=cache)
+                               context_slices=flow_config.context_slices,
+                               preprocess=Processing.from_data(recipe.data).preprocess, cache_items=cache)
     if len(dataset) < config.batch_size:
         raise InputError(None, f"the {pair} regression has {len(dataset)} training slices, fewer than one batch of {config.batch_size}",
                          "add patients or lower training.batch_size in the recipe")
-    align = AlignModel.from_pretrained(bundle_dir / "align")
+    align = AlignModel.from_pretrained(align_dir(bundle_dir))
     seed_everything(config.seed)
     network, shared = build_regression_network(flow_config, shared_config)
     task = FlowTask(network, align, warm_start_steps=config.steps, source_dropout=0.0, shared_trainable=True)
@@ -415,21 +416,21 @@ def predict_baselines(
 
 def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: dict[str, Path], normalisation: dict, *,
                          synthetic: bool, device: str, progress: ProgressFn) -> None:
-    from medm2g_core import __version__, io
+    from medm2g_core import io
+    from medm2g_core._version import __version__
     from medm2g_core.baselines.intensity import IntensityMap
-    from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES, normalize
+    from medm2g_core.inference.translate import translate_volume
     from medm2g_core.io.meta import units_for
-    from medm2g_core.pipelines.translate import _physical, _target_state, _write_volume, translate_volume
+    from medm2g_core.jobs.translate import write_volume
 
-    ct_window = normalisation.get("ct_window", DEFAULT_CT_WINDOW)
-    mri_percentiles = normalisation.get("mri_percentiles", DEFAULT_MRI_PERCENTILES)
+    processing = Processing.from_record(normalisation)
     mapping = IntensityMap.load(baseline_dir(bundle_dir, pair, "identity") / INTENSITY_MAP) if "identity" in outputs else None
     regression = None
     if "regression" in outputs:
         from medm2g_core.align.model import AlignModel
         from medm2g_core.baselines.regression import RegressionModel
 
-        align = AlignModel.from_pretrained(bundle_dir / "align", device=device)
+        align = AlignModel.from_pretrained(align_dir(bundle_dir), device=device)
         regression = RegressionModel.from_pretrained(baseline_dir(bundle_dir, pair, "regression"), align=align, device=device)
     usable = [r for r in records if all(m in r.files for m in pair.sources)]
     filename = f"{pair.target.value}.nii.gz"
@@ -442,18 +443,17 @@ def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: d
             arrays[modality] = np.asarray(array, dtype=np.float32)
         if mapping is not None:
             source = pair.sources[0]
-            values, state = normalize(arrays[source], source, ct_window=ct_window, mri_percentiles=mri_percentiles)
-            target_state = _target_state(pair.target, {source: state}, ct_window=ct_window)
-            image = _physical(mapping(values), pair.target, target_state)
+            values, state = processing.preprocess(arrays[source], source)
+            image = processing.postprocess(mapping(values), pair.target, processing.target_state(pair.target, {source: state}))
             out_meta = meta.replace(modality=pair.target.value, units=units_for(pair.target.value), synthetic=True,
                                     extra={**meta.extra, "derivation": f"medm2g {__version__} {pair.name} identity-after-intensity-map baseline",
                                            "medm2g_baseline": "identity"})
-            _write_volume(outputs["identity"] / record.patient_id / filename, image, out_meta, "nifti")
+            write_volume(outputs["identity"] / record.patient_id / filename, image, out_meta, "nifti")
         if regression is not None:
             result = translate_volume(regression, arrays, meta, bundle_name=bundle_dir.name)
             out_meta = result.meta.replace(extra={**result.meta.extra, "medm2g_baseline": "regression",
                                                   "derivation": result.meta.extra["derivation"] + " (L1 regression baseline)"})
-            _write_volume(outputs["regression"] / record.patient_id / filename, result.image, out_meta, "nifti")
+            write_volume(outputs["regression"] / record.patient_id / filename, result.image, out_meta, "nifti")
         progress(ProgressEvent(task=f"baselines {pair.name}", completed=index + 1, total=len(usable)))
 
 
@@ -469,7 +469,7 @@ def _predict_reports(bundle_dir: Path, pair: Pair, records: list, outputs: dict[
     if "retrieval" in outputs:
         from medm2g_core.align.model import AlignModel
 
-        align = AlignModel.from_pretrained(bundle_dir / "align", device=device)
+        align = AlignModel.from_pretrained(align_dir(bundle_dir), device=device)
         embeddings = embed_reports(align, stored.reports)
     size = int(stored.details.get("image_size") or normalisation.get("image_size", 64))
     for index, record in enumerate(usable):
@@ -486,12 +486,10 @@ def query_image(path: Path, modality: Modality, *, size: int, normalisation: dic
     """The normalised (1, size, size) image the align stage sees (middle axial slice of a volume),
     as ``data.datasets.ImageTextDataset`` builds it."""
     from medm2g_core import io
-    from medm2g_core.data.transforms import DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES, axial_slice, normalize, resize_image
+    from medm2g_core.data.transforms import axial_slice, resize_image
 
-    normalisation = normalisation or {}
     array, _ = io.read(path)
-    values, _ = normalize(array, modality, ct_window=normalisation.get("ct_window", DEFAULT_CT_WINDOW),
-                          mri_percentiles=normalisation.get("mri_percentiles", DEFAULT_MRI_PERCENTILES))
+    values, _ = Processing.from_record(normalisation).preprocess(array, modality)
     if modality.is_volume:
         values = axial_slice(values, values.shape[2] // 2)
     return resize_image(values, size)

@@ -19,7 +19,7 @@ Tasks (folders hold patient folders, matched by their path relative to the root,
 Baselines are evaluated by the same code from their own prediction folders (``baselines={name: dir}``)
 and appear as extra columns. Bare baseline names (``bundle_baselines=["identity", "regression"]`` for
 translation, ``["retrieval", "most-frequent"]`` for reports) are computed from the baselines fitted into
-``model`` (``pipelines.baselines``) for exactly the patients of ``pred_dir``, with inputs read from
+``model`` (``workflows.baselines``) for exactly the patients of ``pred_dir``, with inputs read from
 ``ref_dir``, into ``baseline_out`` (default: a temporary folder). Problems (missing patients, different grids, unreadable files) are
 recorded per patient and never stop the run.
 """
@@ -197,8 +197,8 @@ def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[st
     """Compute the named baselines from the bundle for the patients of ``pred_dir``: name → folder."""
     from medm2g_core.bundle import resolve_model
     from medm2g_core.errors import BundleError
-    from medm2g_core.pipelines.baselines import baselines_for, fit_command, fitted_baselines, pairs_with_baselines, predict_baselines
-    from medm2g_core.pipelines.baselines import read_pair as parse_pair
+    from medm2g_core.workflows.baselines import baselines_for, fit_command, fitted_baselines, pairs_with_baselines, predict_baselines
+    from medm2g_core.workflows.baselines import read_pair as parse_pair
 
     valid = BUNDLE_BASELINES[task]
     unknown = [n for n in names if n not in valid]

@@ -1,157 +1,42 @@
-"""Batch machinery shared by ``translate`` and ``generate``: inputs, output names, provenance, sharding.
+"""Batch run records shared by ``translate`` and ``generate``: jobs, provenance, sharding, memory.
 
-What a batch run does before any model work (FIELD-LESSONS.md, command-line conventions):
-
-1. **Inputs** (``expand_inputs``): files, patient folders, cohort folders (folders of patient folders),
-   DICOM series folders, globs (``'cohort/*/mri-t1.nii.gz'``, expanded here so quoting works) and ``-``
-   (paths on stdin, one per line). Zero inputs is an ``InputError`` (exit 2), never a silent success.
-2. **Output names from the patient folder** (``patient_name``): ``find cohort -name mri-t1.nii.gz``
-   yields many inputs with one basename, so ``--out DIR`` writes ``DIR/<patient>/<modality>.nii.gz``
-   where ``<patient>`` is the folder holding a canonically named file (``P0001/mri-t1.nii.gz`` →
-   ``P0001``), the folder itself for a patient folder, the parent of a DICOM series folder, and the
-   file's own stem for free-form names (``scans/IXI002-T1.nii.gz`` → ``IXI002-T1``), so a flat folder of
-   scans does not collide either. Two inputs mapping to one output is an error before any work starts
-   (``check_collisions``).
-3. **Existing outputs**: an error unless ``--overwrite`` (replace) or ``--skip-existing``; the latter
+1. **Jobs** (``Job``): one input, its output and a planning problem if any; two inputs mapping to one
+   output is an error before any work starts (``check_collisions``).
+2. **Existing outputs**: an error unless ``--overwrite`` (replace) or ``--skip-existing``; the latter
    trusts an output only when its sidecar's ``fingerprint`` equals this run's (bundle + arguments).
    Every file is renamed into place (``serialization.atomic_path``) and the sidecar is written last
    and removed first, so a run killed half-way never leaves an output that counts as done.
-4. **Sharding** (``select_shard``): ``--shard k/N`` keeps the jobs whose position in the sorted list of
+3. **Sharding** (``select_shard``): shard (k, N) keeps the jobs whose position in the sorted list of
    output names is ``k`` modulo ``N`` (``k`` counts from 0), the same split whatever order the inputs
    came in, so array jobs never overlap.
-5. **Provenance**: a small sidecar JSON per output (``sidecar``) and one ``run.json`` per run
+4. **Provenance**: a small sidecar JSON per output (``sidecar``) and one ``run.json`` per run
    (``RunRecord``) — medm2g version, bundle fingerprint, arguments, seed, timings, per-input status.
    Neither holds anything from the image headers (no patient name, ID or birth date).
-6. **Memory** (``parse_memory``, ``estimate_array_bytes``): the size of a volume is estimated from its
-   header before its pixels are read, and a volume whose processing cannot fit in ``--max-memory``
+5. **Memory** (``estimate_array_bytes``, ``check_memory``): the size of a volume is estimated from its
+   header before its pixels are read, and a volume whose processing cannot fit in the memory limit
    fails with the numbers instead of being killed by the kernel.
+6. **One skeleton** (``run_batch``): the loop both commands share — existing-output check, synthetic
+   warning, per-job isolation, ``run.json``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import glob
 import hashlib
 import os
-import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence
 
-from medm2g_core import __version__
-from medm2g_core.errors import ConfigError, InputError
-from medm2g_core.io.meta import SUFFIX_FORMATS, canonical_modality, memory_limit_bytes, modality_from_name
+from medm2g_core._version import __version__
+from medm2g_core.errors import InputError
+from medm2g_core.jobs.inputs import strip_suffix
 from medm2g_core.modalities import Modality
 from medm2g_core.serialization import read_json, to_jsonable, write_json
 
 SIDECAR_FORMAT = 1
-GLOB_CHARACTERS = re.compile(r"[*?\[]")
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
-
-
-# -- inputs --------------------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: Sequence[str | Path], *, stdin: TextIO | None = None) -> list[Path]:
-    """Turn command-line inputs into paths: ``-`` reads paths from ``stdin`` (one per line, blank lines
-    ignored), patterns with ``* ? [`` are globbed (sorted; ``**`` recursive), everything else is kept
-    as given (a missing file becomes that input's own failure, not the batch's). Duplicates (same
-    resolved path) are dropped, first occurrence kept.
-
-    Raises:
-        InputError: no input at all (nothing given, an empty stdin, globs matching nothing).
-    """
-    found: list[Path] = []
-    empty_globs: list[str] = []
-    for item in inputs:
-        text = str(item)
-        if text == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            found += [Path(line.strip()) for line in stream.read().splitlines() if line.strip()]
-        elif GLOB_CHARACTERS.search(text) and not Path(text).exists():
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                empty_globs.append(text)
-            found += [Path(m) for m in matches]
-        else:
-            found.append(Path(text))
-    unique: list[Path] = []
-    seen: set[str] = set()
-    for path in found:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    if not unique:
-        detail = f" (no file matches {', '.join(empty_globs)})" if empty_globs else ""
-        raise InputError(
-            None,
-            f"no inputs{detail}",
-            "pass files, patient folders or globs, or - to read paths from stdin (e.g. find cohort -name mri-t1.nii.gz | medm2g translate - --to ct)",
-        )
-    return unique
-
-
-def strip_suffix(name: str) -> str:
-    lowered = name.lower()
-    for suffix, _ in SUFFIX_FORMATS:
-        if lowered.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def patient_name(path: Path) -> str:
-    """The output folder name for an input (see the module docstring): the patient folder, not the basename."""
-    absolute = Path(os.path.abspath(path))
-    if absolute.is_dir() and not is_series_folder(absolute):
-        return absolute.name or "input"
-    if canonical_modality(absolute.name) is not None or is_series_folder(absolute):
-        return absolute.parent.name or "input"
-    return strip_suffix(absolute.name) or "input"
-
-
-def is_series_folder(path: Path) -> bool:
-    """A folder holding DICOM files directly (``P0001/ct/0001.dcm``...)."""
-    if not path.is_dir():
-        return False
-    from medm2g_core.io.dicom import holds_dicom_files
-
-    return holds_dicom_files(path, sample=16)
-
-
-def patient_files(folder: Path) -> dict[Modality, Path]:
-    """Canonically named files and DICOM series folders directly inside a patient folder."""
-    files: dict[Modality, Path] = {}
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError:
-        return files
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        modality = canonical_modality(entry.name)
-        if modality is None:
-            continue
-        if entry.is_file() or is_series_folder(entry):
-            files.setdefault(modality, entry)
-    return files
-
-
-def expand_folders(paths: Sequence[Path]) -> list[Path]:
-    """Replace each cohort folder (a folder holding patient folders, not files) by its patient folders;
-    files, patient folders and DICOM series folders are kept."""
-    from medm2g_core.data.manifest import find_patient_folders
-
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir() and not is_series_folder(path) and not patient_files(path):
-            found = find_patient_folders(path)
-            out += found if found else [path]  # an empty folder fails on its own, with a message
-        else:
-            out.append(path)
-    return out
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -219,19 +104,6 @@ def check_collisions(jobs: Sequence[Job]) -> None:
         )
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"k/N"`` → (k, N) with 0 ≤ k < N; None passes through."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match:
-        raise ConfigError(f"--shard {text!r}: expected k/N such as 0/4 (k counts from 0)")
-    k, n = int(match.group(1)), int(match.group(2))
-    if n < 1 or not 0 <= k < n:
-        raise ConfigError(f"--shard {text!r}: need N ≥ 1 and 0 ≤ k < N (k counts from 0)")
-    return k, n
-
-
 def select_shard(jobs: Sequence[Job], shard: tuple[int, int] | None) -> list[Job]:
     """Jobs sorted by output name; with a shard (k, N) those at positions ≡ k (mod N)."""
     ordered = sorted(jobs, key=lambda job: (job.key, job.input))
@@ -245,18 +117,6 @@ def fingerprint(*, bundle: str, arguments: dict[str, Any]) -> str:
     """Identity of "this output, made by this bundle with these arguments" (sha256, 16 hex)."""
     text = repr((bundle, sorted(to_jsonable(arguments).items())))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def bundle_fingerprint(path: str | Path) -> str:
-    """Cheap identity of a bundle: ``bundle.json``'s bytes plus the names and sizes of its weights
-    (sha256, 16 hex). Retraining any component rewrites ``bundle.json`` (its ``updated`` stamp)."""
-    path = Path(path)
-    digest = hashlib.sha256((path / "bundle.json").read_bytes())
-    for weights in sorted(path.rglob("*.safetensors")):
-        if "training" in weights.relative_to(path).parts:
-            continue
-        digest.update(f"{weights.relative_to(path).as_posix()}:{weights.stat().st_size}".encode())
-    return digest.hexdigest()[:16]
 
 
 def sidecar(*, kind: str, fingerprint_value: str, bundle_hash: str, bundle_path: str, flow: str, arguments: dict[str, Any],
@@ -421,24 +281,6 @@ def describe_error(where: str, error: BaseException) -> str:
 
 # -- memory --------------------------------------------------------------------------------------
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-
-
-def parse_memory(text: str | None) -> int:
-    """``"4G"``, ``"512MiB"``, ``"1.5gb"`` or bytes → bytes; None → the default (half the RAM, or
-    ``MEDM2G_MAX_ARRAY_BYTES``)."""
-    if text is None:
-        return memory_limit_bytes()
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ConfigError(f"--max-memory {text!r}: expected a size such as 4G, 512M or 2GiB")
-    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if value <= 0:
-        raise ConfigError(f"--max-memory {text!r} must be positive")
-    return value
-
-
 def estimate_array_bytes(path: Path) -> tuple[tuple[int, ...], int] | None:
     """(shape, voxel count) from a header without reading pixels; None when the format gives no
     cheap header (the reader's own size checks still apply)."""
@@ -491,11 +333,66 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def modality_of(path: Path) -> Modality | None:
-    """Modality from the name (canonical or tokens), else the header (DICOM, medm2g's NIfTI marks)."""
-    by_name = modality_from_name(path.name)
-    if by_name is not None:
-        return by_name
-    from medm2g_core.io import modality_from_path
+def run_batch(
+    jobs: Sequence[Job],
+    work: Callable[[Job, str], ItemResult],
+    *,
+    model: Any,
+    command: str,
+    arguments: dict[str, Any],
+    record_arguments: dict[str, Any] | None = None,
+    seed: int,
+    out_dir: Path | None,
+    shard: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    started: float | None = None,
+    on_result: ResultFn = no_result,
+    on_warning: Callable[[str], None] = lambda message: None,
+) -> BatchResult:
+    """The loop ``translate`` and ``generate`` share, after planning ``jobs`` with a loaded ``MedM2G``:
 
-    return modality_from_path(path)
+    refuse existing outputs unless ``overwrite``/``skip_existing`` (usage error, before any work); warn once
+    when the bundle is synthetic; skip outputs whose sidecar carries this run's fingerprint
+    (``skip_existing``); run ``work(job, fingerprint)`` on each job in isolation (it calls
+    ``remove_stale_sidecar`` before rewriting an output); write ``run.json`` into
+    ``out_dir``. ``arguments`` (what can change an output) make the fingerprint; ``record_arguments`` are
+    recorded in ``run.json`` as well.
+    """
+    started = time.monotonic() if started is None else started
+    check_collisions(jobs)
+    jobs = select_shard(jobs, shard)
+    expected = fingerprint(bundle=model.fingerprint, arguments=arguments)
+    if not overwrite and not skip_existing:
+        clash = existing_outputs(jobs)
+        if clash:
+            raise InputError(clash[0].output, f"already exists{f' (and {len(clash) - 1} more outputs)' if len(clash) > 1 else ''}",
+                             "pass --overwrite to replace, or --skip-existing to keep outputs made with the same bundle and arguments")
+    warnings: list[str] = []
+    if model.synthetic:
+        warnings.append(model.synthetic_warning)
+        on_warning(warnings[-1])
+    record = RunRecord(command=command, arguments={**arguments, **(record_arguments or {})}, seed=seed,
+                       bundle_hash=model.fingerprint, bundle_name=model.path.name, synthetic_bundle=model.synthetic,
+                       device=model.device, shard=shard)
+
+    def one(job: Job) -> ItemResult:
+        if skip_existing and output_is_current(job.output, expected):
+            return ItemResult(job.input, STATUS_SKIPPED, output=str(job.output), message="output exists with the same bundle and arguments")
+        return work(job, expected)
+
+    record.timings["setup_seconds"] = time.monotonic() - started
+    items = run_jobs(jobs, one, on_result=on_result)
+    record.items = items
+    record.timings["total_seconds"] = time.monotonic() - started
+    run_json = record.write(out_dir) if out_dir is not None and jobs else None
+    return BatchResult(items=items, warnings=warnings, run_json=run_json, seconds=time.monotonic() - started, device=model.device)
+
+
+def write_sidecar(output: Path, *, kind: str, fingerprint_value: str, model: Any, flow: str, arguments: dict[str, Any],
+                  seed: int, outputs: Sequence[str], extra: dict[str, Any] | None = None) -> Path:
+    """Write the provenance sidecar of ``output`` (last, after the outputs themselves)."""
+    card = sidecar(kind=kind, fingerprint_value=fingerprint_value, bundle_hash=model.fingerprint, bundle_path=str(model.path),
+                   flow=flow, arguments=arguments, seed=seed, synthetic_bundle=model.synthetic,
+                   outputs=[Path(p).name for p in outputs], extra=extra)
+    return write_json(sidecar_path(output), card)

@@ -76,8 +76,10 @@ def align(
     from medm2g_core.align.model import AlignModel
     from medm2g_core.align.retrieval import align_retrieval_report, embed_align_dataset
     from medm2g_core.align.task import AlignTask
-    from medm2g_core.bundle import Bundle
+    from medm2g_core.bundle import ALIGN, EMA_WEIGHTS, Bundle
+    from medm2g_core.bundle import training_dir as bundle_training_dir
     from medm2g_core.data.datasets import AlignDataset
+    from medm2g_core.inference.processing import Processing
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.data.splits import split_records
     from medm2g_core.io import read_report
@@ -124,7 +126,7 @@ def align(
     data = recipe.data
     common = dict(
         modalities=modalities, image_size=data.image_size, slices_per_volume=data.slices_per_volume,
-        ct_window=data.ct_window, mri_percentiles=data.mri_percentiles, cache_items=data.cache_items,
+        preprocess=Processing.from_data(data).preprocess, cache_items=data.cache_items,
     )
     train_dataset = AlignDataset(train_records, augment=recipe.align.augment, seed=config.seed, **common)
     val_dataset = AlignDataset(splits["val"], augment=None, seed=config.seed, **common) if splits["val"] else None
@@ -136,7 +138,7 @@ def align(
     )
     bundle = Bundle.create(bundle_dir) if state.is_main_process else None
     state.wait_for_everyone()
-    training_dir = bundle_dir / "training" / STAGE
+    training_dir = bundle_training_dir(bundle_dir, STAGE)
     result = train(
         AlignTask(model, recipe.align),
         train_dataset=train_dataset,
@@ -158,10 +160,10 @@ def align(
         return out
 
     model.eval()
-    with atomic_dir(bundle.component_dir("align")) as tmp:
+    with atomic_dir(bundle.component_dir(ALIGN)) as tmp:
         model.save_pretrained(tmp)
         if result.ema_state_dicts is not None:
-            save_weights(tmp / "ema.safetensors", result.ema_state_dicts["align"])
+            save_weights(tmp / EMA_WEIGHTS, result.ema_state_dicts["align"])
     progress(ProgressEvent(task="retrieval", completed=0, total=None))
     for name, group in (("val", splits["val"]), ("heldout", splits["val"] + splits["test"])):
         if len(group) >= 2:
@@ -169,7 +171,7 @@ def align(
             out.retrieval[name] = align_retrieval_report(embeddings)
 
     bundle.add_modalities([Modality.REPORT.value, *out.modalities])
-    bundle.record_component("align")
+    bundle.record_component(ALIGN)
     bundle.set_data_summary(
         patients=len(records), synthetic=out.synthetic, source=str(data_dir.resolve()), splits=patients,
         split_seed=data.split_seed,

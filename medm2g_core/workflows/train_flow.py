@@ -1,4 +1,4 @@
-"""``train_flow()``: add one generation flow (or a latent space) to a bundle (DESIGN §1.4–1.7, issue 6/11).
+"""``train_flow()``: add one generation flow (or a latent space) to a bundle (DESIGN §1.4–1.7).
 
 One call = one ``medm2g train-flow`` run, through the one training loop (``training.loop.train``):
 
@@ -12,7 +12,7 @@ One call = one ``medm2g train-flow`` run, through the one training loop (``train
   recipe). Afterwards the new flow is measured (validation loss at fixed seeds/timesteps, PSNR of DDIM
   samples for image targets) and every earlier flow is re-measured on its own validation split:
   ``bundle.json["forgetting"][<new flow>][<earlier flow>] = {"before": ..., "after": ...}``.
-  Then the flow's baselines are fitted on its training split (``pipelines.baselines``, EVALUATION.md):
+  Then the flow's baselines are fitted on its training split (``workflows.baselines``, EVALUATION.md):
   the cheap ones always (identity intensity map for image pairs; retrieval and most-frequent for
   report targets; seconds), the L1 regression (the flow's step budget and recipe) with ``baselines=True``.
 
@@ -22,12 +22,15 @@ On several processes every rank calls it; only rank 0 writes the bundle.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medm2g_core.bundle import ALIGN, AUTOENCODERS, EMA_WEIGHTS, FLOWS, SHARED, TEXT_VAE, TOKENIZER, align_dir
+from medm2g_core.bundle import shared_dir as bundle_shared_dir
 from medm2g_core.config import Recipe, apply_overrides, load_recipe, merge_training, recipe_to_dict, stage_training
 from medm2g_core.errors import BundleError, ConfigError, InputError
+from medm2g_core.inference.processing import Processing
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
@@ -121,7 +124,7 @@ def train_flow(
         recipe = load_recipe(recipe)
     flows = parse_flow_recipe(recipe.flows)
     bundle = Bundle.open(bundle_dir)
-    if not bundle.has_component("align"):
+    if not bundle.has_component(ALIGN):
         raise BundleError(f"{bundle_dir} has no align stage; run `medm2g align --data {data_dir} --out {bundle_dir}` first")
     if not data_dir.is_dir():
         raise InputError(data_dir, "no such cohort folder", "pass --data DIR holding patient folders (see `medm2g data index`)")
@@ -160,7 +163,7 @@ def train_flow(
 
 def _baseline_names(pair: Pair, *, regression: bool) -> tuple[str, ...]:
     """The baselines train-flow fits after ``pair`` (checked before training, so --baselines fails fast)."""
-    from medm2g_core.pipelines.baselines import baselines_for
+    from medm2g_core.workflows.baselines import baselines_for
 
     try:
         available = baselines_for(pair)
@@ -174,7 +177,7 @@ def _baseline_names(pair: Pair, *, regression: bool) -> tuple[str, ...]:
 def _fit_baselines(context: "_Context", pair: Pair, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Fit ``names`` for the flow just trained; every rank takes part when the regression is among them
     (its training loop needs them all), only rank 0 otherwise."""
-    from medm2g_core.pipelines.baselines import fit_baselines
+    from medm2g_core.workflows.baselines import fit_baselines
     from medm2g_core.training.loop import process_state
 
     if "regression" in names:
@@ -212,7 +215,7 @@ class _Context:
 
     def dataset_options(self) -> dict[str, Any]:
         data = self.recipe.data
-        return dict(image_size=data.image_size, ct_window=data.ct_window, mri_percentiles=data.mri_percentiles)
+        return dict(image_size=data.image_size, preprocess=Processing.from_data(data).preprocess)
 
 
 def _run(context: _Context, task: Any, *, train_dataset, val_dataset, config, name: str):
@@ -244,7 +247,7 @@ def _save_component(directory: Path, module: Any, ema: dict[str, Any] | None, *,
     with atomic_dir(directory) as tmp:
         module.save_pretrained(tmp)
         if ema is not None:
-            save_weights(tmp / "ema.safetensors", ema)
+            save_weights(tmp / EMA_WEIGHTS, ema)
         if extra is not None:
             extra(tmp)
 
@@ -259,7 +262,7 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
     section = dict(context.recipe.text_vae)
     overrides = section.pop("training", {})
     config = context.training(overrides, final=final)
-    tokenizer = load_tokenizer(context.bundle.path / "align" / "tokenizer")
+    tokenizer = load_tokenizer(align_dir(context.bundle.path) / TOKENIZER)
     train_dataset = ReportDataset(context.splits["train"])
     val_dataset = DatasetSubset(ReportDataset(context.splits["val"] or context.splits["test"]), limit=32)
     if len(train_dataset) == 0:
@@ -271,9 +274,9 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
                              config=config, name="text_vae")
     report = StageReport("text_vae", result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
     if context.is_main:
-        _save_component(context.bundle.component_dir("text_vae"), vae.eval(), _own_ema(result, vae, "text_vae"),
-                        extra=lambda tmp: _save_tokenizer(tokenizer, tmp / "tokenizer"))
-        context.bundle.record_component("text_vae")
+        _save_component(context.bundle.component_dir(TEXT_VAE), vae.eval(), _own_ema(result, vae, "text_vae"),
+                        extra=lambda tmp: _save_tokenizer(tokenizer, tmp / TOKENIZER))
+        context.bundle.record_component(TEXT_VAE)
         context.bundle.record_stage("text_vae", recipe=context.recipe.text_vae, steps=result.steps, seconds=round(result.seconds, 1),
                                     val_start=val_start, val_end=result.final_val)
         context.bundle.set_metrics("text_vae", result.final_val)
@@ -330,8 +333,8 @@ def _train_autoencoder(context: _Context, modality: Modality, *, final: bool) ->
     batch = first_batch(train_dataset, items=32)
     autoencoder.eval().fit_scaling_factor((batch["target"] if "target" in batch else batch["image"]).to(next(autoencoder.parameters()).device))
     if context.is_main:
-        _save_component(context.bundle.component_dir("autoencoders", modality.value), autoencoder, None)
-        context.bundle.record_component("autoencoders", modality.value)
+        _save_component(context.bundle.component_dir(AUTOENCODERS, modality.value), autoencoder, None)
+        context.bundle.record_component(AUTOENCODERS, modality.value)
         context.bundle.record_stage(name, recipe=context.recipe.autoencoders, steps=result.steps, seconds=round(result.seconds, 1),
                                     val_start=val_start, val_end=result.final_val)
         context.bundle.set_metrics(name, result.final_val)
@@ -374,7 +377,7 @@ def _flow_config(pair: Pair, flows: Any) -> Any:
         objective.setdefault("clip_sample", False)  # text latents are unit-RMS, not bounded to [-1, 1]
     flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
     if flow_config.latent:
-        flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(flow_config), "clip_sample": objective.get("clip_sample", False)}, where="flows.objective")
+        flow_config = replace(flow_config, clip_sample=objective.get("clip_sample", False))
     return flow_config
 
 
@@ -424,7 +427,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
         sources=tuple(s.value for s in pair.sources), target=pair.target.value, kind=kind, image_size=size,
         context_slices=flows.context_slices if pair.is_paired_image else 0, spatial=pair.is_paired_image,
         embed_dim=int(align.config.embed_dim), token_dims=token_dims, flow=to_jsonable(flow_config), denoiser=to_jsonable(denoiser),
-        normalisation={"ct_window": list(context.recipe.data.ct_window), "mri_percentiles": list(context.recipe.data.mri_percentiles)},
+        normalisation=Processing.from_data(context.recipe.data).record(),
         ct_source_windows=windows,
         condition_encoders={family_of(s): to_jsonable(align.images[family_of(s)].config) for s in pair.sources
                             if s.is_image and flows.condition_encoder == "finetune"},
@@ -444,16 +447,16 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     bundle = context.bundle
     flows = context.flows.resolve(pair)
     stages: list[StageReport] = []
-    if pair.target is Modality.REPORT and not bundle.has_component("text_vae"):
+    if pair.target is Modality.REPORT and not bundle.has_component(TEXT_VAE):
         stages.append(_train_text_vae(context, final=False))
     objective_latent = bool(flows.objective.get("latent", False))
     autoencoders = {}
     if objective_latent:
         for modality in (*pair.sources, pair.target):
             if modality.is_image:
-                if not bundle.has_component("autoencoders", modality.value):
+                if not bundle.has_component(AUTOENCODERS, modality.value):
                     stages.append(_train_autoencoder(context, modality, final=False))
-                autoencoders[modality] = ImageAutoencoder.from_pretrained(bundle.component_dir("autoencoders", modality.value))
+                autoencoders[modality] = ImageAutoencoder.from_pretrained(bundle.component_dir(AUTOENCODERS, modality.value))
     text_vae = tokenizer = None
     if pair.target is Modality.REPORT:
         text_vae, tokenizer = load_text_vae(bundle.path)
@@ -477,9 +480,9 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
         if report is not None and report.get("after"):
             fresh_before[previous] = report["after"]
-    align = AlignModel.from_pretrained(bundle.path / "align")
+    align = AlignModel.from_pretrained(align_dir(bundle.path))
     seed_everything(config.seed)
-    shared_dir = bundle.path / "flows" / SHARED_NAME
+    shared_dir = bundle_shared_dir(bundle.path)
     trained_by = bundle.data["stages"].get("flows/shared", {}).get("trained_by", [])
     # Resuming the flow that trained the shared layers rebuilds them as that run did (fresh, trainable).
     # No recorded trainer means the run that wrote flows/shared was killed before bundle.json recorded
@@ -509,12 +512,12 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     if not context.is_main:
         return out
 
-    _save_component(bundle.component_dir("flows", pair.name), network.eval(), _own_ema(result, network, "flow"))
+    _save_component(bundle.component_dir(FLOWS, pair.name), network.eval(), _own_ema(result, network, "flow"))
     if shared_trainable:
         _save_component(shared_dir, shared.eval(), _own_ema(result, shared, "shared"))
-        bundle.data["components"]["flows/shared"] = f"flows/{SHARED_NAME}"
+        bundle.data["components"][f"{FLOWS}/{SHARED}"] = f"{FLOWS}/{SHARED}"
         bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name])
-    bundle.record_component("flows", pair.name)
+    bundle.record_component(FLOWS, pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
     out.metrics = _evaluate_as(bundle.path, pair, val_dataset, measured_with)
@@ -554,7 +557,7 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
     data_dir = Path(stage.get("data", ""))
     if before is None or not data_dir.is_dir():
         return {"before": before or {}, "after": {}, "note": f"cohort {data_dir} not available; not re-measured"}
-    network_config = load_config(bundle.component_dir("flows", name), FlowNetworkConfig)
+    network_config = load_config(bundle.component_dir(FLOWS, name), FlowNetworkConfig)
     pair = network_config.pair
     how = {**current, **stage.get("measured_with", {})}
     records = scan_cohort(data_dir)

@@ -22,50 +22,18 @@ one of them, the others composed in CoDi-style (``FlowModel.predict`` with extra
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from medm2g_core.errors import BundleError, ConfigError, InputError
-from medm2g_core.io.text import Report
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
-from medm2g_core.pipelines.translate import TranslationResult, translate_volume
+from medm2g_core.inference.generate import TARGETS, GenerationResult, generate_one, source_modality
+from medm2g_core.inference.translate import TranslationResult, translate_volume
 from medm2g_core.types import ImageMeta, ProgressFn, no_progress
 
 ModalityLike = Modality | str
-
-
-@dataclass
-class GenerationResult:
-    """What ``MedM2G.generate`` made: K reports (``to="report"``) or K images (``to="xray"``).
-
-    Attributes:
-        modality: the target.
-        reports: K ``Report``s (report targets), else [].
-        images: K arrays ``(rows, cols)`` uint16 (X-ray targets), else [].
-        meta: the images' ``ImageMeta`` (synthetic, derivation noted), None for reports.
-        flow: the flow used; warnings: to show the user; seconds: sampling time.
-    """
-
-    modality: Modality
-    reports: list[Report] = field(default_factory=list)
-    images: list[np.ndarray] = field(default_factory=list)
-    meta: ImageMeta | None = None
-    flow: str = ""
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def text(self) -> str:
-        """The first sample's report text ("" for image targets)."""
-        return self.reports[0].text if self.reports else ""
-
-    @property
-    def image(self) -> np.ndarray | None:
-        """The first sample's image (None for report targets)."""
-        return self.images[0] if self.images else None
 
 
 def _modality(value: ModalityLike) -> Modality:
@@ -87,7 +55,7 @@ class MedM2G:
         self._flows: dict[str, Any] = {}
         self._align: Any = None
         self._shared: Any = None
-        from medm2g_core.pipelines.batch import bundle_fingerprint
+        from medm2g_core.bundle import bundle_fingerprint
 
         self.fingerprint = bundle_fingerprint(self.path)
 
@@ -103,7 +71,7 @@ class MedM2G:
             BundleError: no such bundle / no default bundle (run `medm2g demo` or pass --model).
         """
         from medm2g_core.bundle import Bundle, resolve_model
-        from medm2g_core.pipelines.devices import resolve_device
+        from medm2g_core.inference.devices import resolve_device
 
         resolved = resolve_model(path)
         bundle = Bundle.open(resolved)
@@ -219,6 +187,7 @@ class MedM2G:
             arrays[modality] = np.asarray(array)
         if target in arrays:
             raise ConfigError(f"the target {target.value} is also a source")
+        _check_samples(samples)
         pair = self.select_flow(target=target, available=list(arrays))
         weight_map = _weights(weights, list(arrays))
         result = translate_volume(self.flow(pair), arrays, meta, samples=samples, seed=seed, steps=steps, guidance=guidance,
@@ -247,26 +216,38 @@ class MedM2G:
             to: ``"report"`` or ``"xray"``.
             source: one source — ``(array, ImageMeta)`` as ``io.read`` returns it (2D image, or a volume
                 whose middle axial slice is used), a ``Report``, or report text.
-            sources: several such sources, composed (issue 11); ``weights`` one per source.
+            sources: several such sources, composed CoDi-style; ``weights`` one per source.
             samples: K reports or images.
 
         Returns:
             ``GenerationResult``: ``.reports``/``.text`` for reports, ``.images``/``.image`` (uint16) and
             ``.meta`` for X-rays.
         """
-        from medm2g_core.pipelines.generate import generate_one
-
         items = list(sources or []) + ([source] if source is not None else [])
         if not items:
             raise ConfigError("generate needs a source (an X-ray, a report text or file)")
         target = _modality(to)
+        if target not in TARGETS:
+            raise ConfigError(f"--to {target.value}: generate makes report or xray (volumes: use `medm2g translate`)")
+        _check_samples(samples)
+        modalities = [source_modality(item) for item in items]
+        if len(set(modalities)) != len(modalities):
+            raise ConfigError(f"two sources of one modality ({', '.join(m.value for m in modalities)}); compose different modalities")
+        if target in modalities:
+            raise ConfigError(f"the target {target.value} is also a source")
+        pair = self.select_flow(target=target, available=modalities)
         started = time.monotonic()
-        result = generate_one(self, items, target=target, samples=samples, seed=seed, steps=steps, guidance=guidance,
-                              weights=weights, progress=progress)
+        result = generate_one(self.flow(pair), items, samples=samples, seed=seed, steps=steps, guidance=guidance,
+                              weights=weights, bundle_name=self.path.name, progress=progress)
         result.seconds = time.monotonic() - started
         if self.synthetic:
             result.warnings.append(self.synthetic_warning)
         return result
+
+
+def _check_samples(samples: int) -> None:
+    if samples < 1:
+        raise ConfigError(f"samples must be ≥ 1, got {samples}")
 
 
 def _weights(weights: Sequence[float] | Mapping[ModalityLike, float] | None, order: list[Modality]) -> dict[Modality, float] | None:

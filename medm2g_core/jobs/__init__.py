@@ -1,0 +1,1 @@
+"""Batch drivers above MedM2G: input expansion, run records and sidecars, translate and generate runs."""

@@ -1,0 +1,1 @@
+"""Whole workflows: align, train-flow, baselines, evaluate, demo."""
