@@ -9,9 +9,11 @@ import typer
 
 from medm2g_cli import console
 from medm2g_cli.commands import align, data, demo, evaluate, generate, info, train_flow, translate
+from medm2g_cli.options import Group, Quiet, Verbose, register, set_output_level
 
 app = typer.Typer(
     name="medm2g",
+    cls=Group,
     help="MedM2G: align and generate across chest X-ray, CT, MRI and radiology reports.\n\n"
     "Exit codes: 0 ok, 1 some inputs failed, 2 usage or input error, 130 interrupted.",
     no_args_is_help=True,
@@ -32,23 +34,24 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Global options apply to every command."""
+    """Global options apply to every command (and may also follow the command's name)."""
     console.state.secondary_rank = os.environ.get("RANK", "0").strip() not in ("", "0")
-    console.state.quiet = quiet or console.state.secondary_rank
-    console.state.verbose = verbose
+    console.state.quiet = console.state.secondary_rank
+    console.state.verbose = False
+    set_output_level(quiet=quiet, verbose=verbose)
 
 
-app.command("demo")(demo.demo)
+register(app, "demo", demo.demo)
 app.add_typer(data.app, name="data")
-app.command("align")(align.align)
-app.command("train-flow")(train_flow.train_flow)
-app.command("generate")(generate.generate)
-app.command("translate")(translate.translate)
-app.command("evaluate")(evaluate.evaluate)
-app.command("info")(info.info)
+register(app, "align", align.align)
+register(app, "train-flow", train_flow.train_flow)
+register(app, "generate", generate.generate)
+register(app, "translate", translate.translate)
+register(app, "evaluate", evaluate.evaluate)
+register(app, "info", info.info)
 
 
 def main() -> None:

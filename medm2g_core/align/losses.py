@@ -12,22 +12,49 @@ import torch
 import torch.nn.functional as F
 
 
-def gather_keep_local_grad(x: torch.Tensor, *, accelerator: Any | None) -> tuple[torch.Tensor, int]:
+class _AllGatherWithGrad(torch.autograd.Function):
+    """``torch.distributed`` all-gather whose backward sums the gathered gradient over ranks.
+
+    Rank r's loss may depend on every rank's rows (they are its negatives), so the gradient of this
+    rank's rows is ``Σ_r' ∂L_r'/∂x`` — an all-reduce (SUM) of the gathered gradient, of which this
+    rank keeps its slice. All-reduce rather than reduce-scatter: every backend (gloo included) has it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.batch = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
+
+
+def gather_with_grad(x: torch.Tensor, *, accelerator: Any | None) -> tuple[torch.Tensor, int]:
     """All-gather ``x`` (B, ...) from every process → ``(G, ...)`` and the offset of this rank's rows.
 
-    ``accelerate.utils.gather`` carries no gradient; this rank's own rows are put back from ``x`` so
-    that its gradient flows (open_clip's ``gather_with_grad=False`` form). Every rank must pass the
-    same B (the training loop drops incomplete batches). Without an accelerator (or one process)
-    returns ``(x, 0)``.
+    The gradient flows back to the rank that computed each row (open_clip's ``gather_with_grad``):
+    with per-rank losses whose mean over ranks is the global-batch loss (``info_nce`` scales its
+    local anchors so), DDP's gradient average then equals the gradient of one process on the
+    concatenated batch. Every rank must pass the same B (the training loop drops incomplete batches)
+    and must run backward through it (the backward is a collective). Without an accelerator (or one
+    process) returns ``(x, 0)``.
     """
     if accelerator is None or accelerator.num_processes == 1:
         return x, 0
-    from accelerate.utils import gather
+    import torch.distributed as dist
 
-    gathered = gather(x.detach().contiguous())
-    batch = x.shape[0]
-    offset = accelerator.process_index * batch
-    return torch.cat([gathered[:offset], x, gathered[offset + batch :]], dim=0), offset
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"{accelerator.num_processes} processes but torch.distributed is not initialised")
+    return _AllGatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
 
 
 def contrastive_logits(query: torch.Tensor, keys: torch.Tensor, *, logit_scale: torch.Tensor | float) -> torch.Tensor:
@@ -53,7 +80,7 @@ def info_nce(
         a, b: (B, D) paired embeddings of this process (row i of ``a`` matches row i of ``b``); they
             are L2-normalised here.
         logit_scale: ``s = 1/τ`` (a learnable scalar tensor, or a float).
-        a_all, b_all: (G, D) embeddings of the global batch (``gather_keep_local_grad``); default: the
+        a_all, b_all: (G, D) embeddings of the global batch (``gather_with_grad``); default: the
             local ones, so negatives are the local batch.
         offset: index in the global batch of this process's first row (row i's positive is
             ``offset + i``).
@@ -66,7 +93,10 @@ def info_nce(
         semantic_weight: w in [0, 1]; 0 = plain InfoNCE.
 
     Returns:
-        The scalar mean over valid local anchors of both directions' cross-entropy (0 with no valid rows).
+        This process's share of the global batch's loss: the sum over its valid anchors of both
+        directions' mean cross-entropy, divided by the number of valid anchors in the global batch
+        and multiplied by the number of processes (G / B) — so the mean over processes is the
+        global-batch mean; with one process, the plain mean over valid anchors (0 with no valid rows).
     """
     a_all = a if a_all is None else a_all
     b_all = b if b_all is None else b_all
@@ -79,16 +109,23 @@ def info_nce(
     logits_ab = logits_ab.masked_fill(column_mask, float("-inf"))
     logits_ba = logits_ba.masked_fill(column_mask, float("-inf"))
     anchors = valid_all[offset : offset + batch]
-    if not bool(anchors.any()):
-        return (a.sum() + b.sum()) * 0.0  # keeps the graph connected (DDP) without contributing
+    total = int(valid_all.sum())  # valid anchors in the global batch (the same number on every rank)
+    if total == 0:
+        # Keeps the graph (and a gathered tensor's collective backward) connected without contributing.
+        return (a.sum() + b.sum() + a_all.sum() + b_all.sum()) * 0.0
+    # Sum over this rank's valid anchors ÷ the global count × the number of ranks (G / B): the mean of
+    # this over ranks is the global batch's mean, however the valid rows are split — what makes DDP's
+    # gradient average equal the gradient of one process on the concatenated batch (with a gathered
+    # ``a_all``/``b_all`` from ``gather_with_grad``). One process: the plain mean over valid anchors.
+    share = (a_all.shape[0] / batch) / total
     if same_findings is None or semantic_weight <= 0:
-        loss_ab = F.cross_entropy(logits_ab[anchors], target[anchors])
-        loss_ba = F.cross_entropy(logits_ba[anchors], target[anchors])
-        return 0.5 * (loss_ab + loss_ba)
+        loss_ab = F.cross_entropy(logits_ab[anchors], target[anchors], reduction="sum")
+        loss_ba = F.cross_entropy(logits_ba[anchors], target[anchors], reduction="sum")
+        return 0.5 * (loss_ab + loss_ba) * share
     soft = semantic_targets(same_findings, valid_all, target, weight=semantic_weight)[anchors]
-    loss_ab = -(soft * F.log_softmax(logits_ab[anchors], dim=-1).masked_fill(column_mask, 0.0)).sum(-1).mean()
-    loss_ba = -(soft * F.log_softmax(logits_ba[anchors], dim=-1).masked_fill(column_mask, 0.0)).sum(-1).mean()
-    return 0.5 * (loss_ab + loss_ba)
+    loss_ab = -(soft * F.log_softmax(logits_ab[anchors], dim=-1).masked_fill(column_mask, 0.0)).sum()
+    loss_ba = -(soft * F.log_softmax(logits_ba[anchors], dim=-1).masked_fill(column_mask, 0.0)).sum()
+    return 0.5 * (loss_ab + loss_ba) * share
 
 
 def semantic_targets(same_findings: torch.Tensor, valid_all: torch.Tensor, target: torch.Tensor, *, weight: float) -> torch.Tensor:

@@ -3,7 +3,11 @@
 Every imaging modality is aligned to the report (n−1 alignments with text as the hub); patients with
 CT and MRI but no report align those images to each other with the same loss. Each imaging modality's
 two augmented views are pulled together by the Barlow-Twins-form loss, weighted by ``vi_weight``.
-Negatives of the InfoNCE come from the global batch (all processes).
+Both losses are those of the global batch (all processes): InfoNCE negatives are gathered with their
+gradients, and the visual-invariant loss batch-normalises and correlates every process's views. Each
+rank's loss is its share, so that the mean over ranks is the global-batch loss and DDP's averaged
+gradient equals that of one process on the concatenated batch (``tests/training/test_distributed_grad.py``).
+Every branch below is decided by gathered (global) flags, so all ranks run the same collectives.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medm2g_core.align.losses import gather_keep_local_grad, info_nce, visual_invariance_loss
+from medm2g_core.align.losses import gather_with_grad, info_nce, visual_invariance_loss
 from medm2g_core.align.model import AlignModel
 from medm2g_core.config import AlignConfig
 from medm2g_core.modalities import Modality
@@ -73,7 +77,7 @@ class AlignTask:
         model = self.model
         scale = model.logit_scale
         text, _, _ = model.encode_text(batch["text"])
-        text_all, offset = gather_keep_local_grad(text, accelerator=accelerator)
+        text_all, offset = gather_with_grad(text, accelerator=accelerator)
         has_text = batch["has_text"].to(text.device)
         # The second view only feeds the visual-invariant loss: not encoded when that loss is off.
         images = self.image_embeddings(batch, views=None if self.config.vi_weight > 0 else 1)
@@ -88,7 +92,7 @@ class AlignTask:
             same_findings = (local[:, None, :] == everyone[None, :, :]).all(dim=-1)  # (B, G)
         for name, views in images.items():
             first = views[:, 0]
-            gathered[name], _ = gather_keep_local_grad(first, accelerator=accelerator)
+            gathered[name], _ = gather_with_grad(first, accelerator=accelerator)
             valid_all = _gather_flags(present[name] & has_text, accelerator)
             if bool(valid_all.any()):
                 term = info_nce(first, text, logit_scale=scale, a_all=gathered[name], b_all=text_all, offset=offset, valid_all=valid_all,
@@ -96,9 +100,12 @@ class AlignTask:
                 out[f"nce_{name}"] = term
                 nce_terms.append(term)
             if views.shape[1] == 2 and self.config.vi_weight > 0:
-                rows = present[name]
+                # Over the global batch (batch statistics and cross-correlation of every process's
+                # views, as Barlow Twins does across GPUs): each rank computes the same whole term.
+                rows = _gather_flags(present[name], accelerator)
                 if int(rows.sum()) >= 2:
-                    term = visual_invariance_loss(views[rows, 0], views[rows, 1], off_diagonal_weight=self.config.vi_lambda)
+                    views_all, _ = gather_with_grad(views, accelerator=accelerator)
+                    term = visual_invariance_loss(views_all[rows, 0], views_all[rows, 1], off_diagonal_weight=self.config.vi_lambda)
                     out[f"vi_{name}"] = term
                     vi_terms.append(term)
         # MRI–CT pairs without a report: aligned to each other through the same loss.

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 def main(out: Path) -> None:
     from accelerate import Accelerator
 
-    from medm2g_core.align.losses import gather_keep_local_grad, info_nce
+    from medm2g_core.align.losses import gather_with_grad, info_nce
     from medm2g_core.config import TrainingConfig
     from medm2g_core.training.loop import seed_everything, train
     from toy import LineTask, NoisyLine
@@ -31,8 +31,8 @@ def main(out: Path) -> None:
     a_full, b_full = torch.randn(8, 5, generator=generator), torch.randn(8, 5, generator=generator)
     a = a_full[4 * rank : 4 * rank + 4].clone().requires_grad_(True)
     b = b_full[4 * rank : 4 * rank + 4].clone()
-    a_all, offset = gather_keep_local_grad(a, accelerator=accelerator)
-    b_all, _ = gather_keep_local_grad(b, accelerator=accelerator)
+    a_all, offset = gather_with_grad(a, accelerator=accelerator)
+    b_all, _ = gather_with_grad(b, accelerator=accelerator)
     loss = info_nce(a, b, logit_scale=4.0, a_all=a_all, b_all=b_all, offset=offset)
     logits = 4.0 * F.normalize(a_full, dim=1) @ F.normalize(b_full, dim=1).T
     rows = torch.arange(4 * rank, 4 * rank + 4)
