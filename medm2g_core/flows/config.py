@@ -24,6 +24,7 @@ SamplerKind = Literal["ddim", "dpmsolver++"]
 
 BETA_SCHEDULES = ("squaredcos_cap_v2", "scaled_linear", "linear")
 SAMPLERS = ("ddim", "dpmsolver++")
+LOSS_NORMS = ("l2", "l1")
 
 
 @dataclass
@@ -37,6 +38,8 @@ class FlowConfig:
             (v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0) or ``sample`` (x0).
         num_train_timesteps, beta_schedule, beta_start, beta_end: DDPM schedule (diffusers names).
         min_snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023); ``None`` = uniform.
+        loss: ``l2`` — the DDPM mean squared error; ``l1`` — absolute error of the prediction (with x0
+            prediction: the per-pixel median, which MAE/PSNR reward and which the regression warm start uses).
         source_dropout: per-source probability of dropping a source in training (one value for
             all sources, or one per source in ``ConditionInputs`` order: semantic, then spatial).
         condition_dropout: probability of dropping *all* sources at once (the unconditional
@@ -54,6 +57,7 @@ class FlowConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     min_snr_gamma: float | None = None
+    loss: str = "l2"
     source_dropout: float | tuple[float, ...] = 0.0
     condition_dropout: float = 0.1
     sampler: SamplerKind = "ddim"
@@ -70,6 +74,8 @@ class FlowConfig:
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {self.prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+        if self.loss not in LOSS_NORMS:
+            raise ValueError(f"loss {self.loss!r}; valid: {', '.join(LOSS_NORMS)}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule {self.beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}")
         if self.sampler not in SAMPLERS:

@@ -196,7 +196,8 @@ def encode_aligned(align: Any, modality: Modality, value: torch.Tensor | Sequenc
 
 
 def build_condition(network: FlowNetwork, align: Any, sources: dict[Modality, Any], *,
-                    weights: dict[Modality, float] | None = None, spatial: dict[Modality, torch.Tensor] | None = None
+                    weights: dict[Modality, float] | None = None, spatial: dict[Modality, torch.Tensor] | None = None,
+                    encoded: dict[Modality, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None,
                     ) -> tuple[ConditionInputs, list[Modality]]:
     """``ConditionInputs`` of a batch and the modality of each semantic source.
 
@@ -222,6 +223,8 @@ def build_condition(network: FlowNetwork, align: Any, sources: dict[Modality, An
             image = center_channels(value, context_slices=config.context_slices) if value.ndim == 4 else value
             pooled, tokens = network.condition_encoders[family](image.float())
             mask = None
+        elif encoded and modality in encoded:
+            pooled, tokens, mask = encoded[modality]
         else:
             pooled, tokens, mask = encode_aligned(align, modality, value, context_slices=config.context_slices)
         weight = 1.0 if weights is None else float(weights.get(modality, 1.0))

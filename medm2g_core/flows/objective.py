@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from medm2g_core.flows.config import FlowConfig
+from medm2g_core.flows.config import LOSS_NORMS, FlowConfig
 from medm2g_core.sampling.prediction import PREDICTION_TYPES, predicted_x0  # noqa: F401 - part of the objective's API
 from medm2g_core.sampling.prediction import alphas_at as _gather
 
@@ -101,9 +101,14 @@ def min_snr_weights(timesteps: torch.Tensor, *, alphas_cumprod: torch.Tensor, ga
     raise ValueError(f"prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
 
 
-def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error, optionally weighted per sample (``weights`` (B,)); scalar."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, *, weights: torch.Tensor | None = None,
+                   norm: str = "l2") -> torch.Tensor:
+    """Mean squared (``norm="l2"``, the DDPM loss) or absolute (``"l1"``) error, optionally weighted per
+    sample (``weights`` (B,)); scalar."""
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"loss norm {norm!r}; valid: {', '.join(LOSS_NORMS)}")
+    error = F.mse_loss if norm == "l2" else F.l1_loss
+    per_sample = error(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample)
     return per_sample.mean()

@@ -192,6 +192,7 @@ class FlowTask:
         network.shared.requires_grad_(shared_trainable)
         self.sample_batch = sample_batch
         self.alphas_cumprod = make_noise_scheduler(self.config).alphas_cumprod
+        self._encoder_cache: dict[Modality, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
         if gradient_checkpointing and hasattr(network.denoiser, "unet"):
             network.denoiser.unet.enable_gradient_checkpointing()
 
@@ -235,13 +236,42 @@ class FlowTask:
             return self.autoencoders[self.pair.target].encode(image)
         return image
 
-    def condition_inputs(self, sources: dict[Modality, Any]):
+    def condition_inputs(self, sources: dict[Modality, Any], *, keys: Sequence[Any] | None = None):
+        """``ConditionInputs`` of a batch; ``keys`` (one hashable per item, e.g. (patient, slice)) lets the frozen
+        aligned encoders' outputs be computed once per training item and reused on every later visit."""
         spatial = None
         if self.config.latent and self.network.config.spatial:
             with torch.no_grad():
                 spatial = {m: encode_channels(self.autoencoders[m], v) for m, v in sources.items()}
-        inputs, _ = build_condition(self.network, self.align, sources, spatial=spatial)
+        encoded = self._cached_encodings(sources, keys) if keys is not None else None
+        inputs, _ = build_condition(self.network, self.align, sources, spatial=spatial, encoded=encoded)
         return inputs
+
+    def _cached_encodings(self, sources: dict[Modality, Any], keys: Sequence[Any]) -> dict[Modality, tuple]:
+        from medm2g_core.flows.model import encode_aligned, family_of
+
+        encoded = {}
+        for modality, value in sources.items():
+            if not isinstance(value, torch.Tensor) or family_of(modality) in self.network.condition_encoders:
+                continue
+            cache = self._encoder_cache.setdefault(modality, {})
+            missing = [i for i, key in enumerate(keys) if key not in cache]
+            if missing:
+                pooled, tokens, _ = encode_aligned(self.align, modality, value[missing],
+                                                   context_slices=self.network.config.context_slices)
+                for row, i in enumerate(missing):
+                    cache[keys[i]] = (pooled[row].cpu(), tokens[row].cpu())
+            rows = [cache[key] for key in keys]
+            encoded[modality] = (torch.stack([r[0] for r in rows]).to(self.device),
+                                 torch.stack([r[1] for r in rows]).to(self.device), None)
+        return encoded
+
+    @staticmethod
+    def item_keys(batch: dict[str, Any]) -> list[Any] | None:
+        """(patient, slice) per item of a ``PairSliceDataset`` batch, whose sources are not augmented; else None."""
+        if "source" not in batch or "slice_index" not in batch or "patient_id" not in batch:
+            return None
+        return [(str(p), int(k)) for p, k in zip(batch["patient_id"], batch["slice_index"])]
 
     # -- the loop's contract ----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
@@ -258,7 +288,7 @@ class FlowTask:
             keep = torch.cat([keep & ~unconditional, keep], 1)
         else:
             keep = keep & ~unconditional
-        condition = assemble_condition(self.condition_inputs(sources), keep=keep)
+        condition = assemble_condition(self.condition_inputs(sources, keys=self.item_keys(batch)), keep=keep)
         if step < self.warm_start_steps:
             timesteps = torch.full((batch_size,), self.config.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
             prediction = self.network(torch.zeros_like(x0), timesteps, condition=condition)
@@ -276,7 +306,7 @@ class FlowTask:
         if self.config.min_snr_gamma:
             weights = min_snr_weights(timesteps, alphas_cumprod=self.alphas_cumprod, gamma=self.config.min_snr_gamma,
                                       prediction_type=self.config.prediction_type)
-        return diffusion_loss(prediction, target, weights=weights)
+        return diffusion_loss(prediction, target, weights=weights, norm=self.config.loss)
 
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """Diffusion loss at stratified timesteps (t_i = (i + ½)/B · T) with the caller-seeded noise,

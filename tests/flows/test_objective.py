@@ -118,3 +118,16 @@ def test_flow_config_presets_and_roundtrip(tmp_path):
     assert load_config(tmp_path, FlowConfig).source_dropout == (0.1, 0.2)
     with pytest.raises(ValueError, match="prediction_type"):
         FlowConfig(prediction_type="x0")
+
+
+def test_diffusion_loss_l1_is_the_mean_absolute_error_and_unknown_norms_are_refused():
+    import pytest as _pytest
+    import torch as _torch
+
+    from medm2g_core.flows.objective import diffusion_loss
+
+    prediction, target = _torch.tensor([[1.0, -2.0], [0.5, 0.5]]), _torch.zeros(2, 2)
+    assert float(diffusion_loss(prediction, target, norm="l1")) == _pytest.approx((1.5 + 0.5) / 2)
+    assert float(diffusion_loss(prediction, target)) == _pytest.approx(((1 + 4) / 2 + 0.25) / 2)
+    with _pytest.raises(ValueError, match="valid: l2, l1"):
+        diffusion_loss(prediction, target, norm="huber")
