@@ -252,9 +252,13 @@ def window_channels(ct: torch.Tensor, ct_window: Sequence[float], windows: Seque
     return torch.cat(parts, 1)
 
 
-def expand_keep(keep: torch.Tensor, *, spatial: bool) -> torch.Tensor:
-    """Per-modality keep mask (B, S) → per-condition-source mask (semantic then spatial parts)."""
-    return torch.cat([keep, keep], 1) if spatial else keep
+def expand_keep(keep: torch.Tensor, *, spatial: bool, unconditional: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-modality keep mask (B, S) → per-condition-source mask (semantic then spatial parts).
+
+    ``unconditional`` (B, 1) marks the samples of classifier-free guidance's unconditional branch: they drop
+    every semantic source, while a registered flow's spatial sources (its anatomy) stay as ``keep`` says."""
+    semantic = keep if unconditional is None else keep & ~unconditional
+    return torch.cat([semantic, keep], 1) if spatial else semantic
 
 
 # --------------------------------------------------------------------------- inference

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medm2g_core.flows.config import FlowConfig
-from medm2g_core.flows.model import FlowNetwork, build_condition, center_channels, encode_channels
+from medm2g_core.flows.model import FlowNetwork, build_condition, center_channels, encode_channels, expand_keep
 from medm2g_core.flows.objective import (
     add_noise,
     diffusion_loss,
@@ -281,13 +281,9 @@ class FlowTask:
         keep = sample_keep_mask(batch_size, num_sources=len(self.pair.sources), source_dropout=self.source_dropout,
                                 condition_dropout=0.0, device=x0.device)
         unconditional = torch.rand(batch_size, 1, device=x0.device) < self.config.condition_dropout
-        if self.network.config.spatial:
-            # Condition dropout drops the semantic sources only: a registered flow's unconditional branch still
-            # sees the source image (guiding away from the anatomy would be meaningless), and training it to
-            # invent a CT from nothing spent a tenth of the budget on a branch sampling never uses.
-            keep = torch.cat([keep & ~unconditional, keep], 1)
-        else:
-            keep = keep & ~unconditional
+        # A registered flow's unconditional branch still sees its source image: with guidance 1 that branch is never
+        # sampled, and learning to invent a CT without the MRI spent a tenth of every batch.
+        keep = expand_keep(keep, spatial=self.network.config.spatial, unconditional=unconditional)
         condition = assemble_condition(self.condition_inputs(sources, keys=self.item_keys(batch)), keep=keep)
         if step < self.warm_start_steps:
             timesteps = torch.full((batch_size,), self.config.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
