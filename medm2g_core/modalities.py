@@ -21,6 +21,8 @@ class Modality(str, Enum):
     MRI_T1 = "mri-t1"
     MRI_T2 = "mri-t2"
     MRI_PD = "mri-pd"
+    MRI_FLAIR = "mri-flair"
+    MRI_T1C = "mri-t1c"
     REPORT = "report"
 
     @property
@@ -28,19 +30,23 @@ class Modality(str, Enum):
         return self is not Modality.REPORT
 
     @property
+    def is_mri(self) -> bool:
+        """An MRI contrast (T1, T2, PD, FLAIR, contrast-enhanced T1): percentile-normalised, one encoder."""
+        return self.value.startswith("mri-")
+
+    @property
     def is_volume(self) -> bool:
-        return self in (Modality.CT, Modality.MRI_T1, Modality.MRI_T2, Modality.MRI_PD)
+        return self is Modality.CT or self.is_mri
 
     @property
     def encoder_family(self) -> str:
         """Which aligned encoder serves this modality (MRI contrasts share one MRI encoder)."""
-        if self in (Modality.MRI_T1, Modality.MRI_T2, Modality.MRI_PD):
-            return "mri"
-        return self.value
+        return "mri" if self.is_mri else self.value
 
 
 IMAGE_MODALITIES = tuple(m for m in Modality if m.is_image)
 VOLUME_MODALITIES = tuple(m for m in Modality if m.is_volume)
+MRI_MODALITIES = tuple(m for m in Modality if m.is_mri)
 
 # Short names accepted on the command line (``--pair t2+pd-t1``, ``--to ct``).
 ALIASES: dict[str, Modality] = {
@@ -54,6 +60,13 @@ ALIASES: dict[str, Modality] = {
     "mri-t2": Modality.MRI_T2,
     "pd": Modality.MRI_PD,
     "mri-pd": Modality.MRI_PD,
+    "flair": Modality.MRI_FLAIR,
+    "t2f": Modality.MRI_FLAIR,
+    "mri-flair": Modality.MRI_FLAIR,
+    "t1c": Modality.MRI_T1C,
+    "t1ce": Modality.MRI_T1C,
+    "t1gd": Modality.MRI_T1C,
+    "mri-t1c": Modality.MRI_T1C,
     "report": Modality.REPORT,
     "text": Modality.REPORT,
 }
@@ -109,8 +122,13 @@ def parse_pair(text: str) -> Pair:
         return Pair(sources, target)
     raise ValueError(
         f"cannot read flow pair {text!r}; expected SOURCE[+SOURCE]-TARGET such as "
-        "xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1"
+        "xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1, t2+flair-t1, t1-flair"
     )
 
 
-CANONICAL_PAIRS = ("xray-report", "report-xray", "mri-ct", "ct-mri", "t1-t2", "t2-t1", "t2+pd-t1")
+CANONICAL_PAIRS = ("xray-report", "report-xray", "mri-ct", "ct-mri", "t1-t2", "t2-t1", "t2+pd-t1", "t2+flair-t1", "t1-flair")
+
+CT_WINDOW_8BIT_UNITS = "8-bit window (not HU)"
+"""The ``ImageMeta.units`` of a CT that reached us already windowed to 8 bits (AANLIB's atlas PNGs):
+grey levels 0..255 of a display window, with no Hounsfield scale to recover. Nothing reports such a CT
+in HU (``metrics``/``workflows.evaluate`` label its errors in grey levels)."""

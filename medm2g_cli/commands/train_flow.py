@@ -15,7 +15,7 @@ from medm2g_cli.options import DataDir, JsonOut, MixedPrecision, Recipe, Resume,
 def train_flow(
     data: DataDir,
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle made by `medm2g align` (updated in place).")],
-    pair: Annotated[Optional[str], typer.Option("--pair", help="xray-report|report-xray|mri-ct|ct-mri|t1-t2|t2-t1|t2+pd-t1")] = None,
+    pair: Annotated[Optional[str], typer.Option("--pair", help="xray-report|report-xray|mri-ct|ct-mri|t1-t2|t2-t1|t2+pd-t1|t2+flair-t1|t1-flair")] = None,
     recipe: Recipe = None,
     steps: Steps = None,
     stage: Annotated[str, typer.Option("--stage", help="flow|autoencoder|text-vae")] = "flow",
@@ -35,7 +35,7 @@ def train_flow(
     from medm2g_core.workflows.train_flow import train_flow as run_train_flow
 
     if stage == "flow" and not pair:
-        raise ConfigError("--pair is required (xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1)")
+        raise ConfigError("--pair is required (xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1, t2+flair-t1, t1-flair)")
     with console.progress("train-flow") as progress:
         result = run_train_flow(
             data, bundle, pair=pair, recipe=recipe, steps=steps, stage=stage, modality=modality, resume=resume, seed=seed,

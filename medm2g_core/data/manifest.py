@@ -2,7 +2,8 @@
 
 A **patient folder** is a folder that directly holds at least one recognised file or DICOM series
 folder. Recognised means a canonical name (DESIGN.md §3): the stem is a modality name or alias
-(``ct``, ``mri-t1``/``t1``, ``mri-t2``/``t2``, ``mri-pd``/``pd``, ``xray``/``cxr``) with an image
+(``ct``, ``mri-t1``/``t1``, ``mri-t2``/``t2``, ``mri-pd``/``pd``, ``mri-flair``/``flair``,
+``mri-t1c``/``t1c``/``t1ce``, ``xray``/``cxr``) with an image
 suffix (.nii.gz, .nii, .dcm, .mha, .nrrd, .png, .jpg), a folder of that name holding DICOM files,
 ``report.txt`` or ``labels.json``. Free-form names (``IXI002-T1.nii.gz``) are reported as
 unrecognised with a hint to rename, rather than guessed.
@@ -10,7 +11,7 @@ unrecognised with a hint to rename, rather than guessed.
 **Auxiliary files** the importers place beside the canonical ones are listed in
 ``PatientRecord.extras`` (name stem → path), not as modalities, and are not read: further X-ray views
 (``xray-lateral``, ``xray-lateral-N``, ``xray-frontal-N``, ``xray-view-N`` as .png/.jpg/.jpeg/.dcm)
-and volumes no flow uses yet (``mask``, ``seg``, ``t1ce``, ``flair``, ``cbct`` as .nii.gz/.nii/.mha/
+and volumes no flow uses yet (``mask``, ``seg``, ``cbct`` as .nii.gz/.nii/.mha/
 .nrrd). Only a broken link among them is a problem. Cohorts
 may be nested (``cohort/chest/P0001``); the **patient id is the folder's path relative to the root**
 (``chest/P0001``), so ids are unique by construction. Two patient folders with the same *name* in
@@ -46,7 +47,7 @@ import numpy as np
 
 from medm2g_core.errors import InputError
 from medm2g_core.io.meta import canonical_modality, format_from_suffix
-from medm2g_core.modalities import Modality
+from medm2g_core.modalities import MRI_MODALITIES, Modality
 from medm2g_core.serialization import to_jsonable, write_text
 from medm2g_core.types import ImageMeta, ProgressEvent, ProgressFn, no_progress
 
@@ -57,7 +58,7 @@ IMAGE_FORMATS = ("nifti", "dicom", "mha", "nrrd", "png", "jpeg")
 # Files the importers write beside the canonical ones (extra X-ray views, masks, other MRI contrasts).
 AUXILIARY_FILE = re.compile(
     r"^(?P<stem>xray-lateral(?:-\d+)?|xray-(?:frontal|view)-\d+)\.(?:png|jpe?g|dcm)$"
-    r"|^(?P<volume>mask|seg|t1ce|flair|cbct)\.(?:nii\.gz|nii|mha|nrrd)$",
+    r"|^(?P<volume>mask|seg|cbct)\.(?:nii\.gz|nii|mha|nrrd)$",
     re.IGNORECASE,
 )
 
@@ -238,7 +239,7 @@ def scan_patient(folder: Path, *, patient_id: str, allow_irregular: bool = False
         elif (auxiliary := AUXILIARY_FILE.match(entry.name)) is not None:
             _add_extra(record, (auxiliary.group("stem") or auxiliary.group("volume")).lower(), entry)
         elif not entry.name.lower().endswith(IGNORED_SUFFIXES):
-            record.problems.append(f"{entry.name}: unrecognised file (rename to ct/mri-t1/mri-t2/mri-pd.nii.gz, xray.png, report.txt or labels.json)")
+            record.problems.append(f"{entry.name}: unrecognised file (rename to ct/mri-t1/mri-t2/mri-pd/mri-flair/mri-t1c.nii.gz, xray.png, report.txt or labels.json)")
     _check_grids(record, metas)
     return record
 
@@ -308,7 +309,7 @@ def _read_labels(path: Path, record: PatientRecord) -> dict[str, int] | None:
 
 
 def _check_grids(record: PatientRecord, metas: dict[Modality, ImageMeta]) -> None:
-    mris = [(m, metas[m]) for m in (Modality.MRI_T1, Modality.MRI_T2, Modality.MRI_PD) if m in metas]
+    mris = [(m, metas[m]) for m in MRI_MODALITIES if m in metas]
     ct = metas.get(Modality.CT)
     if ct is not None:
         for modality, mri in mris:

@@ -68,7 +68,7 @@ def normalize(
     if modality is Modality.CT:
         low, high = float(ct_window[0]), float(ct_window[1])
         state = NormState(modality.value, "window", low, high, units="HU")
-    elif modality in (Modality.MRI_T1, Modality.MRI_T2, Modality.MRI_PD):
+    elif modality.is_mri:
         p_low, p_high = float(mri_percentiles[0]), float(mri_percentiles[1])
         low, high = (float(v) for v in np.percentile(array, [p_low, p_high]))
         state = NormState(modality.value, "percentile", low, high, percentiles=(p_low, p_high))

@@ -178,7 +178,7 @@ class MedM2G:
         if primary is None:
             raise InputError(None, "the volume's modality is unknown (meta.modality is empty)", "pass source='mri-t1' (CLI: --from)")
         if not primary.is_volume or not target.is_volume:
-            raise ConfigError(f"translate maps volumes to volumes (ct, mri-t1, mri-t2, mri-pd); got {primary.value} → {target.value}")
+            raise ConfigError(f"translate maps volumes to volumes (ct and the MRI contrasts); got {primary.value} → {target.value}")
         arrays: dict[Modality, np.ndarray] = {primary: np.asarray(volume)}
         for modality, (array, other) in (additional or {}).items():
             modality = _modality(modality)

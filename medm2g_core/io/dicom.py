@@ -614,7 +614,7 @@ def _sop_class(meta: ImageMeta, *, two_d: bool) -> str:
         return SECONDARY_CAPTURE_STORAGE
     if meta.modality == Modality.CT.value or meta.units == "HU":
         return CT_IMAGE_STORAGE
-    if meta.modality in (Modality.MRI_T1.value, Modality.MRI_T2.value, Modality.MRI_PD.value):
+    if meta.modality is not None and meta.modality.startswith("mri-"):
         return MR_IMAGE_STORAGE
     return SECONDARY_CAPTURE_STORAGE
 

@@ -80,7 +80,7 @@ def _job_sources(path: Path, *, model: Any, target: Modality, sources: tuple[Mod
     if sources is None:
         modality = batch_inputs.modality_of(path)
         if modality is None:
-            raise InputError(path, "cannot tell its modality from the name or header", "pass --from ct|mri-t1|mri-t2|mri-pd")
+            raise InputError(path, "cannot tell its modality from the name or header", "pass --from ct|mri-t1|mri-t2|mri-pd|mri-flair|mri-t1c")
         return {modality: path}
     if len(sources) == 1:
         return {sources[0]: path}
@@ -133,7 +133,7 @@ def translate_batch(
     started = time.monotonic()
     target = to
     if not target.is_volume:
-        raise ConfigError(f"--to {target.value}: translate makes volumes (ct, mri-t1, mri-t2, mri-pd); use `medm2g generate --to {target.value}`")
+        raise ConfigError(f"--to {target.value}: translate makes volumes (ct, mri-t1, mri-t2, mri-pd, mri-flair, mri-t1c); use `medm2g generate --to {target.value}`")
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"--format {output_format!r}: use nifti or dicom")
     if out is not None and output is not None:

@@ -35,13 +35,14 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from medm2g_core.errors import InputError
+from medm2g_core.modalities import MRI_MODALITIES, VOLUME_MODALITIES, Modality
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
 Task = Literal["translation", "report", "xray"]
 TASKS = ("translation", "report", "xray")
-VOLUME_FILES = {"ct": "ct.nii.gz", "mri-t1": "mri-t1.nii.gz", "mri-t2": "mri-t2.nii.gz", "mri-pd": "mri-pd.nii.gz"}
-INPUT_PREFERENCE = {"ct": ("mri-t1", "mri-t2", "mri-pd"), "mri-t1": ("mri-t2", "mri-pd", "ct"),
-                    "mri-t2": ("mri-t1", "mri-pd", "ct"), "mri-pd": ("mri-t1", "mri-t2", "ct")}
+VOLUME_FILES = {m.value: f"{m.value}.nii.gz" for m in VOLUME_MODALITIES}
+# The input shown beside a prediction: another MRI contrast first (T1 before T2...), CT last.
+INPUT_PREFERENCE = {target: tuple(m.value for m in (*MRI_MODALITIES, Modality.CT) if m.value != target) for target in VOLUME_FILES}
 PANEL_PATIENTS = 4
 REPORT_PAIRS = 6
 

@@ -109,7 +109,7 @@ def test_importer_auxiliary_files_are_extras_not_problems(tmp_path):
     patient = root / "CXR1"
     io.write(patient / "xray.png", np.zeros((8, 8), np.uint8), ImageMeta(spacing=(1.0, 1.0), shape=(8, 8)))
     names = ["xray-lateral.png", "xray-lateral-2.jpg", "xray-frontal-2.png", "xray-view-3.jpg",
-             "mask.nii.gz", "seg.nii.gz", "t1ce.nii.gz", "flair.nii.gz", "cbct.nii.gz"]
+             "mask.nii.gz", "seg.nii.gz", "cbct.nii.gz"]
     for name in names:
         (patient / name).write_bytes(b"not read")  # listed, never decoded
     (patient / "xray-oblique.png").write_bytes(b"x")  # not a name any importer writes
