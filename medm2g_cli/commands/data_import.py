@@ -16,13 +16,22 @@ if TYPE_CHECKING:  # the core is imported inside the command so that --help stay
 
 @console.handle_errors
 def import_(
-    dataset: Annotated[str, typer.Argument(help="iu-xray|mimic-cxr|synthrad|ixi|brats")],
+    dataset: Annotated[str, typer.Argument(help="iu-xray|mimic-cxr|synthrad|ixi|brats|aanlib|kermany")],
     source: Annotated[Path, typer.Argument(help="The dataset as downloaded.")],
     out: Annotated[Path, typer.Option("--out", help="Cohort folder to write.")],
     copy: Annotated[bool, typer.Option("--copy", help="Copy images and volumes instead of symlinking them.")] = False,
     mr_as: Annotated[
         Optional[str],
         typer.Option("--mr-as", help="synthrad: import mr.nii.gz as t1 or t2 (default: t1 for brain, t2 for pelvis)."),
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="ixi: resample T2/PD onto the T1 grid through the affines (SimpleITK); written, not linked."),
+    ] = False,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", help="aanlib: slices per case; kermany: children per class (a quick subset).", min=1),
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", help="Seed of the split by subject/case/child written to splits.json (ixi, brats, aanlib, kermany; default 0)."),
     ] = None,
     json_out: JsonOut = False,
 ) -> None:
@@ -43,7 +52,8 @@ def import_(
         if mr_modality not in (Modality.MRI_T1, Modality.MRI_T2):
             raise ConfigError(f"--mr-as takes t1 or t2, not {mr_as!r}")
     with console.progress(f"import {dataset}") as progress:
-        result = import_dataset(dataset, source, out=out, copy=copy, mr_modality=mr_modality, progress=progress)
+        result = import_dataset(dataset, source, out=out, copy=copy, mr_modality=mr_modality, register=register,
+                                limit=limit, seed=seed, progress=progress)
     if json_out:
         console.emit_json(result)
     _render(result)

@@ -379,9 +379,10 @@ def test_ixi_real_shared_data(shared_data: Path, tmp_path: Path) -> None:
         pytest.skip("no brain_mri_ixi002 in shared data")
     result = import_dataset("ixi", source, out=tmp_path / "cohort")
     patient = tmp_path / "cohort" / "IXI002-Guys-0828"
-    assert sorted(os.listdir(patient)) == ["mri-t1.nii.gz", "mri-t2.nii.gz"]
+    assert sorted(os.listdir(patient)) == ["mask.nii.gz", "mri-t1.nii.gz", "mri-t2.nii.gz"]
     assert Path(os.readlink(patient / "mri-t1.nii.gz")) == (source / "hd_bet_IXI002-Guys-0828-T1.nii.gz").resolve()
-    assert result.problems == [] and any("2 mask files skipped" in note for note in result.notes)
+    assert Path(os.readlink(patient / "mask.nii.gz")) == (source / "hd_bet_mask_IXI002-Guys-0828-T1.nii.gz").resolve()
+    assert result.problems == [] and any("1 T1-grid brain masks kept" in note for note in result.notes)
 
 
 @pytest.mark.parametrize("naming", ["2021", "2023"])
@@ -398,10 +399,97 @@ def test_brats_fake_tree(tmp_path: Path, naming: str) -> None:
             write_nifti(source / name.format(case=case, sequence=sequence))
     result = import_dataset("brats", source, out=tmp_path / "cohort")
     first = sorted(cases)[0]
-    assert sorted(os.listdir(tmp_path / "cohort" / first)) == ["flair.nii.gz", "mri-t1.nii.gz", "mri-t2.nii.gz", "seg.nii.gz", "t1ce.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "cohort" / first)) == ["mri-flair.nii.gz", "mri-t1.nii.gz", "mri-t1c.nii.gz", "mri-t2.nii.gz", "seg.nii.gz"]
     assert os.readlink(tmp_path / "cohort" / first / "mri-t2.nii.gz").endswith("t2.nii.gz" if naming == "2021" else "t2w.nii.gz")
+    assert os.readlink(tmp_path / "cohort" / first / "mri-t1c.nii.gz").endswith("t1ce.nii.gz" if naming == "2021" else "t1c.nii.gz")
     assert result.patients == 2 and result.problems == []
     assert any("1 cases have no seg.nii.gz" in note for note in result.notes)
+    splits = json.loads((tmp_path / "cohort" / "splits.json").read_text())
+    assert sorted(sum(splits.values(), [])) == sorted(cases) and len(splits["test"]) == 1
+
+
+def test_brats_subject_folders_with_short_names(tmp_path: Path) -> None:
+    """The layout of ../shared/data/brain_mri_brats: CASE/{t1,t1c,t2,flair}.nii.gz."""
+    source = tmp_path / "brats"
+    for case in ("SubjectA", "SubjectB", "SubjectC"):
+        for sequence in ("t1", "t1c", "t2", "flair"):
+            write_nifti(source / case / f"{sequence}.nii.gz")
+    write_nifti(source / "t1.nii.gz")  # a loose file at the top names no case: ignored
+    result = import_dataset("brats", source, out=tmp_path / "cohort")
+    assert result.patients == 3 and result.files == {f"mri-{c}.nii.gz": 3 for c in ("flair", "t1", "t1c", "t2")}
+    assert result.splits == {"train": 2, "test": 1}
+
+
+def test_splits_by_group_are_deterministic_and_keep_groups_whole() -> None:
+    from medm2g_core.data.importers.base import assign_splits
+
+    groups = {f"person{p}_{i}": f"person{p}" for p in range(40) for i in range(3)}
+    splits = assign_splits(groups, seed=3)
+    assert splits == assign_splits(dict(reversed(list(groups.items()))), seed=3)  # order does not matter
+    assert splits != assign_splits(groups, seed=4)
+    where = {pid: name for name, ids in splits.items() for pid in ids}
+    for person in {g for g in groups.values()}:
+        assert len({where[pid] for pid, g in groups.items() if g == person}) == 1
+    assert [len(splits[n]) // 3 for n in ("train", "val", "test")] == [32, 4, 4]
+    assert assign_splits({"a": "a"}) == {"train": ["a"]}
+    assert assign_splits({"a": "a", "b": "b", "c": "c"}).keys() == {"train", "test"}
+
+
+def test_kermany_fake_tree_label_text_and_children(tmp_path: Path) -> None:
+    from medm2g_core.data.importers.kermany import REPORTS
+
+    source = tmp_path / "chest_xray"
+    names = {"train/NORMAL": ["IM-0115-0001.jpeg", "IM-0115-0002.jpeg", "NORMAL2-IM-0115-0001.jpeg"],
+             "train/PNEUMONIA": ["person7_bacteria_1.jpeg", "person7_virus_2.jpeg", "person8_bacteria_3.jpeg"],
+             "test/NORMAL": ["IM-0001-0001.jpeg"]}
+    for folder, files in names.items():
+        for name in files:
+            path = source / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\xff\xd8\xff\xe0 not decoded by the importer")
+    (source / "train" / "NORMAL" / "notes.jpeg").write_bytes(b"\xff\xd8\xff")  # not the dataset's naming: ignored
+    result = import_dataset("kermany", source, out=tmp_path / "cohort")
+    assert result.patients == 7 and result.problems == []
+    report = read_report(tmp_path / "cohort" / "person7_virus_2" / "report.txt")
+    assert report.label_derived and not report.synthetic and report.text == REPORTS["viral"]
+    labels = json.loads((tmp_path / "cohort" / "person7_virus_2" / "labels.json").read_text())
+    assert labels == {"pneumonia": 1, "bacterial": 0, "viral": 1, "no finding": 0}
+    splits = json.loads((tmp_path / "cohort" / "splits.json").read_text())
+    where = {pid: name for name, ids in splits.items() for pid in ids}
+    assert where["person7_bacteria_1"] == where["person7_virus_2"]  # one child, one split
+    assert where["IM-0115-0001"] == where["IM-0115-0002"]
+    assert where["IM-0001-0001"] == "test"  # the dataset's own test folder stays test
+    again = import_dataset("kermany", source, out=tmp_path / "cohort")
+    assert again.written == 0  # idempotent
+
+
+def test_aanlib_fake_tree_cases_units_and_refusals(tmp_path: Path) -> None:
+    import numpy as np
+
+    from medm2g_core import io
+    from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS
+    from medm2g_core.types import ImageMeta
+
+    source = tmp_path / "aanlib"
+    meta = ImageMeta(spacing=(1.0, 1.0), shape=(8, 8))
+    for name, value in (("16003", 10), ("16004", 20), ("2004", 30), ("21010", 40)):
+        io.write(source / "ct" / f"{name}.png", np.full((8, 8), value, np.uint8), meta)
+        io.write(source / "mri" / f"{name}.png", np.full((8, 8), value + 1, np.uint8), meta)
+    io.write(source / "ct" / "16005.png", np.zeros((8, 8), np.uint8), meta)  # no MRI partner: skipped
+    result = import_dataset("aanlib", source, out=tmp_path / "cohort")
+    assert result.patients == 3 and result.problems == [] and any("1 CT slices have no MRI" in n for n in result.notes)
+    ct, ct_meta = io.read(tmp_path / "cohort" / "case16" / "ct.nii.gz")
+    assert ct.shape == (8, 8, 2) and ct.dtype == np.uint8 and list(ct[0, 0]) == [10, 20]
+    assert ct_meta.units == CT_WINDOW_8BIT_UNITS and "HU" not in ct_meta.units.replace("not HU", "")
+    mri, mri_meta = io.read(tmp_path / "cohort" / "case16" / "mri-t2.nii.gz")
+    assert mri_meta.same_grid(ct_meta) and list(mri[0, 0]) == [11, 21]
+    assert json.loads((tmp_path / "cohort" / "case16" / "slices.json").read_text()) == {"slices": ["16003.png", "16004.png"]}
+    assert (tmp_path / "cohort" / "case20s").is_dir()  # four-digit names are their own case
+    assert import_dataset("aanlib", source, out=tmp_path / "cohort").written == 0
+    with pytest.raises(ConfigError, match="--copy does not apply to aanlib"):
+        import_dataset("aanlib", source, out=tmp_path / "c2", copy=True)
+    with pytest.raises(ConfigError, match="--register applies to ixi only"):
+        import_dataset("brats", source, out=tmp_path / "c2", register=True)
 
 
 # --- what `data index` makes of imported folders --------------------------------------------------

@@ -53,7 +53,8 @@ class ImportResult:
         dataset: the importer's name (``"iu-xray"``...).
         source: the dataset folder as downloaded.
         out: the cohort folder written.
-        mode: ``"symlink"`` or ``"copy"`` — how images and volumes were placed.
+        mode: ``"symlink"`` or ``"copy"`` — how images and volumes were placed; ``"converted"`` when the
+            importer writes new files (AANLIB's PNG slices stacked into volumes, ``ixi --register``).
         patients: patient folders holding at least one imported file after this run.
         files: per canonical file name (``xray.png``, ``report.txt``, ``mri-t1.nii.gz``...), how many
             patient folders hold it.
@@ -206,21 +207,47 @@ class CohortWriter:
         self.result.written += 1
         return dest
 
-    def report(self, patient_id: str, text: Report | str) -> Path:
+    def report(self, patient_id: str, text: Report | str, *, label_derived: bool = False) -> Path:
         """Write ``report.txt`` through ``medm2g_core.io.write_report`` (left alone when it already
-        reads back as the same text)."""
+        reads back as the same text). ``label_derived``: the text was made from an image label."""
         dest = self.folder(patient_id) / "report.txt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         wanted = (text.text if isinstance(text, Report) else str(text)).strip()
         if dest.is_file() and not dest.is_symlink():
             try:
                 existing = read_report(dest)
-                if existing.text == wanted and not existing.synthetic:
+                if existing.text == wanted and not existing.synthetic and existing.label_derived == label_derived:
                     self.result.unchanged += 1
                     return dest
             except InputError:
                 pass  # damaged: rewrite it
-        write_report(dest, text, synthetic=False)
+        write_report(dest, text, synthetic=False, label_derived=label_derived)
+        _readable(dest)
+        self.result.written += 1
+        return dest
+
+    def image(self, patient_id: str, name: str, array: Any, meta: Any) -> Path:
+        """Write a converted image (``medm2g_core.io.write``, atomic) to ``out/<patient>/<name>``; left
+        alone when the file already reads back as the same pixels, geometry and units."""
+        import numpy as np
+
+        from medm2g_core import io
+
+        dest = self.folder(patient_id) / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_file() and not dest.is_symlink():
+            try:
+                existing, existing_meta = io.read(dest)
+                if (existing.dtype == array.dtype and existing.shape == array.shape and np.array_equal(existing, array)
+                        and existing_meta.same_grid(meta, tolerance_mm=1e-4) and existing_meta.units == meta.units
+                        and existing_meta.extra == meta.extra):
+                    self.result.unchanged += 1
+                    return dest
+            except InputError:
+                pass  # damaged: rewrite it
+        if dest.is_symlink():
+            dest.unlink()  # an earlier run linked the source here; the converted file replaces the link
+        io.write(dest, array, meta)
         _readable(dest)
         self.result.written += 1
         return dest
@@ -229,6 +256,13 @@ class CohortWriter:
         """Write ``labels.json`` ({finding: 1 present, 0 absent, -1 uncertain})."""
         dest = self.folder(patient_id) / "labels.json"
         self._write_json_if_changed(dest, labels)
+        return dest
+
+    def sidecar(self, patient_id: str, name: str, data: Any) -> Path:
+        """Write a small JSON file ``out/<patient>/<name>`` (atomic; left alone when unchanged)."""
+        dest = self.folder(patient_id) / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._write_json_if_changed(dest, data)
         return dest
 
     def splits(self, splits: dict[str, list[str]]) -> Path:
@@ -343,6 +377,36 @@ def iter_files(root: Path, *, suffixes: Iterable[str]) -> Iterator[Path]:
             if name.lower().endswith(suffixes) and not name.startswith("."):
                 yield Path(folder) / name
 
+
+
+def assign_splits(
+    groups: dict[str, str],
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+) -> dict[str, list[str]]:
+    """Split patient ids by **group** (subject, case, person): every id of a group lands in one split.
+
+    ``groups`` maps patient id → group. Groups are ordered by ``sha256(seed:group)`` — a pure function
+    of the group's name and the seed, never of the listing order — and cut by count: ``round(n·val)``
+    and ``round(n·test)`` groups for val and test, at least one test group from 2 groups on and one
+    val group from 5 on, so a small cohort (3 BraTS subjects: 2 train, 1 test) still holds a subject out. Returns
+    ``{"train": [ids], "val": [...], "test": [...]}`` (sorted ids; empty splits omitted).
+    """
+    import hashlib
+
+    names = sorted(set(groups.values()), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode("utf-8")).digest())
+    count = len(names)
+    n_test = max(round(count * fractions[2]), 1 if count >= 2 else 0)
+    n_val = max(round(count * fractions[1]), 1 if count >= 5 else 0)
+    if count >= 3 and n_test + n_val >= count:
+        n_val = max(count - n_test - 1, 0)
+    of_group = {name: "test" for name in names[:n_test]}
+    of_group.update({name: "val" for name in names[n_test : n_test + n_val]})
+    splits: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    for patient_id, group in groups.items():
+        splits[of_group.get(group, "train")].append(patient_id)
+    return {name: sorted(ids) for name, ids in splits.items() if ids}
 
 
 @dataclass
