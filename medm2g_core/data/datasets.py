@@ -287,6 +287,43 @@ class AlignDataset(Dataset):
         }
 
 
+GRID_TOLERANCE_MM = 1e-2
+
+
+def check_same_grid(record: Any, *, sources: Sequence[Modality], target: Modality) -> int:
+    """The target's depth (axial slices) after checking from the headers that every source lies on
+    the target's voxel grid (shape and affine within ``GRID_TOLERANCE_MM``).
+
+    Raises:
+        InputError: a source on another grid, naming the file, both grids and the fix.
+    """
+    from medm2g_core.data.manifest import read_meta
+    from medm2g_core.errors import InputError
+
+    target_path = Path(record.files[target])
+    target_meta = read_meta(target_path)
+    if len(target_meta.shape) != 3:
+        raise InputError(target_path, f"is not a volume (shape {tuple(target_meta.shape)})", "paired image flows take 3D volumes")
+    for modality in sources:
+        path = Path(record.files[modality])
+        meta = read_meta(path)
+        if not meta.same_grid(target_meta, tolerance_mm=GRID_TOLERANCE_MM):
+            raise InputError(
+                path,
+                f"is on another voxel grid than {target_path.name} of the same patient (shape {tuple(meta.shape)} vs "
+                f"{tuple(target_meta.shape)}, spacing {_mm(meta.spacing)} vs {_mm(target_meta.spacing)} mm"
+                + (", other origin or direction" if tuple(meta.shape) == tuple(target_meta.shape) else "")
+                + f"), so slice k of {modality.value} is not slice k of {target.value}",
+                "register them onto one grid first: `medm2g data import ixi SRC --out DIR --register` for IXI, "
+                "or resample with SimpleITK/ANTs; `medm2g data index` lists every such patient",
+            )
+    return int(target_meta.shape[2])
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "×".join(f"{float(v):g}" for v in values)
+
+
 class PairSliceDataset(Dataset):
     """Slices of registered image→image pairs (MRI→CT, T1→T2, T2+PD→T1) for flows.
 
@@ -301,7 +338,10 @@ class PairSliceDataset(Dataset):
         augment: optional augmentation applied identically (same random draw) to source and target.
         seed: augmentation seed.
 
-    Building it reads each target volume once to learn its depth (nothing is kept).
+    Building it reads each patient's headers once (depth, grid; no pixels) and **refuses** a patient
+    whose sources and target lie on different voxel grids (``InputError`` naming the file, with the fix:
+    ``data import ixi --register`` or resampling): pairing slice k of one grid with slice k of another
+    would train on mismatched anatomy without a word.
 
     Item: ``{"source": (S·(2c+1), H, W), "target": (1, H, W), "patient_id": str, "slice_index": k,
     "depth": int, "original_shape": (h, w), "source_norm": [NormState dict per source],
@@ -342,10 +382,8 @@ class PairSliceDataset(Dataset):
             else:
                 self.skipped.append(record.patient_id)
         self.items: list[tuple[int, int, int]] = []  # (record index, slice k, depth)
-        from medm2g_core import io
-
         for r, record in enumerate(self.records):
-            depth = int(io.read(record.files[self.target])[0].shape[2])
+            depth = check_same_grid(record, sources=self.sources, target=self.target)
             self.items += [(r, k, depth) for k in slice_indices(depth, slices)]
 
     def __len__(self) -> int:

@@ -194,3 +194,45 @@ def test_augment_report_shuffles_sentences_within_sections():
     assert same[0] == same[1]  # a function of the generator
     dropped = augment_report(text, AugmentConfig(word_dropout=0.5), generator=torch.Generator().manual_seed(0))
     assert 0 < len(dropped.split()) < len(text.split())
+
+
+def test_pair_slice_dataset_refuses_pairs_on_different_grids(tmp_path):
+    """Slice k of one grid is not slice k of another: refused with the file named and the fix, never
+    clamped and paired silently."""
+    from medm2g_core import io
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.errors import InputError
+    from medm2g_core.types import ImageMeta
+
+    patient = tmp_path / "cohort" / "S1"
+    t1_grid = ImageMeta(spacing=(1.0, 1.0, 1.0), shape=(8, 8, 6))
+    io.write(patient / "mri-t1.nii.gz", np.ones(t1_grid.shape, np.int16), t1_grid)
+    t2_grid = ImageMeta(spacing=(1.0, 1.0, 2.0), shape=(8, 8, 3))
+    io.write(patient / "mri-t2.nii.gz", np.ones(t2_grid.shape, np.int16), t2_grid)
+    records = scan_cohort(tmp_path / "cohort")
+    with pytest.raises(InputError) as caught:
+        PairSliceDataset(records, sources=["t1"], target="t2", image_size=8)
+    message = str(caught.value)
+    assert "mri-t1.nii.gz" in message and "(8, 8, 6) vs (8, 8, 3)" in message and "--register" in message
+    # same shape, shifted origin: still another grid
+    io.write(patient / "mri-t2.nii.gz", np.ones(t1_grid.shape, np.int16), t1_grid.replace(origin=(0.0, 0.0, 5.0)))
+    with pytest.raises(InputError, match="other origin or direction"):
+        PairSliceDataset(scan_cohort(tmp_path / "cohort"), sources=["t1"], target="t2", image_size=8)
+    io.write(patient / "mri-t2.nii.gz", np.ones(t1_grid.shape, np.int16), t1_grid)
+    assert len(PairSliceDataset(scan_cohort(tmp_path / "cohort"), sources=["t1"], target="t2", image_size=8)) == 6
+
+
+def test_real_ixi_is_refused_until_registered(shared_data, tmp_path):
+    from medm2g_core.data.importers import import_dataset
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.errors import InputError
+
+    source = shared_data / "brain_mri_ixi002"
+    if not source.is_dir():
+        pytest.skip("no brain_mri_ixi002 in shared data")
+    import_dataset("ixi", source, out=tmp_path / "plain")
+    with pytest.raises(InputError, match=r"mri-t1.nii.gz.*another voxel grid than mri-t2.nii.gz"):
+        PairSliceDataset(scan_cohort(tmp_path / "plain"), sources=["t1"], target="t2", image_size=16, slices=2)
+    import_dataset("ixi", source, out=tmp_path / "registered", register=True)
+    dataset = PairSliceDataset(scan_cohort(tmp_path / "registered"), sources=["t1"], target="t2", image_size=16, slices=2)
+    assert len(dataset) == 2 and dataset[0]["source"].shape == (1, 16, 16)
