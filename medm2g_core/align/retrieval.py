@@ -170,4 +170,12 @@ def align_retrieval_report(embeddings: dict[str, Any]) -> dict[str, dict[str, fl
                 if int(rows.sum()) >= 2:
                     out[f"ct->{name}"] = metrics(images["ct"], images[name], rows)
                     out[f"{name}->ct"] = metrics(images[name], images["ct"], rows)
+    # MRI-only patients (no report, no CT): each contrast against the first MRI contrast (the MRI hub).
+    mris = [name for name in images if name.startswith("mri-")]
+    no_ct = ~present["ct"] if "ct" in present else torch.ones_like(has_text)
+    for name in mris[1:]:
+        rows = present[mris[0]] & present[name] & ~has_text & no_ct
+        if int(rows.sum()) >= 2:
+            out[f"{mris[0]}->{name}"] = metrics(images[mris[0]], images[name], rows)
+            out[f"{name}->{mris[0]}"] = metrics(images[name], images[mris[0]], rows)
     return out

@@ -1,7 +1,12 @@
 """The alignment task for the training loop: text-hub InfoNCE + visual-invariant loss (DESIGN §1.2–1.3).
 
 Every imaging modality is aligned to the report (n−1 alignments with text as the hub); patients with
-CT and MRI but no report align those images to each other with the same loss. Each imaging modality's
+CT and MRI but no report align those images to each other with the same loss. Patients with neither
+a report nor a CT but two or more registered MRI contrasts (BraTS, IXI after ``--register``) align each
+contrast to the first one the recipe lists (the MRI hub; n−1 alignments again) **slice by slice**: slice
+k of T2 is the positive of slice k of T1 of the same subject, every other slice of the global batch a
+negative — with a few subjects and no text, a per-patient InfoNCE would have almost no negatives, while
+the slices of registered contrasts give many true pairs (anatomy at one position, two contrasts). Each imaging modality's
 two augmented views are pulled together by the Barlow-Twins-form loss, weighted by ``vi_weight``.
 Both losses are those of the global batch (all processes): InfoNCE negatives are gathered with their
 gradients, and the visual-invariant loss batch-normalises and correlates every process's views. Each
@@ -59,18 +64,27 @@ class AlignTask:
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         return {k: float(v) for k, v in self.losses(batch, accelerator=None).items()}
 
-    def image_embeddings(self, batch: dict[str, Any], *, views: int | None = None) -> dict[str, torch.Tensor]:
+    def image_embeddings(self, batch: dict[str, Any], *, views: int | None = None, per_slice: dict[str, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
         """``{modality: (B, V, D)}``: pooled embeddings per view, averaged over a volume's N slices.
 
-        ``views``: encode only the first ``views`` views (None = all).
+        ``views``: encode only the first ``views`` views (None = all). ``per_slice``: when given, filled
+        with ``{modality: (B, N, D)}``, the first view's embedding of each slice before averaging.
         """
         out = {}
         for name, images in batch["images"].items():
             images = images if views is None else images[:, :views]
             b, v, n = images.shape[:3]
             pooled, _ = self.model.encode_image(images.flatten(0, 2), name)
-            out[name] = pooled.view(b, v, n, -1).mean(dim=2)
+            pooled = pooled.view(b, v, n, -1)
+            out[name] = pooled.mean(dim=2)
+            if per_slice is not None:
+                per_slice[name] = pooled[:, 0]
         return out
+
+    def mri_hub(self, names: list[str]) -> str | None:
+        """The MRI contrast the others are aligned to without text or CT: the first MRI one listed."""
+        return next((name for name in names if Modality(name).is_mri), None)
 
     def losses(self, batch: dict[str, Any], *, accelerator: Any | None) -> dict[str, torch.Tensor]:
         """All loss terms of one batch; ``loss = mean(InfoNCE terms) + vi_weight · mean(VI terms)``."""
@@ -80,7 +94,8 @@ class AlignTask:
         text_all, offset = gather_with_grad(text, accelerator=accelerator)
         has_text = batch["has_text"].to(text.device)
         # The second view only feeds the visual-invariant loss: not encoded when that loss is off.
-        images = self.image_embeddings(batch, views=None if self.config.vi_weight > 0 else 1)
+        slices: dict[str, torch.Tensor] = {}
+        images = self.image_embeddings(batch, views=None if self.config.vi_weight > 0 else 1, per_slice=slices)
         present = {name: flags.to(text.device) for name, flags in batch["present"].items()}
         out: dict[str, torch.Tensor] = {}
         nce_terms, vi_terms = [], []
@@ -118,6 +133,24 @@ class AlignTask:
                 if bool(valid_all.any()):
                     term = info_nce(images[ct][:, 0], images[name][:, 0], logit_scale=scale, a_all=gathered[ct], b_all=gathered[name], offset=offset, valid_all=valid_all)
                     out[f"nce_ct_{name}"] = term
+                    nce_terms.append(term)
+        # MRI contrasts of one subject without a report or CT: each aligned to the MRI hub, slice k to slice k.
+        hub = self.mri_hub(list(images))
+        no_ct = ~present[ct] if ct in present else torch.ones_like(has_text)
+        if hub is not None:
+            n = slices[hub].shape[1]
+            hub_rows = slices[hub].flatten(0, 1)
+            hub_all, slice_offset = gather_with_grad(hub_rows, accelerator=accelerator)
+            for name in images:
+                if name == hub or not Modality(name).is_mri:
+                    continue
+                pair = (present[hub] & present[name] & ~has_text & no_ct).repeat_interleave(n)
+                valid_all = _gather_flags(pair, accelerator)
+                if int(valid_all.sum()) >= 2:
+                    rows = slices[name].flatten(0, 1)
+                    rows_all, _ = gather_with_grad(rows, accelerator=accelerator)
+                    term = info_nce(hub_rows, rows, logit_scale=scale, a_all=hub_all, b_all=rows_all, offset=slice_offset, valid_all=valid_all)
+                    out[f"nce_{hub}_{name}"] = term
                     nce_terms.append(term)
         zero = text.sum() * 0.0
         nce = torch.stack(nce_terms).mean() if nce_terms else zero

@@ -46,6 +46,18 @@ class AlignResult:
     synthetic: bool = False
     seconds: float = 0.0
     num_processes: int = 1
+    hub: str | None = None
+
+
+def hub_note(modalities: list[Any], *, has_ct: bool) -> str:
+    """What stood in for the report hub when the cohort has no text (written into bundle.json)."""
+    mris = [m.value for m in modalities if m.is_mri]
+    parts = []
+    if has_ct:
+        parts.append("MRI aligned to CT (InfoNCE over patients)")
+    if len(mris) >= 2:
+        parts.append(f"{', '.join(mris[1:])} aligned to {mris[0]} slice by slice (InfoNCE, registered contrasts of one subject)")
+    return "no reports in the training split: " + "; ".join(parts or ["nothing"]) + "; text↔image retrieval is not measured"
 
 
 def align(
@@ -120,8 +132,24 @@ def align(
         raise InputError(data_dir, f"no patient has any of the modalities to align ({', '.join(recipe.align.modalities)})")
     train_records = splits["train"]
     reports = [read_report(r.files[Modality.REPORT]).text for r in train_records if Modality.REPORT in r.files]
-    if not reports and not any(Modality.CT in r.files for r in train_records):
-        raise InputError(data_dir, "the training split has no reports and no CT–MRI pairs; nothing to align")
+    mris = [m for m in modalities if m.is_mri]
+    contrast_pairs = sum(1 for r in train_records if sum(m in r.files for m in mris) >= 2)
+    if not reports and not any(Modality.CT in r.files for r in train_records) and not contrast_pairs:
+        raise InputError(
+            data_dir,
+            "the training split has no reports, no CT–MRI pairs and no patient with two MRI contrasts of align.modalities "
+            f"({', '.join(m.value for m in modalities)}); nothing to align",
+            "add reports or a second contrast, or list the cohort's contrasts in the recipe's align.modalities "
+            "(e.g. [mri-t1, mri-t2, mri-flair, mri-t1c] for BraTS)",
+        )
+    if contrast_pairs:
+        # Contrasts aligned slice by slice (align.task) must show the same anatomy at slice k.
+        from medm2g_core.data.datasets import check_same_grid
+
+        for record in train_records:
+            present = [m for m in mris if m in record.files]
+            if len(present) >= 2 and Modality.REPORT not in record.files and Modality.CT not in record.files:
+                check_same_grid(record, sources=present[1:], target=present[0])
 
     data = recipe.data
     common = dict(
@@ -176,6 +204,9 @@ def align(
         patients=len(records), synthetic=out.synthetic, source=str(data_dir.resolve()), splits=patients,
         split_seed=data.split_seed,
     )
+    if not reports:
+        out.hub = hub_note(modalities, has_ct=any(Modality.CT in r.files for r in train_records))
+        bundle.data["align_hub"] = out.hub
     bundle.record_stage(
         STAGE, recipe=recipe_to_dict(recipe), steps=result.steps, seconds=round(result.seconds, 1),
         processes=result.num_processes, resumed_from=result.resumed_from,
