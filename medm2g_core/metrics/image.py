@@ -26,6 +26,13 @@ SYNTHRAD_NAMES = {
     "psnr": "PSNR[synthrad, HU -1024..3000, mask]",
     "ssim": "SSIM[synthrad, HU -1024..3000, mask, crop 3]",
 }
+WINDOW8_NAMES = {
+    "mae": "MAE[8-bit window, grey levels, mask]",
+    "psnr": "PSNR[8-bit window 0..255, mask]",
+    "ssim": "SSIM[8-bit window 0..255, mask, crop 3, per slice]",
+}
+"""Names of the CT metrics when the reference CT is an 8-bit display window (``CT_WINDOW_8BIT_UNITS``):
+grey levels, never HU."""
 SYNDIFF_NAMES = {
     "psnr": "PSNR[syndiff, mean1-max1, per slice]",
     "ssim": "SSIM[syndiff, mean1-max1, data_range 1, per slice]",
@@ -114,6 +121,23 @@ def synthrad_metrics(prediction_hu: np.ndarray, reference_hu: np.ndarray, *, mas
     pred_ssim = np.where(mask, pred_clipped, low) - low
     ref_ssim = np.where(mask, ref_clipped, low) - low
     result["ssim"] = ssim(pred_ssim, ref_ssim, data_range=high - low, mask=mask, crop=3)
+    return result
+
+
+def window8_metrics(prediction: np.ndarray, reference: np.ndarray, *, threshold: float = 10.0) -> dict[str, float]:
+    """MAE (grey levels), PSNR (dB, range 255) and SSIM of a CT already windowed to 8 bits (AANLIB),
+    keyed ``mae``/``psnr``/``ssim``, over the head: reference above ``threshold`` grey levels with holes
+    filled (``body_mask``'s steps). There is no HU scale to report on: the window is unknown."""
+    mask = body_mask(reference.astype(np.float64), threshold_hu=threshold)
+    _check_pair(prediction, reference, mask)
+    prediction = np.clip(prediction.astype(np.float64), 0.0, 255.0)
+    reference = np.clip(reference.astype(np.float64), 0.0, 255.0)
+    result = {"mae": mae(prediction, reference, mask=mask), "psnr": psnr(prediction, reference, data_range=255.0, mask=mask)}
+    # SSIM per axial slice, then the mean: AANLIB's stacked slices are not contiguous (gaps between them).
+    pred_masked, ref_masked = np.where(mask, prediction, 0.0), np.where(mask, reference, 0.0)
+    per_slice = [ssim(pred_masked[:, :, k], ref_masked[:, :, k], data_range=255.0, mask=mask[:, :, k], crop=3)
+                 for k in range(reference.shape[2]) if mask[:, :, k].any()]
+    result["ssim"] = float(np.mean(per_slice)) if per_slice else float("nan")
     return result
 
 

@@ -35,7 +35,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from medm2g_core.errors import InputError
-from medm2g_core.modalities import MRI_MODALITIES, VOLUME_MODALITIES, Modality
+from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS, MRI_MODALITIES, VOLUME_MODALITIES, Modality
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
 Task = Literal["translation", "report", "xray"]
@@ -333,7 +333,9 @@ def _read(path: Path) -> tuple[np.ndarray, Any]:
 # --- translation -----------------------------------------------------------------------------------
 
 def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageCollector | None", progress: ProgressFn) -> None:
-    from medm2g_core.metrics.image import SYNDIFF_NAMES, SYNTHRAD_NAMES, body_mask, syndiff_metrics, synthrad_metrics
+    from medm2g_core.metrics.image import (
+        SYNDIFF_NAMES, SYNTHRAD_NAMES, WINDOW8_NAMES, body_mask, syndiff_metrics, synthrad_metrics, window8_metrics,
+    )
 
     pairs = _pairs(system, ref_dir, tuple(VOLUME_FILES.values()))
     collected: dict[str, list[float]] = {}
@@ -359,7 +361,15 @@ def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageColle
                                         "(shape or affine); resample the prediction onto the reference grid")
                 continue
             try:
-                if modality == "ct":
+                if modality == "ct" and ref_meta.units != "HU":
+                    # An 8-bit display window (AANLIB): grey levels, never reported as HU.
+                    if ref_meta.units != CT_WINDOW_8BIT_UNITS:
+                        raise ValueError(f"reference CT in units {ref_meta.units!r}, neither HU nor {CT_WINDOW_8BIT_UNITS!r}")
+                    values = window8_metrics(prediction, reference)
+                    for key, name in WINDOW8_NAMES.items():
+                        patient.values[f"{modality}: {name}"] = values[key]
+                        collected.setdefault(f"{modality}: {name}", []).append(values[key])
+                elif modality == "ct":
                     mask = body_mask(reference)
                     values = synthrad_metrics(prediction, reference, mask=mask)
                     for key, name in SYNTHRAD_NAMES.items():
@@ -379,7 +389,7 @@ def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageColle
                 page.add_translation(patient_id, modality, prediction, reference, pred_folder, ref_folder, patient.values)
         progress(ProgressEvent(task=f"evaluate {system.name}", completed=index + 1, total=len(pairs)))
     for name, values in collected.items():
-        unit = "HU" if name.startswith("ct: MAE") else ("dB" if "PSNR" in name else "")
+        unit = ("grey levels" if "8-bit" in name else "HU") if name.startswith("ct: MAE") else ("dB" if "PSNR" in name else "")
         system.metrics[name] = _summary(name, values, unit=unit, note="mean ± std over patients")
     for name, values in slice_values.items():
         system.metrics[name] = _summary(name, values, unit="dB" if "PSNR" in name else "", note="mean ± std over slices")

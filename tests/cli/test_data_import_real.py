@@ -108,3 +108,17 @@ def test_ixi_register_puts_t2_on_the_t1_grid(shared_data: Path, tmp_path: Path) 
     assert (t2[mask > 0] > 0).mean() > 0.99 and (t2[mask == 0] > 0).mean() < 0.05
     assert _index(tmp_path / "c")[0]["problems"] == []
     assert _import("ixi", str(source), "--out", str(tmp_path / "c"), "--register")["written"] == 0  # re-run: unchanged
+
+
+def test_aanlib_ct_is_evaluated_in_grey_levels_never_hu(shared_data: Path, tmp_path: Path) -> None:
+    source = _source(shared_data, "ct_mri_brain_aanlib")
+    _import("aanlib", str(source), "--out", str(tmp_path / "ref"), "--limit", "2")
+    ct, meta = io.read(tmp_path / "ref" / "case16" / "ct.nii.gz")
+    noisy = np.clip(ct.astype(np.int16) + np.random.default_rng(0).integers(-4, 5, ct.shape), 0, 255).astype(np.uint8)
+    io.write(tmp_path / "pred" / "case16" / "ct.nii.gz", noisy, meta)
+    result = runner.invoke(app, ["evaluate", "--task", "translation", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["systems"]["model"]["metrics"]
+    assert metrics and not any("HU" in name or metric["unit"] == "HU" for name, metric in metrics.items())
+    mae = metrics["ct: MAE[8-bit window, grey levels, mask]"]
+    assert mae["unit"] == "grey levels" and 1.0 < mae["value"] < 3.0  # |uniform −4..4| ≈ 2.2 grey levels
