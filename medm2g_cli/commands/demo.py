@@ -42,7 +42,7 @@ def summary_json(result: Any) -> dict[str, Any]:
     """What ``--json`` prints: metrics, files, stage times (this run and when each last ran)."""
     return {
         "synthetic": True, "quick": result.quick, "out": str(result.out_dir), "bundle": str(result.bundle),
-        "report_html": str(result.report_html), "metrics": result.metrics,
+        "report_html": str(result.report_html), "metrics": result.metrics, "budgets": result.budgets,
         "stages": [{"name": s.name, "seconds": s.seconds, "reused": s.reused} for s in result.stages],
         "stage_seconds": result.stage_seconds, "files": {k: str(v) for k, v in result.files.items()},
         "seconds": round(result.seconds, 1),
@@ -54,6 +54,8 @@ def _number(value: Any) -> str:
 
 
 def _print_summary(result: Any) -> None:
+    from medm2g_core.workflows.demo import budget_text
+
     metrics = result.metrics
     console.table(
         "Stages (s; 'reused' = finished in an earlier run)",
@@ -66,8 +68,9 @@ def _print_summary(result: Any) -> None:
     titles = {"mri-ct": "MRI→CT", "t1-t2": "T1→T2", "xray-report": "X-ray→report", "report-xray": "report→X-ray"}
     for pair, title in titles.items():
         for system, values in metrics.get(pair, {}).items():
-            rows.append([title, system, ", ".join(f"{k} {_number(v)}" for k, v in values.items()) or "—"])
-    console.table("Key metrics on held-out SYNTHETIC phantoms (not clinical performance)", ["task", "system", "metrics"], rows)
+            budget = budget_text(result.budgets.get(pair, {}).get(system))
+            rows.append([title, system, ", ".join(f"{k} {_number(v)}" for k, v in values.items()) or "—", budget])
+    console.table("Key metrics on held-out SYNTHETIC phantoms (not clinical performance)", ["task", "system", "metrics", "budget"], rows)
     console.info(f"report:  {result.report_html}")
     console.info(f"bundle:  {result.bundle} (now the default model)")
     files = result.files

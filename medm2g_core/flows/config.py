@@ -25,6 +25,7 @@ SamplerKind = Literal["ddim", "dpmsolver++"]
 BETA_SCHEDULES = ("squaredcos_cap_v2", "scaled_linear", "linear")
 SAMPLERS = ("ddim", "dpmsolver++")
 LOSS_NORMS = ("l2", "l1")
+TIMESTEP_DRAWS = ("uniform", "sampler")
 
 
 @dataclass
@@ -40,6 +41,9 @@ class FlowConfig:
         min_snr_gamma: Min-SNR-γ loss weighting (Hang et al. 2023); ``None`` = uniform.
         loss: ``l2`` — the DDPM mean squared error; ``l1`` — absolute error of the prediction (with x0
             prediction: the per-pixel median, which MAE/PSNR reward and which the regression warm start uses).
+        timesteps: which noise levels training draws: ``uniform`` — every t in [0, T) (DDPM); ``sampler`` — half of
+            each batch on the ``sampling_steps`` grid the sampler visits, half uniform (a few-step sampler only ever
+            asks for those levels; the uniform half keeps other step counts usable).
         source_dropout: per-source probability of dropping a source in training (one value for
             all sources, or one per source in ``ConditionInputs`` order: semantic, then spatial).
         condition_dropout: probability of dropping *all* sources at once (the unconditional
@@ -58,6 +62,7 @@ class FlowConfig:
     beta_end: float = 0.012
     min_snr_gamma: float | None = None
     loss: str = "l2"
+    timesteps: str = "uniform"
     source_dropout: float | tuple[float, ...] = 0.0
     condition_dropout: float = 0.1
     sampler: SamplerKind = "ddim"
@@ -76,6 +81,8 @@ class FlowConfig:
             raise ValueError(f"prediction_type {self.prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
         if self.loss not in LOSS_NORMS:
             raise ValueError(f"loss {self.loss!r}; valid: {', '.join(LOSS_NORMS)}")
+        if self.timesteps not in TIMESTEP_DRAWS:
+            raise ValueError(f"timesteps {self.timesteps!r}; valid: {', '.join(TIMESTEP_DRAWS)}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule {self.beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}")
         if self.sampler not in SAMPLERS:

@@ -7,7 +7,7 @@
   comes from the frozen aligned encoders (``flows.model.build_condition``); each source modality is
   dropped with ``source_dropout`` and all at once with ``FlowConfig.condition_dropout`` (classifier-free
   guidance). For the first ``warm_start_steps`` it is trained as an L1 regressor of x0 from the
-  condition alone (noisy input zero, t = T−1; the noise path of the denoiser starts zero-initialised),
+  condition at t = T−1 from the noisy input the sampler starts from (the noise path of the denoiser starts zero-initialised),
   then with the DDPM objective of its ``FlowConfig`` (DESIGN §8). Validation: the diffusion loss at
   stratified timesteps with seeded noise (deterministic), and a sample grid / decoded texts written to
   the stage's ``samples/`` folder.
@@ -63,6 +63,15 @@ class ReportDataset(Dataset):
 
 
 # --------------------------------------------------------------------------- autoencoders
+def sampler_grid(config: FlowConfig) -> torch.Tensor:
+    """The integer timesteps the flow's own sampler visits with ``config.sampling_steps`` (long, descending)."""
+    from medm2g_core.sampling.sample import make_sampling_scheduler
+
+    scheduler = make_sampling_scheduler(config)
+    scheduler.set_timesteps(config.sampling_steps)
+    return scheduler.timesteps.long().clone()
+
+
 def _images_of(batch: dict[str, Any]) -> torch.Tensor:
     return batch["target"] if "target" in batch else batch["image"]
 
@@ -169,7 +178,9 @@ class FlowTask:
         align: the frozen ``AlignModel`` of the bundle.
         text_vae, tokenizer: report targets (frozen).
         autoencoders: latent flows: modality → frozen ``ImageAutoencoder``.
-        warm_start_steps: L1-regression steps before the diffusion objective (``sample`` prediction only).
+        warm_start_steps: L1-regression steps before the diffusion objective (``sample`` prediction only): x0 from
+            the condition and x_{T-1} at t = T−1, exactly the sampler's first step.
+        regression: the plain regression baseline: its (all warm-start) steps see a zero input instead of noise.
         source_dropout: per-source-modality dropout probability (multi-source flows).
         sample_batch: a collated batch of a few validation items for the sample grid.
         gradient_checkpointing: recompute UNet activations in backward.
@@ -178,7 +189,7 @@ class FlowTask:
     def __init__(self, network: FlowNetwork, align: nn.Module, *, text_vae: nn.Module | None = None, tokenizer: Any = None,
                  autoencoders: dict[Modality, nn.Module] | None = None, warm_start_steps: int = 0,
                  source_dropout: float = 0.0, shared_trainable: bool = True, sample_batch: dict[str, Any] | None = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, regression: bool = False):
         self.network = network
         self.align = align.eval().requires_grad_(False)
         self.text_vae = None if text_vae is None else text_vae.eval().requires_grad_(False)
@@ -187,11 +198,13 @@ class FlowTask:
         self.pair: Pair = network.config.pair
         self.config: FlowConfig = network.config.flow_config
         self.warm_start_steps = warm_start_steps if self.config.prediction_type == "sample" else 0
+        self.regression = regression
         self.source_dropout = source_dropout if len(self.pair.sources) > 1 else 0.0
         self.shared_trainable = shared_trainable
         network.shared.requires_grad_(shared_trainable)
         self.sample_batch = sample_batch
         self.alphas_cumprod = make_noise_scheduler(self.config).alphas_cumprod
+        self.sampler_timesteps = sampler_grid(self.config) if self.config.timesteps == "sampler" else None
         self._encoder_cache: dict[Modality, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
         if gradient_checkpointing and hasattr(network.denoiser, "unet"):
             network.denoiser.unet.enable_gradient_checkpointing()
@@ -287,11 +300,19 @@ class FlowTask:
         condition = assemble_condition(self.condition_inputs(sources, keys=self.item_keys(batch)), keep=keep)
         if step < self.warm_start_steps:
             timesteps = torch.full((batch_size,), self.config.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
-            prediction = self.network(torch.zeros_like(x0), timesteps, condition=condition)
+            # The input the sampler's first step sees (x_{T-1}, pure noise up to ᾱ_{T-1}); the regression baseline
+            # (regression=True) sees zeros, a plain regressor of x0 from the condition.
+            start = torch.zeros_like(x0) if self.regression else add_noise(
+                x0, torch.randn_like(x0), timesteps, alphas_cumprod=self.alphas_cumprod)
+            prediction = self.network(start, timesteps, condition=condition)
             loss = regression_loss(prediction, x0)
             return {"loss": loss, "l1": loss.detach()}
         noise = torch.randn_like(x0)
         timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=x0.device)
+        if self.sampler_timesteps is not None:  # half of the batch on the levels the sampler visits
+            grid = self.sampler_timesteps.to(x0.device)
+            on_grid = grid[torch.randint(0, len(grid), (batch_size,), device=x0.device)]
+            timesteps = torch.where(torch.arange(batch_size, device=x0.device) % 2 == 0, on_grid, timesteps)
         return {"loss": self._diffusion_loss(x0, noise, timesteps, condition)}
 
     def _diffusion_loss(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:

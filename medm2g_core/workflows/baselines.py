@@ -286,7 +286,8 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     align = AlignModel.from_pretrained(align_dir(bundle_dir))
     seed_everything(config.seed)
     network, shared = build_regression_network(flow_config, shared_config)
-    task = FlowTask(network, align, warm_start_steps=config.steps, source_dropout=0.0, shared_trainable=True)
+    task = FlowTask(network, align, warm_start_steps=config.steps, source_dropout=0.0, shared_trainable=True,
+                    regression=True)
     losses: list[float] = []
     name = f"baselines/{pair.name}-regression"
 

@@ -109,7 +109,7 @@ FULL = DemoSettings(
     chest_patients=64, head_patients=32, size=64,
     align_steps=100, text_vae_steps=150,
     flow_steps={"xray-report": 150, "report-xray": 200, "mri-ct": 240, "t1-t2": 180},
-    regression_steps=60, samples=2, translate_patients=3, val_batches=1, psnr_items=4,
+    regression_steps=None, samples=2, translate_patients=3, val_batches=1, psnr_items=4,
 )
 """The default demo: 64 chest + 32 head patients at 64³, about half the demo-cpu recipe's steps so that the
 whole run aims at 10 min on 2 cores (the recipe's own steps are for `medm2g align`/`train-flow` runs)."""
@@ -118,7 +118,7 @@ QUICK = DemoSettings(
     chest_patients=20, head_patients=12, size=32,
     align_steps=20, text_vae_steps=30,
     flow_steps={"xray-report": 30, "report-xray": 20, "mri-ct": 20, "t1-t2": 20},
-    regression_steps=20, samples=2, sampler_steps=4, batch_size=8, val_batches=1, psnr_items=2,
+    regression_steps=None, samples=2, sampler_steps=4, batch_size=8, val_batches=1, psnr_items=2,
 )
 """``--quick``: a smaller cohort at 32³ and few steps — every stage runs, the numbers mean little (≤ 3 min)."""
 
@@ -139,6 +139,7 @@ class DemoResult:
     Attributes:
         out_dir: the demo folder; bundle: ``OUT/demo.m2g`` (registered as the default model).
         report_html: ``OUT/report.html``; summary_json: ``OUT/summary.json``; state: ``OUT/demo-state.json``.
+        budgets: task → system → ``{"steps", "seconds"}`` of its training (``{"training": why none}``).
         stages: every stage in order with its time this run (0 when reused) and ``reused``.
         stage_seconds: the time each stage took when it actually ran (from the state file).
         metrics: headline numbers: ``{"retrieval": {...}, "mri-ct": {...}, "t1-t2": {...},
@@ -161,6 +162,7 @@ class DemoResult:
     files: dict[str, Path]
     quick: bool
     seconds: float
+    budgets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     synthetic: bool = True
 
 
@@ -245,7 +247,7 @@ def run_demo(
         out_dir=out_dir, bundle=run.bundle, report_html=out_dir / "report.html", summary_json=out_dir / "summary.json",
         state=run.state.path, stages=run.records, stage_seconds=stage_seconds, metrics=result.get("metrics", {}),
         tables=result.get("tables", {}), files={k: Path(v) for k, v in run.files().items()}, quick=quick,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - started, budgets=result.get("budgets", {}),
     )
 
 
@@ -389,10 +391,30 @@ class _Run:
                                "translate_patients": s.translate_patients}, ("baselines",),
                    self.predict, clean=(self.predictions,)),
             _Stage("evaluate", {"version": 1}, ("predict",), self.evaluate, clean=(self.evaluation,)),
-            _Stage("report", {"version": 2}, ("evaluate",), self.report),
+            _Stage("report", {"version": 3}, ("evaluate",), self.report),
         ]
         self.total = len(stages)
         return stages
+
+    def budgets(self, metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{task: {system: {"steps", "seconds"} | {"training": why none}}}`` for every system the summary scores:
+        the flow's training stage, the regression baseline's own run, and the baselines that train nothing."""
+        fitted = (self.results.get("baselines") or {}).get("budgets", {})
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for pair, systems in metrics.items():
+            if pair == "retrieval":
+                continue
+            flow = next((stage for stage in (self.results.get(f"flow {pair}") or {}).get("stages", [])
+                         if stage["name"].startswith("flows/")), None)
+            out[pair] = {}
+            for system in systems:
+                if system == "model" and flow is not None:
+                    out[pair][system] = {"steps": flow["steps"], "seconds": flow["seconds"]}
+                elif system in fitted.get(pair, {}) and fitted[pair][system].get("steps"):
+                    out[pair][system] = dict(fitted[pair][system])
+                else:
+                    out[pair][system] = {"training": NO_TRAINING.get(system, "none")}
+        return out
 
     # -- stages ----------------------------------------------------------------------------------
     def make_cohort(self, resume: bool) -> dict[str, Any]:
@@ -449,13 +471,15 @@ class _Run:
     def fit_baselines(self, resume: bool) -> dict[str, Any]:
         from medm2g_core.workflows.baselines import fit_baselines
 
-        fitted = {}
+        fitted, budgets = {}, {}
         for pair, anatomy in BASELINE_PAIRS:
             result = fit_baselines(self.cohort / anatomy, self.bundle, pair=pair, recipe=self.recipe(),
                                    steps=self.settings.regression_steps, seed=self.seed,
                                    progress=self.stage_progress(f"baselines {pair}"))
             fitted[pair] = sorted(result["baselines"])
-        return {"fitted": fitted}
+            budgets[pair] = {name: {k: details[k] for k in ("steps", "seconds") if k in details}
+                             for name, details in result["baselines"].items()}
+        return {"fitted": fitted, "budgets": budgets}
 
     def predict(self, resume: bool) -> dict[str, Any]:
         from medm2g_core.workflows.baselines import predict_baselines
@@ -523,7 +547,8 @@ class _Run:
         metrics = headline_metrics(tables, retrieval)
         seconds = {name: float(entry.get("seconds", 0.0)) for name, entry in self.state.data["stages"].items()}
         summary = {"synthetic": True, "quick": self.quick, "settings": asdict(self.settings), "seed": self.seed,
-                   "bundle": str(self.bundle.resolve()), "metrics": metrics, "stage_seconds": seconds,
+                   "bundle": str(self.bundle.resolve()), "metrics": metrics, "budgets": self.budgets(metrics),
+                   "stage_seconds": seconds,
                    "held_out": self.results["predict"]["patients"], "files": self.files()}
         write_json(self.out_dir / "summary.json", summary)
         patients = self.results["predict"]["patients"]
@@ -533,7 +558,7 @@ class _Run:
         write_text(self.out_dir / "report.html", render_report(summary, tables=tables, retrieval=retrieval, pages=pages,
                                                                previews=[self.cohort / f"{a}-preview.png" for a in ANATOMIES],
                                                                montage=self.out_dir / "montage.png"))
-        return {"metrics": metrics, "tables": tables}
+        return {"metrics": metrics, "tables": tables, "budgets": summary["budgets"]}
 
 
 def _remove(path: Path) -> None:
@@ -654,6 +679,22 @@ def _pick(values: dict[str, Any], pattern: str) -> float | None:
     return None
 
 
+NO_TRAINING = {"identity": "an intensity map fitted on the training voxels (no gradient steps)",
+               "retrieval": "nearest training X-ray's report (no gradient steps)",
+               "most-frequent": "the most frequent training report (no gradient steps)"}
+"""What the budget column says for baselines that do not train."""
+
+
+def budget_text(budget: dict[str, Any] | None) -> str:
+    """``"1000 steps, 209 s"`` or the reason a system has no training budget."""
+    if not budget:
+        return "—"
+    if "steps" in budget:
+        seconds = budget.get("seconds")
+        return f"{budget['steps']} steps" + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
+    return str(budget.get("training", "—"))
+
+
 HEADLINES = {
     "mri-ct": {"PSNR dB": r"^ct: PSNR", "MAE HU": r"^ct: MAE", "SSIM": r"^ct: SSIM"},
     "t1-t2": {"PSNR dB": r"^mri-t2: PSNR", "SSIM": r"^mri-t2: SSIM"},
@@ -714,16 +755,19 @@ def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval:
     out.append(f'<p class="notes">{"--quick, " if summary["quick"] else ""}{settings["chest_patients"]} chest + '
                f'{settings["head_patients"]} head patients at {settings["size"]}³, seed {summary["seed"]}; bundle {e(summary["bundle"])} '
                "(registered as the default model). Held-out patients = validation ∪ test split (never trained on).</p>")
-    out.append('<h2 id="summary">Summary</h2><table><thead><tr><th>task</th><th>system</th><th>metrics</th></tr></thead><tbody>')
+    out.append('<h2 id="summary">Summary</h2><table><thead><tr><th>task</th><th>system</th><th>metrics</th>'
+               '<th>training budget (2-core CPU seconds where trained)</th></tr></thead><tbody>')
     for direction, values in summary["metrics"].get("retrieval", {}).items():
         out.append(f"<tr><td>retrieval {e(direction)}</td><td>model</td><td>R@1 {_fmt(values.get('R@1'))} "
-                   f"(chance {_fmt(values.get('chance_R@1'))}, n={values.get('n')})</td></tr>")
+                   f"(chance {_fmt(values.get('chance_R@1'))}, n={values.get('n')})</td><td>align stage</td></tr>")
+    budgets = summary.get("budgets", {})
     for pair, systems in summary["metrics"].items():
         if pair == "retrieval":
             continue
         for system, values in systems.items():
             text = ", ".join(f"{k} {_fmt(v)}" for k, v in values.items()) or "—"
-            out.append(f"<tr><td>{e(TASK_TITLES.get(pair, pair))}</td><td>{e(system)}</td><td>{e(text)}</td></tr>")
+            budget = budget_text(budgets.get(pair, {}).get(system))
+            out.append(f"<tr><td>{e(TASK_TITLES.get(pair, pair))}</td><td>{e(system)}</td><td>{e(text)}</td><td>{e(budget)}</td></tr>")
     out.append("</tbody></table>")
     if montage is not None and montage.is_file():
         data = base64.b64encode(montage.read_bytes()).decode("ascii")

@@ -153,3 +153,34 @@ def test_spread_batch_spans_the_dataset():
     assert spread_batch(Slices(5), items=1)["slice_index"] == [2]
     assert spread_batch(Slices(3), items=4)["slice_index"] == [0, 1, 2]
     assert spread_batch(Slices(0), items=4) is None
+
+
+def test_sampler_timesteps_put_half_of_each_batch_on_the_sampling_grid(setup):
+    from dataclasses import replace
+
+    from medm2g_core.flows.task import sampler_grid
+
+    _, head, align = setup
+    network = _network(align, sources=["mri-t1"], target="ct", spatial=True)
+    dataset = PairSliceDataset(head, sources=["mri-t1"], target="ct", image_size=32, slices=2)
+    batch = first_batch(dataset, items=8)
+    drawn: list[torch.Tensor] = []
+    network.register_forward_pre_hook(lambda module, args: drawn.append(args[1].clone()))
+    grid = set(sampler_grid(network.config.flow_config).tolist())
+    assert len(grid) == network.config.flow_config.sampling_steps
+    uniform = FlowTask(network, align)
+    torch.manual_seed(0)
+    for step in range(4):
+        uniform.training_step(batch, step=step)
+    on_grid_uniform = sum(int(t in grid) for steps in drawn for t in steps.tolist())
+    network.config.flow = {**network.config.flow, "timesteps": "sampler"}
+    assert network.config.flow_config.timesteps == "sampler"
+    drawn.clear()
+    gridded = FlowTask(network, align)
+    for step in range(4):
+        gridded.training_step(batch, step=step)
+    even = [steps[0::2].tolist() for steps in drawn]
+    assert all(t in grid for row in even for t in row)  # every other item sits on a level the sampler visits
+    assert on_grid_uniform < 4  # uniform draws hit the 10 of 1000 levels about 1 % of the time
+    with pytest.raises(ValueError, match="timesteps"):
+        replace(network.config.flow_config, timesteps="every")

@@ -14,7 +14,7 @@ from medm2g_core.workflows.demo import QUICK, STATE_FILE, DemoSettings, headline
 
 # Smaller than --quick so that the suite stays fast; every stage still runs for real.
 TINY = replace(QUICK, chest_patients=20, head_patients=12, align_steps=10, text_vae_steps=16,
-               flow_steps={"xray-report": 12, "report-xray": 8, "mri-ct": 8, "t1-t2": 8}, regression_steps=8,
+               flow_steps={"xray-report": 12, "report-xray": 8, "mri-ct": 8, "t1-t2": 8}, regression_steps=None,
                samples=2, sampler_steps=2, batch_size=8, translate_patients=1)
 
 
@@ -71,6 +71,21 @@ def test_report_page_shows_model_and_baselines(demo) -> None:
     assert set(metrics["xray-report"]) == {"model", "retrieval", "most-frequent"}
     assert "FID" in metrics["report-xray"]["model"]
     assert any("R@1" in values for values in metrics["retrieval"].values())
+
+
+@pytest.mark.slow
+def test_every_number_stands_beside_its_budget_and_the_regression_gets_the_flows(demo) -> None:
+    budgets = demo["result"].budgets
+    summary = json.loads((demo["out"] / "summary.json").read_text())
+    assert summary["budgets"] == budgets
+    for pair in ("mri-ct", "t1-t2"):
+        model, regression = budgets[pair]["model"], budgets[pair]["regression"]
+        assert model["steps"] == regression["steps"] == TINY.flow_steps[pair]  # like-for-like, not a starved baseline
+        assert model["seconds"] > 0 and regression["seconds"] > 0
+        assert "no gradient steps" in budgets[pair]["identity"]["training"]
+    assert set(budgets["xray-report"]) == {"model", "retrieval", "most-frequent"}
+    page = (demo["out"] / "report.html").read_text()
+    assert "training budget" in page and f"{TINY.flow_steps['mri-ct']} steps" in page
 
 
 @pytest.mark.slow
