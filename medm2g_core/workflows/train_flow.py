@@ -90,6 +90,7 @@ def train_flow(
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
     baselines: bool = False,
+    device: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> TrainFlowResult:
     """Train a flow (or a latent space) on the cohort at ``data_dir`` into the bundle ``bundle_dir``.
@@ -104,6 +105,8 @@ def train_flow(
         gradient_checkpointing: recompute UNet activations in backward (less memory).
         baselines: also fit the regression baseline (the flow's step budget, batch size and learning
             rate); the cheap baselines of the flow are fitted whatever this says.
+        device: ``auto|cpu|cuda[:N]|mps`` for every stage this call trains (the rules of inference's
+            ``--device``); a requested device that is missing is a ``ConfigError`` before anything is read.
         progress: receives training events (rank 0 only).
     """
     from medm2g_core.bundle import Bundle
@@ -115,6 +118,7 @@ def train_flow(
     started = time.monotonic()
     if stage not in STAGES:
         raise ConfigError(f"--stage {stage!r}; valid: {', '.join(STAGES)}")
+    state = process_state(device)  # a missing --device fails here, before any file is read
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}")
     if baselines and stage != "flow":
@@ -132,12 +136,11 @@ def train_flow(
     if not records:
         raise InputError(data_dir, "no patient folders found", "create one with `medm2g data synth` or `medm2g data import`")
     splits = split_records(records, seed=recipe.data.split_seed, fractions=recipe.data.split_fractions)
-    state = process_state()
     if not state.is_main_process:
         progress = no_progress
     context = _Context(bundle=bundle, recipe=recipe, flows=flows, splits=splits, data_dir=data_dir, steps=steps, seed=seed,
                        mixed_precision=mixed_precision, resume=resume, progress=progress, is_main=state.is_main_process,
-                       gradient_checkpointing=gradient_checkpointing)
+                       gradient_checkpointing=gradient_checkpointing, device=device)
     synthetic = any(getattr(r, "synthetic", False) for r in records)
     if stage == "text-vae":
         reports = [_train_text_vae(context, final=True)]
@@ -185,7 +188,7 @@ def _fit_baselines(context: "_Context", pair: Pair, names: tuple[str, ...]) -> d
     elif not context.is_main:
         return {}
     fit = fit_baselines(context.data_dir, context.bundle.path, pair=pair, recipe=context.recipe, which=names, seed=context.seed,
-                        progress=context.progress)
+                        device=context.device, progress=context.progress)
     return {name: {k: v for k, v in details.items() if k != "losses"} for name, details in fit["baselines"].items()}
 
 
@@ -204,6 +207,7 @@ class _Context:
     progress: ProgressFn
     is_main: bool
     gradient_checkpointing: bool
+    device: str = "auto"
 
     def training(self, section: dict[str, Any] | None, *, final: bool, extra: dict[str, Any] | None = None):
         """TrainingConfig: recipe top level + ``extra`` defaults + ``section`` overrides (+ CLI flags on the final stage)."""
@@ -230,7 +234,7 @@ def _run(context: _Context, task: Any, *, train_dataset, val_dataset, config, na
         val_start = validation_loss(task, val_dataset, batch_size=config.batch_size, batches=config.val_batches, seed=config.seed)
     result = train(task, train_dataset=train_dataset, val_dataset=val_dataset, config=config,
                    state_dir=context.bundle.training_dir(name.replace("/", "-")), resume=context.resume,
-                   progress=context.progress, description=name)
+                   progress=context.progress, description=name, device=context.device)
     return result, val_start
 
 
@@ -522,7 +526,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
     out.metrics = _evaluate_as(bundle.path, pair, val_dataset, measured_with)
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
-                        data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)",
+                        data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)", device=result.device,
                         val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
     for index, previous in enumerate(earlier):
         report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
