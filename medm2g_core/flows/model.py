@@ -106,6 +106,7 @@ class FlowNetworkConfig:
     @property
     def flow_config(self) -> FlowConfig:
         values = dict(self.flow)
+        values.pop("extra", None)  # an empty, never-read field that flows saved before FlowConfig dropped it carry
         if isinstance(values.get("source_dropout"), list):
             values["source_dropout"] = tuple(values["source_dropout"])
         return dataclass_from_dict(FlowConfig, values, where="flow config")

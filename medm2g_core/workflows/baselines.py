@@ -275,8 +275,9 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     stage = handle.data.get("stages", {}).get(f"flows/{pair.name}", {})
     flows = parse_flow_recipe(recipe.flows).resolve(pair)
     budget = steps if steps is not None else stage.get("steps")
-    # Same loop settings as train-flow gives the flow (recipe training + flows.training, EMA 0.999).
-    config = merge_training(recipe.training, {"ema_decay": 0.999, **flows.training}, where="training")
+    # Same loop settings as train-flow gave the flow: recipe training + flows.training, and the EMA decay the
+    # flow was trained with (its saved FlowConfig).
+    config = merge_training(recipe.training, {**flows.training, "ema_decay": flow_config.flow_config.ema_decay}, where="training")
     config = merge_training(config, {"seed": seed, **({"steps": int(budget)} if budget else {})}, where="training (baseline)")
     slices = (stage.get("recipe", {}).get("resolved", {}) or {}).get("slices", flows.slices)
     sources = list(pair.sources)

@@ -127,6 +127,7 @@ def train_flow(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     flows = parse_flow_recipe(recipe.flows)
+    check_latent_sections(recipe)
     bundle = Bundle.open(bundle_dir)
     if not bundle.has_component(ALIGN):
         raise BundleError(f"{bundle_dir} has no align stage; run `medm2g align --data {data_dir} --out {bundle_dir}` first")
@@ -162,6 +163,23 @@ def train_flow(
         out.baselines = _fit_baselines(context, pair, names)
         out.seconds = time.monotonic() - started
     return out
+
+
+def check_latent_sections(recipe: Recipe) -> None:
+    """Refuse unknown keys of the recipe's ``autoencoders`` and ``text_vae`` sections before anything trains (a
+    misspelt key would otherwise be ignored, or fail only when a later flow first needs that latent space)."""
+    from dataclasses import fields
+
+    from medm2g_core.models.autoencoders import ImageAutoencoderConfig
+    from medm2g_core.models.text_vae import TextVAEConfig
+
+    for name, cls in (("autoencoders", ImageAutoencoderConfig), ("text_vae", TextVAEConfig)):
+        section = dict(getattr(recipe, name) or {})
+        merge_training(recipe.training, section.pop("training", None), where=f"{name}.training")
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - valid)
+        if unknown:
+            raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; valid keys: training, {', '.join(sorted(valid))}")
 
 
 def _baseline_names(pair: Pair, *, regression: bool) -> tuple[str, ...]:
@@ -210,8 +228,9 @@ class _Context:
     device: str = "auto"
 
     def training(self, section: dict[str, Any] | None, *, final: bool, extra: dict[str, Any] | None = None):
-        """TrainingConfig: recipe top level + ``extra`` defaults + ``section`` overrides (+ CLI flags on the final stage)."""
-        config = merge_training(self.recipe.training, {**(extra or {}), **(section or {})}, where="training")
+        """TrainingConfig: recipe top level + ``section`` overrides + ``extra`` (settings that belong to the component,
+        e.g. a flow's EMA decay) (+ CLI flags on the final stage)."""
+        config = merge_training(self.recipe.training, {**(section or {}), **(extra or {})}, where="training")
         flags: dict[str, Any] = {"seed": self.seed, "mixed_precision": self.mixed_precision}
         if final and self.steps is not None:
             flags["steps"] = self.steps
@@ -372,17 +391,28 @@ def flow_datasets(context: _Context, pair: Pair, flows: Any) -> tuple[Any, Any]:
 
 
 def _flow_config(pair: Pair, flows: Any) -> Any:
-    """The pair's ``FlowConfig``: its demo defaults with the recipe's ``flows.objective`` over them."""
+    """The pair's ``FlowConfig``: its demo defaults with the recipe's ``flows.objective`` over them, and the
+    ``flows.source_dropout`` its training uses recorded in it (0 for a single-source flow, which has none)."""
     from medm2g_core.flows.config import FlowConfig
     from medm2g_core.serialization import dataclass_from_dict, to_jsonable
 
     objective = dict(flows.objective)
     if pair.target is Modality.REPORT:
         objective.setdefault("clip_sample", False)  # text latents are unit-RMS, not bounded to [-1, 1]
-    flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
+    objective["source_dropout"] = flows.source_dropout if len(pair.sources) > 1 else 0.0
+    try:
+        flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
+    except ValueError as error:  # FlowConfig's own checks (a loss, schedule or range it does not know)
+        raise ConfigError(f"flows.objective ({pair}): {error}") from None
     if flow_config.latent:
         flow_config = replace(flow_config, clip_sample=objective.get("clip_sample", False))
     return flow_config
+
+
+def flow_training(context: "_Context", flows: Any, flow_config: Any) -> Any:
+    """A flow's ``TrainingConfig``: the recipe's ``training`` + ``flows.training`` (+ command-line flags), with the
+    EMA decay of the flow's own ``FlowConfig`` (``flows.objective.ema_decay``), never the top-level one."""
+    return context.training(flows.training, final=True, extra={"ema_decay": flow_config.ema_decay})
 
 
 def _ct_source_windows(pair: Pair, flows: Any, flow_config: Any) -> list[list[float]]:
@@ -467,7 +497,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
 
     earlier = [name for name in bundle.flows if name != pair.name]
     name = f"flows/{pair.name}"
-    config = context.training(flows.training, final=True, extra={"ema_decay": 0.999})
+    config = flow_training(context, flows, _flow_config(pair, flows))
     # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
     # the forgetting report compares like with like even when that flow's recipe measures differently.
     measured_with = {"val_batches": flows.forgetting.val_batches, "psnr_items": flows.forgetting.psnr_samples,
@@ -527,6 +557,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     out.metrics = _evaluate_as(bundle.path, pair, val_dataset, measured_with)
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
                         data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)", device=result.device,
+                        ema_decay=config.ema_decay,
                         val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
     for index, previous in enumerate(earlier):
         report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
