@@ -3,8 +3,11 @@
 Tasks (folders hold patient folders, matched by their path relative to the root, e.g. ``P0001``):
 
 * ``translation`` — every ``<patient>/<modality>.nii.gz`` prediction (ct, mri-t1, mri-t2, mri-pd)
-  against the reference file of the same name. CT uses the SynthRAD2023 protocol with a body mask
-  from the reference (``body_mask``: HU > −500, largest component, holes filled); MRI uses the
+  against the reference file of the same name. CT uses the SynthRAD2023 protocol with the body mask the
+  dataset ships in the reference patient folder (``mask.nii.gz``, as SynthRAD's own and ``data import
+  synthrad`` write it; metric names say ``mask: dataset``), else one derived from the reference CT
+  (``body_mask``: HU > −500, largest component, holes filled; ``mask: HU>-500``) — the two conventions are
+  never averaged together, and a mask on another grid is a problem, not a fallback; MRI uses the
   SynDiff/IXI protocol (summary over slices, per-patient slice means for the histograms). An optional
   ``<modality>.std.nii.gz`` beside the prediction fills the uncertainty panel; the input panel shows
   another modality from the reference folder (e.g. ``mri-t1`` for a CT prediction).
@@ -39,6 +42,8 @@ from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
 Task = Literal["translation", "report", "xray"]
 TASKS = ("translation", "report", "xray")
+MASK_FILES = ("mask.nii.gz", "mask.nii", "mask.mha", "mask.nrrd")
+"""The dataset's body mask in a reference patient folder (SynthRAD's ``mask.nii.gz``; ``manifest`` extras)."""
 VOLUME_FILES = {"ct": "ct.nii.gz", "mri-t1": "mri-t1.nii.gz", "mri-t2": "mri-t2.nii.gz", "mri-pd": "mri-pd.nii.gz"}
 INPUT_PREFERENCE = {"ct": ("mri-t1", "mri-t2", "mri-pd"), "mri-t1": ("mri-t2", "mri-pd", "ct"),
                     "mri-t2": ("mri-t1", "mri-pd", "ct"), "mri-pd": ("mri-t1", "mri-t2", "ct")}
@@ -332,7 +337,7 @@ def _read(path: Path) -> tuple[np.ndarray, Any]:
 # --- translation -----------------------------------------------------------------------------------
 
 def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageCollector | None", progress: ProgressFn) -> None:
-    from medm2g_core.metrics.image import SYNDIFF_NAMES, SYNTHRAD_NAMES, body_mask, syndiff_metrics, synthrad_metrics
+    from medm2g_core.metrics.image import SYNDIFF_NAMES, syndiff_metrics, synthrad_metrics
 
     pairs = _pairs(system, ref_dir, tuple(VOLUME_FILES.values()))
     collected: dict[str, list[float]] = {}
@@ -359,9 +364,9 @@ def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageColle
                 continue
             try:
                 if modality == "ct":
-                    mask = body_mask(reference)
+                    mask, names = _ct_body_mask(ref_folder, reference, ref_meta)
                     values = synthrad_metrics(prediction, reference, mask=mask)
-                    for key, name in SYNTHRAD_NAMES.items():
+                    for key, name in names.items():
                         patient.values[f"{modality}: {name}"] = values[key]
                         collected.setdefault(f"{modality}: {name}", []).append(values[key])
                 else:
@@ -382,6 +387,34 @@ def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageColle
         system.metrics[name] = _summary(name, values, unit=unit, note="mean ± std over patients")
     for name, values in slice_values.items():
         system.metrics[name] = _summary(name, values, unit="dB" if "PSNR" in name else "", note="mean ± std over slices")
+
+
+def _ct_body_mask(ref_folder: Path, reference: np.ndarray, ref_meta: Any) -> tuple[np.ndarray, dict[str, str]]:
+    """The body mask of one reference CT and the SynthRAD metric names that say where it came from.
+
+    The dataset's ``mask.nii.gz`` (``MASK_FILES``) when the reference folder has one — what SynthRAD2023
+    scores with, so the numbers compare with the challenge's; else ``body_mask`` (HU > −500).
+
+    Raises:
+        ValueError: the dataset mask is unreadable, on another grid than the CT, or empty (recorded as the
+            patient's problem; the CT is then not scored rather than scored with another convention).
+    """
+    from medm2g_core.metrics.image import MASK_DATASET, MASK_THRESHOLD, body_mask, synthrad_names
+
+    path = next((ref_folder / name for name in MASK_FILES if (ref_folder / name).is_file()), None)
+    if path is None:
+        return body_mask(reference), synthrad_names(MASK_THRESHOLD)
+    try:
+        mask, meta = _read(path)
+    except (InputError, OSError) as error:
+        raise ValueError(f"the dataset mask {path.name} is unreadable ({error}); fix or remove it") from None
+    if mask.shape != reference.shape or not meta.same_grid(ref_meta, tolerance_mm=1e-2):
+        raise ValueError(f"the dataset mask {path} (shape {mask.shape}) is not on the grid of ct.nii.gz {reference.shape}; "
+                         "resample it onto the CT (nearest neighbour) or remove it to use the HU>-500 mask")
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        raise ValueError(f"the dataset mask {path} is empty; fix it or remove it to use the HU>-500 mask")
+    return mask, synthrad_names(MASK_DATASET)
 
 
 # --- reports ---------------------------------------------------------------------------------------
