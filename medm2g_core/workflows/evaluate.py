@@ -16,8 +16,9 @@ Tasks (folders hold patient folders, matched by their path relative to the root,
   whole text when a report has no FINDINGS heading, counted in the notes) and clinical-efficacy
   precision/recall/F1 from a labeler (rule-based unless one is given).
 * ``xray`` — FID and KID between the predicted and reference ``xray.png`` sets, on features from a
-  ``FeatureExtractor`` (a local safetensors DenseNet-121 via ``features=Path``, or any extractor object,
-  e.g. a bundle's aligned X-ray encoder). There is no default extractor without one.
+  ``FeatureExtractor`` named beside every number: ``features="aligned"`` — the pooled embedding of the
+  ``model`` bundle's aligned X-ray encoder (``aligned_xray_extractor``); a local safetensors DenseNet-121
+  (``features=Path``); or any extractor object. There is no default: the value means nothing without it.
 
 Baselines are evaluated by the same code from their own prediction folders (``baselines={name: dir}``)
 and appear as extra columns. Bare baseline names (``bundle_baselines=["identity", "regression"]`` for
@@ -149,7 +150,8 @@ def evaluate(
         ref_dir: folder of patient folders holding the references (and the inputs for the image panel).
         html: write a self-contained HTML page there (atomically).
         baselines: name → folder of that baseline's predictions (same layout as ``pred_dir``).
-        features: xray task only — a ``.safetensors`` path or a ``FeatureExtractor`` (``name`` + call).
+        features: xray task only — ``"aligned"`` (``model``'s aligned X-ray encoder), a ``.safetensors`` path or a
+            ``FeatureExtractor`` (``name`` + call).
         labeler: report task only — a clinical ``Labeler``; default the rule-based one.
         cleaning: report task only — R2Gen cleaning style, "iu_xray" or "mimic_cxr".
         model: the bundle holding fitted baselines (needed by ``bundle_baselines``).
@@ -186,6 +188,8 @@ def evaluate(
         folders.update(_bundle_baselines(task, model=model, names=bundle_baselines, pair=pair, pred_dir=Path(pred_dir),
                                          ref_dir=ref_dir, out_dir=Path(baseline_out) if baseline_out is not None else Path(scratch.name),
                                          progress=progress))
+    if task == "xray":
+        features = _resolve_extractor(features, model=model)  # before any work: a missing extractor is a usage error
     try:
         return _evaluate_folders(task, folders, ref_dir=ref_dir, pred_dir=Path(pred_dir), html=html, features=features,
                                  labeler=labeler, cleaning=cleaning, strict=strict, progress=progress)
@@ -245,7 +249,7 @@ def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[st
 
 def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pred_dir: Path, html: Any, features: Any,
                       labeler: Any, cleaning: str, strict: bool, progress: ProgressFn) -> EvaluationResult:
-    extractor = _resolve_extractor(features) if task == "xray" else None
+    extractor = features if task == "xray" else None
     collector = _PageCollector() if html is not None else None
     systems: dict[str, SystemResult] = {}
     for name, folder in folders.items():
@@ -472,18 +476,61 @@ def _evaluate_reports(system: SystemResult, ref_dir: Path, page: "_PageCollector
 
 # --- X-ray distribution ----------------------------------------------------------------------------
 
-def _resolve_extractor(features: Any) -> Any:
+ALIGNED_FEATURES = "aligned"
+"""``features=`` value naming the ``model`` bundle's aligned X-ray encoder as the FID/KID extractor."""
+
+
+def _resolve_extractor(features: Any, *, model: str | Path | None) -> Any:
     from medm2g_core.metrics.distribution import load_feature_extractor
 
     if features is None:
         raise InputError(None, "the xray task (FID/KID) needs a feature extractor, and none was given",
-                         "pass --features FILE.safetensors (torchvision or torchxrayvision DenseNet-121 weights); the "
-                         "bundle's aligned X-ray encoder as default extractor is not available in this version")
+                         "pass --features aligned (the --model bundle's aligned X-ray encoder) or --features FILE.safetensors "
+                         "(torchvision or torchxrayvision DenseNet-121 weights)")
+    if isinstance(features, str) and features == ALIGNED_FEATURES:
+        return aligned_xray_extractor(model)
     if isinstance(features, (str, Path)):
         return load_feature_extractor(features)
     if not callable(features) or not isinstance(getattr(features, "name", None), str):
-        raise InputError(None, "features must be a .safetensors path or an extractor with a name and __call__(images)")
+        raise InputError(None, "features must be 'aligned', a .safetensors path or an extractor with a name and __call__(images)")
     return features
+
+
+def aligned_xray_extractor(model: str | Path | None, *, device: str = "cpu") -> Any:
+    """FID/KID features from a bundle's aligned X-ray encoder: the pooled (B, embed_dim) embedding of each image,
+    resized to the align stage's ``data.image_size`` and scaled to [-1, 1] as training saw it.
+
+    Named ``aligned-xray[<bundle>, <fingerprint>]``: values are comparable only between runs on the same bundle.
+
+    Raises:
+        BundleError: no bundle (``--model``), no align stage, or an align stage without an X-ray encoder.
+    """
+    import torch
+
+    from medm2g_core.align.model import AlignModel
+    from medm2g_core.bundle import Bundle, align_dir, bundle_fingerprint, resolve_model
+    from medm2g_core.data.transforms import resize_image
+    from medm2g_core.errors import BundleError
+    from medm2g_core.metrics.distribution import CallableExtractor
+
+    path = resolve_model(model)
+    stage = Bundle.open(path).data.get("stages", {}).get("align", {})
+    size = ((stage.get("recipe") or {}).get("data") or {}).get("image_size")
+    if not (align_dir(path) / "config.json").is_file() or size is None:
+        raise BundleError(f"{path} has no align stage; train one with `medm2g align --data COHORT --out {path}`, or pass "
+                          "--features FILE.safetensors")
+    align = AlignModel.from_pretrained(align_dir(path), device=device).eval()
+    if "xray" not in align.images:
+        raise BundleError(f"{path}: its align stage has no X-ray encoder (it serves {', '.join(align.images)}); "
+                          "pass --features FILE.safetensors")
+
+    @torch.no_grad()
+    def extract(images: np.ndarray) -> np.ndarray:  # (N, H, W) in [0, 1]
+        batch = torch.stack([resize_image(image, int(size)) for image in np.asarray(images, dtype=np.float32)]) * 2.0 - 1.0
+        pooled, _ = align.encode_image(batch, "xray")
+        return pooled.double().cpu().numpy()
+
+    return CallableExtractor(name=f"aligned-xray[{path.name}, {bundle_fingerprint(path)[:12]}]", function=extract)
 
 
 def _unit_float(image: np.ndarray) -> np.ndarray:
