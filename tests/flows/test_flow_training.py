@@ -277,3 +277,25 @@ def test_recipe_keys_that_would_be_ignored_are_refused_before_training(cohorts, 
         with pytest.raises(ConfigError, match=message):
             train_flow(head, bundle, pair="mri-ct", recipe=recipe)
         assert not (bundle / "flows" / "mri-t1__ct").exists() and not (bundle / "training" / "flows-mri-t1__ct").exists(), name
+
+
+def test_a_latent_flow_samples_decoded_images_and_refuses_a_missing_autoencoder(cohorts, tmp_path):
+    """objective.latent: train-flow trains the autoencoders it needs, predict decodes to image space in
+    [-1, 1]; without the target's autoencoder loading is a BundleError naming the fix (it used to return the
+    raw latents, which translate wrote as an image)."""
+    import shutil
+
+    from tiny_recipe import tiny_recipe
+
+    root, _, head, _ = cohorts
+    recipe = tmp_path / "latent.yaml"
+    recipe.write_text(tiny_recipe("latent", flows={"objective": {"latent": True}}))
+    bundle = fresh_bundle(root, "latent-ok.m2g")
+    result = train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+    assert [s.name for s in result.stages] == ["autoencoders/mri-t1", "autoencoders/ct", "flows/mri-t1__ct"]
+    model = FlowModel.load(bundle, "mri-ct")
+    image = model.predict({"mri-t1": torch.rand(2, 1, 32, 32) * 2 - 1}, seed=0).mean
+    assert image.shape == (2, 1, 32, 32) and float(image.abs().max()) <= 1.0  # decoded, not (2, 2, 8, 8) latents
+    shutil.rmtree(bundle / "autoencoders" / "ct")
+    with pytest.raises(BundleError, match=r"needs the ct autoencoder .* --stage autoencoder --modality ct"):
+        FlowModel.load(bundle, "mri-ct")
