@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medm2g_cli import console
-from medm2g_cli.options import DataDir, JsonOut, MixedPrecision, Recipe, Resume, Seed, Steps
+from medm2g_cli.options import DataDir, Device, JsonOut, MixedPrecision, Recipe, Resume, Seed, Steps
 
 
 @console.handle_errors
@@ -22,6 +22,7 @@ def align(
     resume: Resume = False,
     seed: Seed = 0,
     mixed_precision: MixedPrecision = "no",
+    device: Device = "auto",
     json_out: JsonOut = False,
 ) -> None:
     """Train the aligned encoders (text hub InfoNCE + visual-invariant loss)."""
@@ -36,7 +37,7 @@ def align(
     with console.progress("align") as progress:
         result = run_align(
             data, out, recipe=recipe, steps=steps, text_encoder=text_encoder, vi_weight=vi_weight, resume=resume,
-            seed=seed, mixed_precision=None if mixed_precision == "no" else mixed_precision, progress=progress,
+            seed=seed, mixed_precision=None if mixed_precision == "no" else mixed_precision, device=device, progress=progress,
         )
     if json_out:
         console.emit_json(
@@ -44,7 +45,7 @@ def align(
                 "bundle": str(result.bundle), "steps": result.steps, "resumed_from": result.resumed_from,
                 "patients": result.patients, "modalities": result.modalities, "synthetic": result.synthetic,
                 "last_losses": result.last_losses, "val_losses": result.val_losses, "retrieval": result.retrieval,
-                "seconds": round(result.seconds, 2), "num_processes": result.num_processes,
+                "seconds": round(result.seconds, 2), "num_processes": result.num_processes, "device": result.device,
             }
         )
         return

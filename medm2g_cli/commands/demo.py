@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from medm2g_cli import console
-from medm2g_cli.options import JsonOut, Seed
+from medm2g_cli.options import Device, JsonOut, Seed
 
 DEFAULT_OUT = Path("medm2g-demo")
 
@@ -18,6 +18,7 @@ def demo(
     out: Annotated[Optional[Path], typer.Option("--out", help="Demo folder (default: ./medm2g-demo). Rerunning reuses finished stages.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Smaller cohort at 32³ and few steps (≤ 3 min); the numbers mean little.")] = False,
     seed: Seed = 0,
+    device: Device = "auto",
     json_out: JsonOut = False,
 ) -> None:
     """Synthesize phantom cohorts, align, train the flows, translate, generate, evaluate against baselines.
@@ -31,7 +32,7 @@ def demo(
     out_dir = out if out is not None else DEFAULT_OUT
     console.info(f"medm2g demo{' --quick' if quick else ''}: synthetic phantom cohorts → {out_dir} (rerunning reuses finished stages)")
     with console.progress("demo") as progress:
-        result = run_demo(out_dir, quick=quick, seed=seed, progress=progress)
+        result = run_demo(out_dir, quick=quick, seed=seed, device=device, progress=progress)
     summary = summary_json(result)
     if json_out:
         console.emit_json(summary)

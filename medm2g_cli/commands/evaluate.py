@@ -56,7 +56,8 @@ def evaluate(
         Optional[Path], typer.Option("--baseline-out", help="Keep the computed baseline predictions in this folder.")
     ] = None,
     features: Annotated[
-        Optional[Path], typer.Option("--features", help="xray task: local feature-extractor weights (.safetensors DenseNet-121).")
+        Optional[str], typer.Option("--features", help="xray task, required: the FID/KID feature extractor — 'aligned' (the "
+                                    "--model bundle's aligned X-ray encoder) or FILE.safetensors (DenseNet-121 weights).")
     ] = None,
     cleaning: Annotated[str, typer.Option("--cleaning", help="report task: R2Gen cleaning, iu_xray|mimic_cxr.")] = "iu_xray",
     strict: Annotated[
@@ -84,7 +85,7 @@ def evaluate(
             ref_dir=ref,
             html=html,
             baselines=baselines or None,
-            features=features if task == "xray" else None,
+            features=None if task != "xray" or features is None else (features if features == "aligned" else Path(features)),
             cleaning=cleaning,
             model=model,
             bundle_baselines=computed,

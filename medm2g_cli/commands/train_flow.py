@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medm2g_cli import console
-from medm2g_cli.options import DataDir, JsonOut, MixedPrecision, Recipe, Resume, Seed, Steps
+from medm2g_cli.options import DataDir, Device, JsonOut, MixedPrecision, Recipe, Resume, Seed, Steps
 
 
 @console.handle_errors
@@ -23,6 +23,7 @@ def train_flow(
     resume: Resume = False,
     seed: Seed = 0,
     mixed_precision: MixedPrecision = "no",
+    device: Device = "auto",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
     baselines: Annotated[bool, typer.Option(
         "--baselines/--no-baselines",
@@ -40,7 +41,7 @@ def train_flow(
         result = run_train_flow(
             data, bundle, pair=pair, recipe=recipe, steps=steps, stage=stage, modality=modality, resume=resume, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, baselines=baselines,
-            progress=progress,
+            device=device, progress=progress,
         )
     stages = [
         {"name": s.name, "steps": s.steps, "seconds": round(s.seconds, 1), "resumed_from": s.resumed_from,

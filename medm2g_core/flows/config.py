@@ -13,7 +13,7 @@ in the saved config). Two presets:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from medm2g_core.sampling.prediction import PREDICTION_TYPES
@@ -45,12 +45,15 @@ class FlowConfig:
             each batch on the ``sampling_steps`` grid the sampler visits, half uniform (a few-step sampler only ever
             asks for those levels; the uniform half keeps other step counts usable).
         source_dropout: per-source probability of dropping a source in training (one value for
-            all sources, or one per source in ``ConditionInputs`` order: semantic, then spatial).
+            all sources, or one per source modality). A record of what training used: it is written from
+            the recipe's ``flows.source_dropout`` (0 for single-source flows), which is where it is set.
         condition_dropout: probability of dropping *all* sources at once (the unconditional
             branch of classifier-free guidance).
         sampler, sampling_steps, guidance, clip_sample, clip_range, timestep_spacing, eta: sampling.
         warm_start_fraction: share of the training budget spent as an L1 regressor first (§8).
-        ema_decay: EMA of the denoiser weights (applied by the training loop).
+        ema_decay: decay of the EMA of the flow's weights (denoiser, adapters, and the shared cross-attention
+            when the flow trains it), applied by the training loop; inference loads the EMA weights. None = no
+            EMA. The one place a flow's EMA is set (``flows.training.ema_decay`` is refused).
     """
 
     pair: str = ""
@@ -73,8 +76,7 @@ class FlowConfig:
     timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
     eta: float = 0.0
     warm_start_fraction: float = 0.3
-    ema_decay: float = 0.999
-    extra: dict = field(default_factory=dict)
+    ema_decay: float | None = 0.999
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
@@ -91,6 +93,8 @@ class FlowConfig:
             raise ValueError(f"sampling_steps must be in 1..{self.num_train_timesteps}, got {self.sampling_steps}")
         if not 0.0 <= self.condition_dropout <= 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null (no EMA), got {self.ema_decay}")
 
     @classmethod
     def demo_cpu(cls, **changes) -> "FlowConfig":

@@ -106,6 +106,7 @@ class FlowNetworkConfig:
     @property
     def flow_config(self) -> FlowConfig:
         values = dict(self.flow)
+        values.pop("extra", None)  # an empty, never-read field that flows saved before FlowConfig dropped it carry
         if isinstance(values.get("source_dropout"), list):
             values["source_dropout"] = tuple(values["source_dropout"])
         return dataclass_from_dict(FlowConfig, values, where="flow config")
@@ -377,9 +378,17 @@ class FlowModel:
         if network.config.flow_config.latent:
             from medm2g_core.models.autoencoders import ImageAutoencoder
 
+            # The target's autoencoder decodes the samples; a registered flow's sources are encoded by theirs.
+            needed = {pair.target} | (set(pair.sources) if network.config.spatial else set())
             for modality in (*pair.sources, pair.target):
-                if modality.is_image and (autoencoder_dir(bundle, modality.value) / "config.json").is_file():
-                    autoencoders[modality] = ImageAutoencoder.from_pretrained(autoencoder_dir(bundle, modality.value), device=device).eval()
+                folder = autoencoder_dir(bundle, modality.value)
+                if modality.is_image and (folder / "config.json").is_file():
+                    autoencoders[modality] = ImageAutoencoder.from_pretrained(folder, device=device).eval()
+                elif modality.is_image and modality in needed:
+                    raise BundleError(f"{bundle}: the latent flow {pair.name} needs the {modality.value} autoencoder and {folder} is "
+                                      f"missing; restore it or retrain it with `medm2g train-flow --stage autoencoder --modality "
+                                      f"{modality.value} --data COHORT --bundle {bundle}` (then retrain the flow: its latents are that "
+                                      "autoencoder's)")
         return cls(network=network, align=align, text_vae=text_vae, tokenizer=tokenizer, autoencoders=autoencoders, device=device)
 
     # -- helpers shared with training ---------------------------------------------------------------
@@ -449,7 +458,10 @@ class FlowModel:
             return Prediction(mean=drawn.mean, std=None, samples=drawn.samples, texts=texts)
         images = drawn.samples
         autoencoder = self.autoencoders.get(self.pair.target)
-        if config.latent and autoencoder is not None:
+        if config.latent and autoencoder is None:  # never hand back raw latents as if they were an image
+            raise BundleError(f"the latent flow {self.pair.name} has no {self.pair.target.value} autoencoder to decode its samples; "
+                              "load it with FlowModel.load (which reads autoencoders/ from the bundle)")
+        if config.latent:
             images = torch.stack([autoencoder.decode(s).clamp(-1, 1) for s in images])
         std = images.std(0, unbiased=False) if samples > 1 else None
         return Prediction(mean=images.mean(0), std=std, samples=images)

@@ -6,13 +6,13 @@ flows:
   shared_attention: {num_layers: 4, query_dim: 64, condition_dim: 64, heads: 4}
   image_denoiser: {block_out_channels: [32, 64, 64]}   # ImageDenoiserConfig overrides
   text_denoiser: {layers: 4}                          # TextLatentDenoiserConfig overrides
-  objective: {warm_start_fraction: 0.3}               # FlowConfig overrides (every flow)
+  objective: {warm_start_fraction: 0.3, ema_decay: 0.999}  # FlowConfig overrides (every flow; the flow's EMA is set here)
   slices: 24                  # axial slices per patient for paired image flows ("all", "middle", N)
   context_slices: 0           # 2.5D: neighbouring slices per side as extra source channels
   ct_source_windows: [[0, 80]]  # extra HU windows of a CT source, as more channels (pixel-space registered flows)
   source_dropout: 0.15        # per-source dropout of multi-source flows (missing-source robustness)
   forgetting: {val_batches: 2, psnr_samples: 8}
-  training: {steps: 300}      # TrainingConfig overrides for every flow
+  training: {steps: 300}      # TrainingConfig overrides for every flow (not ema_decay: objective.ema_decay)
   pairs:                      # per-pair overrides of any key above (except pairs/shared*)
     xray-report: {training: {steps: 250}, objective: {clip_sample: false}}
 ```
@@ -86,11 +86,27 @@ class FlowRecipe:
                 raise ConfigError(f"flows.ct_source_windows: {list(window)} is not a [low, high] HU window with low < high, e.g. [0, 80]")
         if not 0.0 <= self.source_dropout < 1.0:
             raise ConfigError("flows.source_dropout must be in [0, 1)")
-        for key in self.pairs:
+        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_attention"}
+        for key, value in self.pairs.items():
             try:
                 parse_pair(key)
             except ValueError as error:
                 raise ConfigError(f"flows.pairs: {error}") from None
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"flows.pairs.{key}: expected a mapping of overrides, got {type(value).__name__}")
+            unknown = sorted(set(value or {}) - valid)
+            if unknown:  # every pair's overrides are checked when the recipe is read, not when that pair trains
+                raise ConfigError(f"flows.pairs.{key}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        for where, section in (("flows.training", self.training),
+                               *((f"flows.pairs.{k}.training", (v or {}).get("training") or {}) for k, v in self.pairs.items())):
+            if "ema_decay" in section:
+                raise ConfigError(f"{where}.ema_decay: a flow's EMA decay is flows.objective.ema_decay (saved with the flow in its "
+                                  "FlowConfig); move it there (flows.pairs.<pair>.objective.ema_decay for one pair)")
+        for where, section in (("flows.objective", self.objective),
+                               *((f"flows.pairs.{k}.objective", (v or {}).get("objective") or {}) for k, v in self.pairs.items())):
+            if "source_dropout" in section:
+                raise ConfigError(f"{where}.source_dropout: set flows.source_dropout (flows.pairs.<pair>.source_dropout for one "
+                                  "pair); it is recorded in the flow's FlowConfig from there")
 
     def resolve(self, pair: Pair) -> "FlowRecipe":
         """The section with ``pairs[<pair>]`` overrides merged in (dict fields merged key by key)."""

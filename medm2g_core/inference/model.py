@@ -71,7 +71,7 @@ class MedM2G:
             BundleError: no such bundle / no default bundle (run `medm2g demo` or pass --model).
         """
         from medm2g_core.bundle import Bundle, resolve_model
-        from medm2g_core.inference.devices import resolve_device
+        from medm2g_core.training.devices import resolve_device
 
         resolved = resolve_model(path)
         bundle = Bundle.open(resolved)

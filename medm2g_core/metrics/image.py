@@ -21,11 +21,22 @@ import numpy as np
 
 from medm2g_core.modalities import CT_HU_RANGE
 
-SYNTHRAD_NAMES = {
-    "mae": "MAE[synthrad, HU, mask, no clip]",
-    "psnr": "PSNR[synthrad, HU -1024..3000, mask]",
-    "ssim": "SSIM[synthrad, HU -1024..3000, mask, crop 3]",
-}
+MASK_DATASET = "dataset"
+"""Mask convention of the SynthRAD names when the dataset's own body mask (``mask.nii.gz``) was used."""
+MASK_THRESHOLD = "HU>-500"
+"""Mask convention when the mask was derived from the reference CT (``body_mask``: HU > −500)."""
+
+
+def synthrad_names(mask: str) -> dict[str, str]:
+    """SynthRAD2023 metric names with the body mask's provenance in the convention (``MASK_DATASET`` — the
+    challenge's, comparable with its leaderboard — or ``MASK_THRESHOLD``)."""
+    return {
+        "mae": f"MAE[synthrad, HU, mask: {mask}, no clip]",
+        "psnr": f"PSNR[synthrad, HU -1024..3000, mask: {mask}]",
+        "ssim": f"SSIM[synthrad, HU -1024..3000, mask: {mask}, crop 3]",
+    }
+
+
 WINDOW8_NAMES = {
     "mae": "MAE[8-bit window, grey levels, mask]",
     "psnr": "PSNR[8-bit window 0..255, mask]",
@@ -33,6 +44,7 @@ WINDOW8_NAMES = {
 }
 """Names of the CT metrics when the reference CT is an 8-bit display window (``CT_WINDOW_8BIT_UNITS``):
 grey levels, never HU."""
+
 SYNDIFF_NAMES = {
     "psnr": "PSNR[syndiff, mean1-max1, per slice]",
     "ssim": "SSIM[syndiff, mean1-max1, data_range 1, per slice]",

@@ -2,7 +2,7 @@
 
 ``sample()`` is the whole reverse process in one loop: each step evaluates the denoiser once on
 all guidance branches stacked along the batch, combines them linearly (classifier-free guidance,
-one scale per source if asked), turns the result into x0, clips it, and lets a diffusers scheduler
+one scale per source if asked; the unconditional branch keeps a registered flow's source image), turns the result into x0, clips it, and lets a diffusers scheduler
 (DDIM or DPM-Solver++) take the step. The scheduler is always stepped with x0 (its
 ``prediction_type`` is set to ``"sample"``), so every prediction type is clipped the same way.
 
@@ -53,7 +53,8 @@ def make_sampling_scheduler(config: Schedule, *, kind: str | None = None):
     raise ValueError(f"unknown sampler {kind!r}; valid: ddim, dpmsolver++")
 
 
-def guidance_branches(present: Sequence[bool], *, guidance: float | Sequence[float]) -> tuple[list[list[bool]], list[float]]:
+def guidance_branches(present: Sequence[bool], *, guidance: float | Sequence[float],
+                      always: Sequence[bool] | None = None) -> tuple[list[list[bool]], list[float]]:
     """Which sources each guidance branch keeps, and the branch coefficients (pure function).
 
     The guided prediction is Σ_i coefficient_i · prediction(branch_i):
@@ -62,20 +63,29 @@ def guidance_branches(present: Sequence[bool], *, guidance: float | Sequence[flo
     - ``guidance`` = [g_1..g_S] (per source, composable guidance): branches [none, only 1, ..., only S]
       with coefficients [1 − Σg_s, g_1, ..., g_S] (= uncond + Σ g_s·(pred_s − uncond)); missing sources
       are skipped.
+
+    ``always`` marks sources every branch keeps, the "none" branch included: a registered flow's source
+    image, which its training kept under condition dropout (``flows.model.expand_keep``), so its
+    unconditional branch means "this anatomy, no semantic condition" — dropping it there would guide away
+    from the anatomy. Such a source gets no branch of its own (its term g_s·(pred_s − uncond) is zero).
     """
     count = len(present)
+    always = [False] * count if always is None else [bool(a) for a in always]
+    if len(always) != count:
+        raise ValueError(f"always has {len(always)} entries for {count} sources")
+    floor = [a and here for a, here in zip(always, present)]  # what the unconditional branch still sees
     if isinstance(guidance, (int, float)):
-        if float(guidance) == 1.0 or count == 0:
+        if float(guidance) == 1.0 or count == 0 or all(f or not here for f, here in zip(floor, present)):
             return [[True] * count], [1.0]
-        return [[True] * count, [False] * count], [float(guidance), 1.0 - float(guidance)]
+        return [[True] * count, floor], [float(guidance), 1.0 - float(guidance)]
     scales = [float(g) for g in guidance]
     if len(scales) != count:
         raise ValueError(f"got {len(scales)} guidance scales for {count} sources; give one per source or a single number")
-    branches, coefficients = [[False] * count], [1.0]
+    branches, coefficients = [list(floor)], [1.0]
     for index, (scale, here) in enumerate(zip(scales, present)):
-        if not here:
+        if not here or floor[index]:
             continue
-        branches.append([j == index for j in range(count)])
+        branches.append([j == index or floor[j] for j in range(count)])
         coefficients.append(scale)
         coefficients[0] -= scale
     return branches, coefficients
@@ -117,7 +127,8 @@ def _step_kwargs(scheduler, *, eta: float, generator: torch.Generator | list[tor
 def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: ConditionInputs | None, steps: int,
            guidance: float | Sequence[float] = 1.0, generator: Generators = None, prediction_type: str,
            clip_sample: bool = True, clip_range: float = 1.0, eta: float = 0.0, condition_dim: int | None = None,
-           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+           unconditional_spatial: bool = True) -> torch.Tensor:
     """Generate a batch (B, ...) = ``shape`` by the reverse diffusion process.
 
     Args:
@@ -130,6 +141,9 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
             identical output. A list of B generators seeds each item on its own (module docstring).
         prediction_type: what the denoiser outputs (``epsilon``, ``v_prediction`` or ``sample``).
         clip_sample, clip_range: clamp the predicted x0 to [−clip_range, clip_range] each step.
+        unconditional_spatial: guidance's unconditional branch keeps the spatial sources (a registered flow's
+            source image, as its training's condition dropout does; ``guidance_branches(always=...)``);
+            False drops them too.
     Returns:
         x0 samples of ``shape`` (clipped when ``clip_sample``).
     """
@@ -140,7 +154,8 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
     inputs = condition if condition is not None else ConditionInputs()
     if condition_dim is None and hasattr(denoiser, "config"):
         condition_dim = getattr(denoiser.config, "condition_dim", None)
-    branches, coefficients = guidance_branches(inputs.present(), guidance=guidance)
+    always = [False] * len(inputs.semantic) + [unconditional_spatial] * len(inputs.spatial)
+    branches, coefficients = guidance_branches(inputs.present(), guidance=guidance, always=always)
     batch = shape[0]
     keeps = [torch.tensor(keep, dtype=torch.bool, device=device).expand(batch, len(keep)) for keep in branches]
     stacked = Condition.cat([assemble_condition(inputs, keep=k, condition_dim=condition_dim, batch_size=batch) for k in keeps])

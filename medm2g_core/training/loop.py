@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from medm2g_core.config import TrainingConfig
 from medm2g_core.errors import ConfigError
 from medm2g_core.training import checkpoint as ckpt
+from medm2g_core.training.devices import resolve_device
 from medm2g_core.training.ema import EMA
 from medm2g_core.training.schedules import get_lr
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
@@ -95,6 +96,7 @@ class TrainResult:
         seconds: wall-clock time of this call.
         num_processes: processes that trained.
         is_main_process: True on rank 0 (only it should write the bundle).
+        device: the torch device this process trained on (``"cpu"``, ``"cuda:0"``, ``"mps"``).
     """
 
     steps: int
@@ -107,6 +109,7 @@ class TrainResult:
     seconds: float
     num_processes: int
     is_main_process: bool
+    device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -199,38 +202,78 @@ def build_optimizer(modules: nn.Module, config: TrainingConfig) -> torch.optim.O
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
 
 
-def process_state() -> Any:
-    """This process's ``accelerate.PartialState`` (rank, world size, barriers), for pipelines that run
-    on every rank of a ``torchrun``/``accelerate launch`` job.
+def process_state(device: str | None = None) -> Any:
+    """This process's ``accelerate.PartialState`` (rank, world size, barriers) on ``device``, for pipelines
+    that run on every rank of a ``torchrun``/``accelerate launch`` job.
 
-    ``cpu=True`` on CPU-only machines: without it PartialState ignores torchrun's ranks
-    (DistributedType.NO), and the Accelerator built later inherits that, so every rank would train alone
-    as rank 0 on the same files.
+    Args:
+        device: the run's ``--device`` (``auto|cpu|cuda[:N]|mps``, ``training.devices.resolve_device``'s
+            rules); None = the state as an earlier call of this run built it (``auto`` when none did).
+
+    ``cpu=True`` whenever the device is the CPU: without it PartialState ignores torchrun's ranks on a
+    CPU-only machine (DistributedType.NO), and the Accelerator built later inherits that, so every rank
+    would train alone as rank 0 on the same files. Accelerate keeps the state process-wide; in a single
+    process an earlier run's state on another device (tests, notebooks) is replaced, while the processes
+    of a distributed job cannot change device once started.
+
+    Raises:
+        ConfigError: an unknown or missing device, ``cuda:N`` in a job of several processes (each rank uses
+            its local GPU), or a device other than the one the job's processes were started on.
     """
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    if device is None and PartialState._shared_state:
+        return PartialState()
+    wanted = torch.device(resolve_device(device or "auto"))
+    state = PartialState(cpu=wanted.type == "cpu")
+    if state.num_processes > 1:
+        if (device or "auto").strip().lower() == "auto":
+            return state  # the launcher chose (``accelerate launch --cpu`` on a GPU node trains on the CPU)
+        if state.device.type != wanted.type:
+            raise ConfigError(f"--device {device}: this job's {state.num_processes} processes run on {state.device.type}; "
+                              f"launch them for {wanted.type} (accelerate launch --cpu for CPU) or pass --device {state.device.type}")
+        if wanted.index is not None and ":" in str(device):
+            raise ConfigError(f"--device {device} names one GPU, but this job has {state.num_processes} processes, each on its "
+                              "local GPU; pass --device cuda and choose the GPUs with CUDA_VISIBLE_DEVICES")
+        return state
+    if _device_of(state.device) != wanted:
+        PartialState._reset_state()  # one process: an earlier run in it built the state for another device
+        state = PartialState(cpu=wanted.type == "cpu")
+        state.device = wanted  # the shared state: the Accelerator built next trains here
+    if wanted.type == "cuda":
+        torch.cuda.set_device(wanted)  # tensors a task creates on "cuda" land on the same GPU
+    return state
 
 
-def _accelerator(config: TrainingConfig, cpu: bool | None) -> Any:
+def _device_of(device: torch.device) -> torch.device:
+    """``device`` with its index filled in (Accelerate's single-process CUDA device is ``cuda``, the current one)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _accelerator(config: TrainingConfig, device: str | None) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin
 
+    state = process_state(device)  # raises before anything is built when the device is missing
     # Accelerate keeps process-wide singletons; a second training in one process (tests, notebooks,
     # `demo` running several stages) must not inherit the first one's precision or accumulation.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    if cpu is None:
-        cpu = not torch.cuda.is_available()
-    return Accelerator(
-        cpu=cpu,
+    accelerator = Accelerator(
+        cpu=state.device.type == "cpu",
         mixed_precision=config.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum, sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         step_scheduler_with_optimizer=False,
     )
+    if _device_of(accelerator.device) != _device_of(state.device):  # never train somewhere else than asked
+        raise ConfigError(f"--device {device}: Accelerate chose {accelerator.device} instead of {state.device} "
+                          "(ACCELERATE_TORCH_DEVICE set?); unset it or pass the device it names")
+    return accelerator
 
 
 def _loader(dataset: Dataset, config: TrainingConfig, *, shuffle: bool, drop_last: bool) -> DataLoader:
@@ -299,7 +342,7 @@ def train(
     resume: bool = False,
     progress: ProgressFn = no_progress,
     description: str = "train",
-    cpu: bool | None = None,
+    device: str | None = "auto",
 ) -> TrainResult:
     """Train ``task`` for ``config.steps`` optimizer steps; return a ``TrainResult``.
 
@@ -313,11 +356,13 @@ def train(
             Without it, old checkpoints in ``state_dir`` are removed.
         progress: receives a ``ProgressEvent`` per step (rank 0 only) with the losses and learning rate.
         description: the progress task name (e.g. "align").
-        cpu: force CPU (None = CPU only when CUDA is absent).
+        device: ``auto|cpu|cuda[:N]|mps`` (``training.devices.resolve_device``: the rules of inference's
+            ``--device``); a requested device that is missing is a ``ConfigError`` before anything is built,
+            never a silent run on the CPU. None = the device this run's ``process_state`` was built for.
     """
     started = time.monotonic()
     state_dir = Path(state_dir)
-    accelerator = _accelerator(config, cpu)
+    accelerator = _accelerator(config, device)
     rank, world = accelerator.process_index, accelerator.num_processes
     if not accelerator.is_main_process:
         progress = no_progress
@@ -423,6 +468,7 @@ def train(
         seconds=time.monotonic() - started,
         num_processes=world,
         is_main_process=accelerator.is_main_process,
+        device=str(_device_of(accelerator.device)),
     )
 
 

@@ -32,7 +32,7 @@ class AlignResult:
             "auc_<finding>" ...}, ...}, "heldout": {...}} (heldout = val ∪ test patients;
             ``align.retrieval.retrieval_metrics`` defines each); empty on ranks > 0. Stored in bundle.json.
         synthetic: the cohort was synthetic phantoms.
-        seconds: training time; ``num_processes`` processes.
+        seconds: training time; ``num_processes`` processes; ``device`` the torch device rank 0 trained on.
     """
 
     bundle: Path
@@ -47,6 +47,7 @@ class AlignResult:
     seconds: float = 0.0
     num_processes: int = 1
     hub: str | None = None
+    device: str = "cpu"
 
 
 def hub_note(modalities: list[Any], *, has_ct: bool) -> str:
@@ -72,6 +73,7 @@ def align(
     seed: int | None = None,
     mixed_precision: str | None = None,
     workers: int | None = None,
+    device: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> AlignResult:
     """Train alignment on the cohort at ``data_dir`` into ``bundle_dir``; return an ``AlignResult``.
@@ -83,6 +85,8 @@ def align(
         steps, text_encoder, vi_weight, seed, mixed_precision, workers: command-line overrides of the
             recipe (None = keep the recipe's value).
         resume: continue from ``bundle_dir/training/align`` (exactly, same data order and RNG).
+        device: ``auto|cpu|cuda[:N]|mps`` (the rules of inference's ``--device``); a requested device that
+            is missing is a ``ConfigError`` before the cohort is read.
         progress: receives loading, training and evaluation events (rank 0 only).
     """
     from medm2g_core.align.model import AlignModel
@@ -114,7 +118,7 @@ def align(
         },
     )
     config = stage_training(recipe, STAGE)
-    state = process_state()
+    state = process_state(device)
     if not state.is_main_process:
         progress = no_progress
 
@@ -176,13 +180,14 @@ def align(
         resume=resume,
         progress=progress,
         description=STAGE,
+        device=device,
     )
     patients = {name: len(group) for name, group in splits.items()}
     out = AlignResult(
         bundle=bundle_dir, steps=result.steps, resumed_from=result.resumed_from, patients=patients,
         modalities=[m.value for m in modalities], last_losses=result.last_losses, val_losses=result.final_val,
         synthetic=any(getattr(r, "synthetic", False) for r in records), seconds=result.seconds,
-        num_processes=result.num_processes,
+        num_processes=result.num_processes, device=result.device,
     )
     if bundle is None:
         return out
@@ -209,7 +214,7 @@ def align(
         bundle.data["align_hub"] = out.hub
     bundle.record_stage(
         STAGE, recipe=recipe_to_dict(recipe), steps=result.steps, seconds=round(result.seconds, 1),
-        processes=result.num_processes, resumed_from=result.resumed_from,
+        processes=result.num_processes, device=result.device, resumed_from=result.resumed_from,
         final_losses={k: round(v, 5) for k, v in result.last_losses.items()},
     )
     bundle.set_metrics(STAGE, {"val_loss": result.final_val, "retrieval": out.retrieval})

@@ -124,6 +124,7 @@ def fit_baselines(
     recipe: Any = None,
     which: Sequence[str] | None = None,
     seed: int = 0,
+    device: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
     """Fit the baselines of ``pair`` on the training split of ``data_dir`` into ``bundle``.
@@ -135,6 +136,8 @@ def fit_baselines(
             split, normalisation, batch size and learning rate of the regression.
         which: a subset of the pair's baselines (default all of them).
         seed: seed of the regression's initialisation and data order.
+        device: ``auto|cpu|cuda[:N]|mps`` the regression trains on (a requested device that is missing is a
+            ``ConfigError``).
 
     Returns:
         ``{"pair": name, "baselines": {name: {"path": str, ...details}}}``.
@@ -163,13 +166,14 @@ def fit_baselines(
         raise InputError(data_dir, "the training split is empty", "add patients or change data.split_fractions in the recipe")
     # Under torchrun every rank calls this (the regression's training loop needs them all); only rank 0
     # fits the cheap baselines and writes bundle.json.
-    is_main = _is_main_process()
+    is_main = _is_main_process(device)
     fitted: dict[str, Any] = {}
     if pair.is_paired_image:
         if "identity" in names and is_main:
             fitted["identity"] = _fit_identity(train_records, bundle_dir, pair, recipe, progress)
         if "regression" in names:
-            fitted["regression"] = _fit_regression(train_records, handle, pair, recipe, steps=steps, seed=seed, progress=progress)
+            fitted["regression"] = _fit_regression(train_records, handle, pair, recipe, steps=steps, seed=seed, device=device,
+                                                   progress=progress)
     elif is_main:
         fitted.update(_fit_reports(train_records, bundle_dir, pair, recipe, names))
     if not is_main:
@@ -186,10 +190,10 @@ def fit_baselines(
     return {"pair": pair.name, "baselines": fitted}
 
 
-def _is_main_process() -> bool:
+def _is_main_process(device: str) -> bool:
     from medm2g_core.training.loop import process_state
 
-    return process_state().is_main_process
+    return process_state(device).is_main_process
 
 
 def _normalised(path: Path, modality: Modality, recipe: Any) -> tuple[np.ndarray, Any, np.ndarray, Any]:
@@ -247,7 +251,7 @@ def _fit_identity(records: list, bundle_dir: Path, pair: Pair, recipe: Any, prog
     return {"path": str(path), "patients": len(used), "voxels": mapping.voxels, "knots": len(mapping.source_values)}
 
 
-def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, steps: int | None, seed: int,
+def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, steps: int | None, seed: int, device: str,
                     progress: ProgressFn) -> dict[str, Any]:
     from medm2g_core.align.model import AlignModel
     from medm2g_core.baselines.regression import RegressionModel, build_regression_network
@@ -271,8 +275,9 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     stage = handle.data.get("stages", {}).get(f"flows/{pair.name}", {})
     flows = parse_flow_recipe(recipe.flows).resolve(pair)
     budget = steps if steps is not None else stage.get("steps")
-    # Same loop settings as train-flow gives the flow (recipe training + flows.training, EMA 0.999).
-    config = merge_training(recipe.training, {"ema_decay": 0.999, **flows.training}, where="training")
+    # Same loop settings as train-flow gave the flow: recipe training + flows.training, and the EMA decay the
+    # flow was trained with (its saved FlowConfig).
+    config = merge_training(recipe.training, {**flows.training, "ema_decay": flow_config.flow_config.ema_decay}, where="training")
     config = merge_training(config, {"seed": seed, **({"steps": int(budget)} if budget else {})}, where="training (baseline)")
     slices = (stage.get("recipe", {}).get("resolved", {}) or {}).get("slices", flows.slices)
     sources = list(pair.sources)
@@ -297,7 +302,7 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
         progress(event)
 
     result = train(task, train_dataset=dataset, val_dataset=None, config=config, state_dir=handle.training_dir(name.replace("/", "-")),
-                   progress=record_loss, description=name)
+                   progress=record_loss, description=name, device=device)
     if result.ema_state_dicts is not None:  # inference uses the EMA weights, as for the flow
         for module, key in ((network, "flow"), (shared, "shared")):
             own = set(module.own_state_dict())
@@ -374,6 +379,7 @@ def predict_baselines(
         names: baselines to run (default: every one defined for the pair); each must be fitted.
         split: run on this split of the cohort (the split recorded at fitting); None = every patient.
         patients: run on exactly these patient ids (relative folder paths); overrides ``split``.
+        device: ``auto|cpu|cuda[:N]|mps`` (a requested device that is missing is a ``ConfigError``).
 
     Returns:
         ``{baseline name: out_dir/<baseline>}``; patients lacking the source are skipped.
@@ -384,8 +390,10 @@ def predict_baselines(
     from medm2g_core.bundle import Bundle
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.data.splits import split_records
+    from medm2g_core.training.devices import resolve_device
 
     pair = _pair(pair)
+    device = resolve_device(device)
     bundle_dir = Path(bundle)
     handle = Bundle.open(bundle_dir)
     wanted = tuple(names) if names else baselines_for(pair)

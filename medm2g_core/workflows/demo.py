@@ -216,6 +216,7 @@ def run_demo(
     seed: int = 0,
     settings: DemoSettings | None = None,
     register_default: bool = True,
+    device: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> DemoResult:
     """Run (or finish) the demo in ``out_dir``; see the module docstring for the stages and files.
@@ -226,16 +227,20 @@ def run_demo(
         seed: seed of the cohorts (chest ``seed``, head ``seed + 1``), training and sampling.
         settings: explicit settings (tests); overrides ``quick``.
         register_default: make the bundle the default model (``$MEDM2G_HOME/default-bundle``).
+        device: ``auto|cpu|cuda[:N]|mps`` where every stage trains and samples (the rules of ``--device``
+            everywhere); a requested device that is missing is a ``ConfigError`` before any stage runs.
         progress: receives one ``"demo"`` event per stage (``message`` = stage name) and every stage's
             own events with the task name prefixed by the stage (``"flow mri-ct: flows/mri-t1__ct"``).
     """
     from medm2g_core.bundle import set_default_bundle
+    from medm2g_core.training.devices import resolve_device
 
     started = time.monotonic()
+    resolve_device(device)  # a missing device fails before the cohorts are synthesised
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings or (QUICK if quick else FULL)
-    run = _Run(out_dir=out_dir, settings=settings, seed=seed, quick=quick, progress=progress)
+    run = _Run(out_dir=out_dir, settings=settings, seed=seed, quick=quick, progress=progress, device=device)
     for stage in run.plan():
         run.do(stage)
     run.progress(ProgressEvent(task="demo", completed=len(run.records), total=len(run.records), message="done"))
@@ -262,8 +267,9 @@ class _Stage:
 
 
 class _Run:
-    def __init__(self, *, out_dir: Path, settings: DemoSettings, seed: int, quick: bool, progress: ProgressFn):
+    def __init__(self, *, out_dir: Path, settings: DemoSettings, seed: int, quick: bool, progress: ProgressFn, device: str = "auto"):
         self.out_dir = out_dir
+        self.device = device
         self.settings = settings
         self.seed = seed
         self.quick = quick
@@ -451,7 +457,7 @@ class _Run:
     def align(self, resume: bool) -> dict[str, Any]:
         from medm2g_core.workflows.align import align
 
-        result = align(self.cohort, self.bundle, recipe=self.recipe(), seed=self.seed, resume=resume,
+        result = align(self.cohort, self.bundle, recipe=self.recipe(), seed=self.seed, resume=resume, device=self.device,
                        progress=self.stage_progress("align"))
         return {"steps": result.steps, "patients": result.patients, "modalities": result.modalities,
                 "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
@@ -461,7 +467,7 @@ class _Run:
             from medm2g_core.workflows.train_flow import train_flow
 
             result = train_flow(self.cohort / anatomy, self.bundle, pair=pair, recipe=self.recipe(),
-                                steps=self.settings.flow_steps.get(pair), resume=resume, seed=self.seed,
+                                steps=self.settings.flow_steps.get(pair), resume=resume, seed=self.seed, device=self.device,
                                 progress=self.stage_progress(f"flow {pair}"))
             return {"pair": result.pair, "metrics": result.metrics, "forgetting": result.forgetting,
                     "stages": [{"name": r.name, "steps": r.steps, "seconds": round(r.seconds, 1)} for r in result.stages]}
@@ -474,7 +480,7 @@ class _Run:
         fitted, budgets = {}, {}
         for pair, anatomy in BASELINE_PAIRS:
             result = fit_baselines(self.cohort / anatomy, self.bundle, pair=pair, recipe=self.recipe(),
-                                   steps=self.settings.regression_steps, seed=self.seed,
+                                   steps=self.settings.regression_steps, seed=self.seed, device=self.device,
                                    progress=self.stage_progress(f"baselines {pair}"))
             fitted[pair] = sorted(result["baselines"])
             budgets[pair] = {name: {k: details[k] for k in ("steps", "seconds") if k in details}
@@ -495,20 +501,20 @@ class _Run:
             out = self.predictions / pair
             inputs = [str(self.cohort / "head" / pid / "mri-t1.nii.gz") for pid in head]
             batch = translate_batch(inputs, to=parse_modality(target), out=out / "model", model=self.bundle, samples=s.samples, seed=self.seed,
-                                    steps=s.sampler_steps, device="cpu", overwrite=True,
+                                    steps=s.sampler_steps, device=self.device, overwrite=True,
                                     progress=self.stage_progress(f"predict {pair}"))
             counts[pair] = {"model": batch.counts}
-            predict_baselines(self.bundle, pair=pair, inputs=self.cohort / "head", out_dir=out, patients=head,
+            predict_baselines(self.bundle, pair=pair, inputs=self.cohort / "head", out_dir=out, patients=head, device=self.device,
                               progress=self.stage_progress(f"predict {pair} baselines"))
         generated = {"xray-report": ("report", "xray.png"), "report-xray": ("xray", "report.txt")}
         for pair, (target, source_file) in generated.items():
             paths = "\n".join(str(self.cohort / "chest" / pid / source_file) for pid in chest) + "\n"
             batch = generate_batch(["-"], to=parse_modality(target), model=self.bundle, out=self.predictions / pair / "model", seed=self.seed,
-                                   steps=s.sampler_steps, device="cpu", overwrite=True, stdin=_text_io.StringIO(paths),
+                                   steps=s.sampler_steps, device=self.device, overwrite=True, stdin=_text_io.StringIO(paths),
                                    progress=self.stage_progress(f"predict {pair}"))
             counts[pair] = {"model": batch.counts}
         predict_baselines(self.bundle, pair="xray-report", inputs=self.cohort / "chest", out_dir=self.predictions / "xray-report",
-                          patients=chest, progress=self.stage_progress("predict xray-report baselines"))
+                          patients=chest, device=self.device, progress=self.stage_progress("predict xray-report baselines"))
         failed = {pair: c["model"].get("failed", 0) for pair, c in counts.items() if c["model"].get("failed", 0)}
         if failed:
             from medm2g_core.errors import MedM2GError

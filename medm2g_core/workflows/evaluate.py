@@ -3,8 +3,11 @@
 Tasks (folders hold patient folders, matched by their path relative to the root, e.g. ``P0001``):
 
 * ``translation`` — every ``<patient>/<modality>.nii.gz`` prediction (ct, mri-t1, mri-t2, mri-pd)
-  against the reference file of the same name. CT uses the SynthRAD2023 protocol with a body mask
-  from the reference (``body_mask``: HU > −500, largest component, holes filled); MRI uses the
+  against the reference file of the same name. CT uses the SynthRAD2023 protocol with the body mask the
+  dataset ships in the reference patient folder (``mask.nii.gz``, as SynthRAD's own and ``data import
+  synthrad`` write it; metric names say ``mask: dataset``), else one derived from the reference CT
+  (``body_mask``: HU > −500, largest component, holes filled; ``mask: HU>-500``) — the two conventions are
+  never averaged together, and a mask on another grid is a problem, not a fallback; MRI uses the
   SynDiff/IXI protocol (summary over slices, per-patient slice means for the histograms). An optional
   ``<modality>.std.nii.gz`` beside the prediction fills the uncertainty panel; the input panel shows
   another modality from the reference folder (e.g. ``mri-t1`` for a CT prediction).
@@ -13,8 +16,9 @@ Tasks (folders hold patient folders, matched by their path relative to the root,
   whole text when a report has no FINDINGS heading, counted in the notes) and clinical-efficacy
   precision/recall/F1 from a labeler (rule-based unless one is given).
 * ``xray`` — FID and KID between the predicted and reference ``xray.png`` sets, on features from a
-  ``FeatureExtractor`` (a local safetensors DenseNet-121 via ``features=Path``, or any extractor object,
-  e.g. a bundle's aligned X-ray encoder). There is no default extractor without one.
+  ``FeatureExtractor`` named beside every number: ``features="aligned"`` — the pooled embedding of the
+  ``model`` bundle's aligned X-ray encoder (``aligned_xray_extractor``); a local safetensors DenseNet-121
+  (``features=Path``); or any extractor object. There is no default: the value means nothing without it.
 
 Baselines are evaluated by the same code from their own prediction folders (``baselines={name: dir}``)
 and appear as extra columns. Bare baseline names (``bundle_baselines=["identity", "regression"]`` for
@@ -40,6 +44,8 @@ from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
 Task = Literal["translation", "report", "xray"]
 TASKS = ("translation", "report", "xray")
+MASK_FILES = ("mask.nii.gz", "mask.nii", "mask.mha", "mask.nrrd")
+"""The dataset's body mask in a reference patient folder (SynthRAD's ``mask.nii.gz``; ``manifest`` extras)."""
 VOLUME_FILES = {m.value: f"{m.value}.nii.gz" for m in VOLUME_MODALITIES}
 # The input shown beside a prediction: another MRI contrast first (T1 before T2...), CT last.
 INPUT_PREFERENCE = {target: tuple(m.value for m in (*MRI_MODALITIES, Modality.CT) if m.value != target) for target in VOLUME_FILES}
@@ -145,7 +151,8 @@ def evaluate(
         ref_dir: folder of patient folders holding the references (and the inputs for the image panel).
         html: write a self-contained HTML page there (atomically).
         baselines: name → folder of that baseline's predictions (same layout as ``pred_dir``).
-        features: xray task only — a ``.safetensors`` path or a ``FeatureExtractor`` (``name`` + call).
+        features: xray task only — ``"aligned"`` (``model``'s aligned X-ray encoder), a ``.safetensors`` path or a
+            ``FeatureExtractor`` (``name`` + call).
         labeler: report task only — a clinical ``Labeler``; default the rule-based one.
         cleaning: report task only — R2Gen cleaning style, "iu_xray" or "mimic_cxr".
         model: the bundle holding fitted baselines (needed by ``bundle_baselines``).
@@ -182,6 +189,8 @@ def evaluate(
         folders.update(_bundle_baselines(task, model=model, names=bundle_baselines, pair=pair, pred_dir=Path(pred_dir),
                                          ref_dir=ref_dir, out_dir=Path(baseline_out) if baseline_out is not None else Path(scratch.name),
                                          progress=progress))
+    if task == "xray":
+        features = _resolve_extractor(features, model=model)  # before any work: a missing extractor is a usage error
     try:
         return _evaluate_folders(task, folders, ref_dir=ref_dir, pred_dir=Path(pred_dir), html=html, features=features,
                                  labeler=labeler, cleaning=cleaning, strict=strict, progress=progress)
@@ -241,7 +250,7 @@ def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[st
 
 def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pred_dir: Path, html: Any, features: Any,
                       labeler: Any, cleaning: str, strict: bool, progress: ProgressFn) -> EvaluationResult:
-    extractor = _resolve_extractor(features) if task == "xray" else None
+    extractor = features if task == "xray" else None
     collector = _PageCollector() if html is not None else None
     systems: dict[str, SystemResult] = {}
     for name, folder in folders.items():
@@ -333,9 +342,7 @@ def _read(path: Path) -> tuple[np.ndarray, Any]:
 # --- translation -----------------------------------------------------------------------------------
 
 def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageCollector | None", progress: ProgressFn) -> None:
-    from medm2g_core.metrics.image import (
-        SYNDIFF_NAMES, SYNTHRAD_NAMES, WINDOW8_NAMES, body_mask, syndiff_metrics, synthrad_metrics, window8_metrics,
-    )
+    from medm2g_core.metrics.image import SYNDIFF_NAMES, WINDOW8_NAMES, syndiff_metrics, synthrad_metrics, window8_metrics
 
     pairs = _pairs(system, ref_dir, tuple(VOLUME_FILES.values()))
     collected: dict[str, list[float]] = {}
@@ -370,9 +377,9 @@ def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageColle
                         patient.values[f"{modality}: {name}"] = values[key]
                         collected.setdefault(f"{modality}: {name}", []).append(values[key])
                 elif modality == "ct":
-                    mask = body_mask(reference)
+                    mask, names = _ct_body_mask(ref_folder, reference, ref_meta)
                     values = synthrad_metrics(prediction, reference, mask=mask)
-                    for key, name in SYNTHRAD_NAMES.items():
+                    for key, name in names.items():
                         patient.values[f"{modality}: {name}"] = values[key]
                         collected.setdefault(f"{modality}: {name}", []).append(values[key])
                 else:
@@ -393,6 +400,34 @@ def _evaluate_translation(system: SystemResult, ref_dir: Path, page: "_PageColle
         system.metrics[name] = _summary(name, values, unit=unit, note="mean ± std over patients")
     for name, values in slice_values.items():
         system.metrics[name] = _summary(name, values, unit="dB" if "PSNR" in name else "", note="mean ± std over slices")
+
+
+def _ct_body_mask(ref_folder: Path, reference: np.ndarray, ref_meta: Any) -> tuple[np.ndarray, dict[str, str]]:
+    """The body mask of one reference CT and the SynthRAD metric names that say where it came from.
+
+    The dataset's ``mask.nii.gz`` (``MASK_FILES``) when the reference folder has one — what SynthRAD2023
+    scores with, so the numbers compare with the challenge's; else ``body_mask`` (HU > −500).
+
+    Raises:
+        ValueError: the dataset mask is unreadable, on another grid than the CT, or empty (recorded as the
+            patient's problem; the CT is then not scored rather than scored with another convention).
+    """
+    from medm2g_core.metrics.image import MASK_DATASET, MASK_THRESHOLD, body_mask, synthrad_names
+
+    path = next((ref_folder / name for name in MASK_FILES if (ref_folder / name).is_file()), None)
+    if path is None:
+        return body_mask(reference), synthrad_names(MASK_THRESHOLD)
+    try:
+        mask, meta = _read(path)
+    except (InputError, OSError) as error:
+        raise ValueError(f"the dataset mask {path.name} is unreadable ({error}); fix or remove it") from None
+    if mask.shape != reference.shape or not meta.same_grid(ref_meta, tolerance_mm=1e-2):
+        raise ValueError(f"the dataset mask {path} (shape {mask.shape}) is not on the grid of ct.nii.gz {reference.shape}; "
+                         "resample it onto the CT (nearest neighbour) or remove it to use the HU>-500 mask")
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        raise ValueError(f"the dataset mask {path} is empty; fix it or remove it to use the HU>-500 mask")
+    return mask, synthrad_names(MASK_DATASET)
 
 
 # --- reports ---------------------------------------------------------------------------------------
@@ -450,18 +485,61 @@ def _evaluate_reports(system: SystemResult, ref_dir: Path, page: "_PageCollector
 
 # --- X-ray distribution ----------------------------------------------------------------------------
 
-def _resolve_extractor(features: Any) -> Any:
+ALIGNED_FEATURES = "aligned"
+"""``features=`` value naming the ``model`` bundle's aligned X-ray encoder as the FID/KID extractor."""
+
+
+def _resolve_extractor(features: Any, *, model: str | Path | None) -> Any:
     from medm2g_core.metrics.distribution import load_feature_extractor
 
     if features is None:
         raise InputError(None, "the xray task (FID/KID) needs a feature extractor, and none was given",
-                         "pass --features FILE.safetensors (torchvision or torchxrayvision DenseNet-121 weights); the "
-                         "bundle's aligned X-ray encoder as default extractor is not available in this version")
+                         "pass --features aligned (the --model bundle's aligned X-ray encoder) or --features FILE.safetensors "
+                         "(torchvision or torchxrayvision DenseNet-121 weights)")
+    if isinstance(features, str) and features == ALIGNED_FEATURES:
+        return aligned_xray_extractor(model)
     if isinstance(features, (str, Path)):
         return load_feature_extractor(features)
     if not callable(features) or not isinstance(getattr(features, "name", None), str):
-        raise InputError(None, "features must be a .safetensors path or an extractor with a name and __call__(images)")
+        raise InputError(None, "features must be 'aligned', a .safetensors path or an extractor with a name and __call__(images)")
     return features
+
+
+def aligned_xray_extractor(model: str | Path | None, *, device: str = "cpu") -> Any:
+    """FID/KID features from a bundle's aligned X-ray encoder: the pooled (B, embed_dim) embedding of each image,
+    resized to the align stage's ``data.image_size`` and scaled to [-1, 1] as training saw it.
+
+    Named ``aligned-xray[<bundle>, <fingerprint>]``: values are comparable only between runs on the same bundle.
+
+    Raises:
+        BundleError: no bundle (``--model``), no align stage, or an align stage without an X-ray encoder.
+    """
+    import torch
+
+    from medm2g_core.align.model import AlignModel
+    from medm2g_core.bundle import Bundle, align_dir, bundle_fingerprint, resolve_model
+    from medm2g_core.data.transforms import resize_image
+    from medm2g_core.errors import BundleError
+    from medm2g_core.metrics.distribution import CallableExtractor
+
+    path = resolve_model(model)
+    stage = Bundle.open(path).data.get("stages", {}).get("align", {})
+    size = ((stage.get("recipe") or {}).get("data") or {}).get("image_size")
+    if not (align_dir(path) / "config.json").is_file() or size is None:
+        raise BundleError(f"{path} has no align stage; train one with `medm2g align --data COHORT --out {path}`, or pass "
+                          "--features FILE.safetensors")
+    align = AlignModel.from_pretrained(align_dir(path), device=device).eval()
+    if "xray" not in align.images:
+        raise BundleError(f"{path}: its align stage has no X-ray encoder (it serves {', '.join(align.images)}); "
+                          "pass --features FILE.safetensors")
+
+    @torch.no_grad()
+    def extract(images: np.ndarray) -> np.ndarray:  # (N, H, W) in [0, 1]
+        batch = torch.stack([resize_image(image, int(size)) for image in np.asarray(images, dtype=np.float32)]) * 2.0 - 1.0
+        pooled, _ = align.encode_image(batch, "xray")
+        return pooled.double().cpu().numpy()
+
+    return CallableExtractor(name=f"aligned-xray[{path.name}, {bundle_fingerprint(path)[:12]}]", function=extract)
 
 
 def _unit_float(image: np.ndarray) -> np.ndarray:

@@ -90,6 +90,7 @@ def train_flow(
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
     baselines: bool = False,
+    device: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> TrainFlowResult:
     """Train a flow (or a latent space) on the cohort at ``data_dir`` into the bundle ``bundle_dir``.
@@ -104,6 +105,8 @@ def train_flow(
         gradient_checkpointing: recompute UNet activations in backward (less memory).
         baselines: also fit the regression baseline (the flow's step budget, batch size and learning
             rate); the cheap baselines of the flow are fitted whatever this says.
+        device: ``auto|cpu|cuda[:N]|mps`` for every stage this call trains (the rules of inference's
+            ``--device``); a requested device that is missing is a ``ConfigError`` before anything is read.
         progress: receives training events (rank 0 only).
     """
     from medm2g_core.bundle import Bundle
@@ -115,6 +118,7 @@ def train_flow(
     started = time.monotonic()
     if stage not in STAGES:
         raise ConfigError(f"--stage {stage!r}; valid: {', '.join(STAGES)}")
+    state = process_state(device)  # a missing --device fails here, before any file is read
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}")
     if baselines and stage != "flow":
@@ -123,6 +127,7 @@ def train_flow(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     flows = parse_flow_recipe(recipe.flows)
+    check_latent_sections(recipe)
     bundle = Bundle.open(bundle_dir)
     if not bundle.has_component(ALIGN):
         raise BundleError(f"{bundle_dir} has no align stage; run `medm2g align --data {data_dir} --out {bundle_dir}` first")
@@ -132,12 +137,11 @@ def train_flow(
     if not records:
         raise InputError(data_dir, "no patient folders found", "create one with `medm2g data synth` or `medm2g data import`")
     splits = split_records(records, seed=recipe.data.split_seed, fractions=recipe.data.split_fractions)
-    state = process_state()
     if not state.is_main_process:
         progress = no_progress
     context = _Context(bundle=bundle, recipe=recipe, flows=flows, splits=splits, data_dir=data_dir, steps=steps, seed=seed,
                        mixed_precision=mixed_precision, resume=resume, progress=progress, is_main=state.is_main_process,
-                       gradient_checkpointing=gradient_checkpointing)
+                       gradient_checkpointing=gradient_checkpointing, device=device)
     synthetic = any(getattr(r, "synthetic", False) for r in records)
     if stage == "text-vae":
         reports = [_train_text_vae(context, final=True)]
@@ -159,6 +163,23 @@ def train_flow(
         out.baselines = _fit_baselines(context, pair, names)
         out.seconds = time.monotonic() - started
     return out
+
+
+def check_latent_sections(recipe: Recipe) -> None:
+    """Refuse unknown keys of the recipe's ``autoencoders`` and ``text_vae`` sections before anything trains (a
+    misspelt key would otherwise be ignored, or fail only when a later flow first needs that latent space)."""
+    from dataclasses import fields
+
+    from medm2g_core.models.autoencoders import ImageAutoencoderConfig
+    from medm2g_core.models.text_vae import TextVAEConfig
+
+    for name, cls in (("autoencoders", ImageAutoencoderConfig), ("text_vae", TextVAEConfig)):
+        section = dict(getattr(recipe, name) or {})
+        merge_training(recipe.training, section.pop("training", None), where=f"{name}.training")
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - valid)
+        if unknown:
+            raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; valid keys: training, {', '.join(sorted(valid))}")
 
 
 def _baseline_names(pair: Pair, *, regression: bool) -> tuple[str, ...]:
@@ -185,7 +206,7 @@ def _fit_baselines(context: "_Context", pair: Pair, names: tuple[str, ...]) -> d
     elif not context.is_main:
         return {}
     fit = fit_baselines(context.data_dir, context.bundle.path, pair=pair, recipe=context.recipe, which=names, seed=context.seed,
-                        progress=context.progress)
+                        device=context.device, progress=context.progress)
     return {name: {k: v for k, v in details.items() if k != "losses"} for name, details in fit["baselines"].items()}
 
 
@@ -204,10 +225,12 @@ class _Context:
     progress: ProgressFn
     is_main: bool
     gradient_checkpointing: bool
+    device: str = "auto"
 
     def training(self, section: dict[str, Any] | None, *, final: bool, extra: dict[str, Any] | None = None):
-        """TrainingConfig: recipe top level + ``extra`` defaults + ``section`` overrides (+ CLI flags on the final stage)."""
-        config = merge_training(self.recipe.training, {**(extra or {}), **(section or {})}, where="training")
+        """TrainingConfig: recipe top level + ``section`` overrides + ``extra`` (settings that belong to the component,
+        e.g. a flow's EMA decay) (+ CLI flags on the final stage)."""
+        config = merge_training(self.recipe.training, {**(section or {}), **(extra or {})}, where="training")
         flags: dict[str, Any] = {"seed": self.seed, "mixed_precision": self.mixed_precision}
         if final and self.steps is not None:
             flags["steps"] = self.steps
@@ -230,7 +253,7 @@ def _run(context: _Context, task: Any, *, train_dataset, val_dataset, config, na
         val_start = validation_loss(task, val_dataset, batch_size=config.batch_size, batches=config.val_batches, seed=config.seed)
     result = train(task, train_dataset=train_dataset, val_dataset=val_dataset, config=config,
                    state_dir=context.bundle.training_dir(name.replace("/", "-")), resume=context.resume,
-                   progress=context.progress, description=name)
+                   progress=context.progress, description=name, device=context.device)
     return result, val_start
 
 
@@ -368,17 +391,28 @@ def flow_datasets(context: _Context, pair: Pair, flows: Any) -> tuple[Any, Any]:
 
 
 def _flow_config(pair: Pair, flows: Any) -> Any:
-    """The pair's ``FlowConfig``: its demo defaults with the recipe's ``flows.objective`` over them."""
+    """The pair's ``FlowConfig``: its demo defaults with the recipe's ``flows.objective`` over them, and the
+    ``flows.source_dropout`` its training uses recorded in it (0 for a single-source flow, which has none)."""
     from medm2g_core.flows.config import FlowConfig
     from medm2g_core.serialization import dataclass_from_dict, to_jsonable
 
     objective = dict(flows.objective)
     if pair.target is Modality.REPORT:
         objective.setdefault("clip_sample", False)  # text latents are unit-RMS, not bounded to [-1, 1]
-    flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
+    objective["source_dropout"] = flows.source_dropout if len(pair.sources) > 1 else 0.0
+    try:
+        flow_config = dataclass_from_dict(FlowConfig, {**to_jsonable(FlowConfig.demo_cpu(pair=pair.name)), **objective}, where="flows.objective")
+    except ValueError as error:  # FlowConfig's own checks (a loss, schedule or range it does not know)
+        raise ConfigError(f"flows.objective ({pair}): {error}") from None
     if flow_config.latent:
         flow_config = replace(flow_config, clip_sample=objective.get("clip_sample", False))
     return flow_config
+
+
+def flow_training(context: "_Context", flows: Any, flow_config: Any) -> Any:
+    """A flow's ``TrainingConfig``: the recipe's ``training`` + ``flows.training`` (+ command-line flags), with the
+    EMA decay of the flow's own ``FlowConfig`` (``flows.objective.ema_decay``), never the top-level one."""
+    return context.training(flows.training, final=True, extra={"ema_decay": flow_config.ema_decay})
 
 
 def _ct_source_windows(pair: Pair, flows: Any, flow_config: Any) -> list[list[float]]:
@@ -463,7 +497,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
 
     earlier = [name for name in bundle.flows if name != pair.name]
     name = f"flows/{pair.name}"
-    config = context.training(flows.training, final=True, extra={"ema_decay": 0.999})
+    config = flow_training(context, flows, _flow_config(pair, flows))
     # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
     # the forgetting report compares like with like even when that flow's recipe measures differently.
     measured_with = {"val_batches": flows.forgetting.val_batches, "psnr_items": flows.forgetting.psnr_samples,
@@ -522,7 +556,8 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
     out.metrics = _evaluate_as(bundle.path, pair, val_dataset, measured_with)
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
-                        data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)",
+                        data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)", device=result.device,
+                        ema_decay=config.ema_decay,
                         val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
     for index, previous in enumerate(earlier):
         report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)

@@ -44,6 +44,7 @@ def test_align_passes_options_to_the_core(tmp_path, monkeypatch):
     result = runner.invoke(app, ["align", "--data", str(tmp_path), "--out", str(tmp_path / "b"), "--steps", "3", "--vi-weight", "0", "--resume", "--json"])
     assert result.exit_code == 0, result.output
     assert seen["steps"] == 3 and seen["vi_weight"] == 0.0 and seen["resume"] is True and seen["text_encoder"] is None
+    assert seen["device"] == "auto"  # the default: CUDA, then MPS, then the CPU, as for inference
     assert json.loads(result.stdout)["steps"] == 3
     bad = runner.invoke(app, ["align", "--data", str(tmp_path), "--out", str(tmp_path / "b"), "--text-encoder", str(tmp_path / "nope")])
     assert bad.exit_code == 2
@@ -53,11 +54,14 @@ def test_align_and_info_end_to_end(tmp_path):
     for record in write_cohort(tmp_path / "cohort", patients=12, size=16):
         (record.folder / "labels.json").write_text(json.dumps(record.labels))  # for the label-aware metrics
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
-    args = ["align", "--data", str(tmp_path / "cohort"), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "tiny.yaml"), "--json"]
+    args = ["align", "--data", str(tmp_path / "cohort"), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "tiny.yaml"),
+            "--device", "cpu", "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["steps"] == 4 and "report->xray" in report["retrieval"]["val"]
+    assert report["device"] == "cpu"  # trained where --device said, and recorded with the stage
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["stages"]["align"]["device"] == "cpu"
     xray = report["retrieval"]["heldout"]["report->xray"]
     assert xray["chance_R@1"] == 1 / xray["n"] and {"R@5", "chance_R@5", "label_R@1", "label_chance_R@1", "finding_auc"} <= set(xray)
     assert (tmp_path / "b" / "align" / "model.safetensors").is_file()

@@ -25,10 +25,10 @@ def test_train_flow_passes_options_to_the_core(tmp_path, monkeypatch):
 
     monkeypatch.setattr("medm2g_core.workflows.train_flow.train_flow", fake)
     result = runner.invoke(app, ["train-flow", "--pair", "xray-report", "--data", str(tmp_path), "--bundle", str(tmp_path / "b"),
-                                 "--steps", "3", "--resume", "--gradient-checkpointing", "--json"])
+                                 "--steps", "3", "--resume", "--gradient-checkpointing", "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     assert seen["pair"] == "xray-report" and seen["steps"] == 3 and seen["resume"] is True and seen["gradient_checkpointing"] is True
-    assert seen["baselines"] is False
+    assert seen["baselines"] is False and seen["device"] == "cpu"
     flagged = runner.invoke(app, ["train-flow", "--pair", "mri-ct", "--data", str(tmp_path), "--bundle", str(tmp_path / "b"), "--baselines"])
     assert flagged.exit_code == 0, flagged.output
     assert seen["baselines"] is True

@@ -108,6 +108,8 @@ def test_many_to_one_flow_trains_and_predicts_with_a_source_missing(cohorts):
     bundle = fresh_bundle(root, "many.m2g")
     result = train_flow(head, bundle, pair="t2+pd-t1", recipe=recipe)
     assert result.stages[-1].val_end["loss"] < result.stages[-1].val_start["loss"]
+    # the flows.source_dropout its training used (the recipe's default, 0.15) is recorded in its FlowConfig
+    assert FlowModel.load(bundle, "t2+pd-t1").config.source_dropout == 0.15
     model = FlowModel.load(bundle, "t2+pd-t1")
     t2 = torch.rand(1, 1, 32, 32) * 2 - 1
     both = model.predict({"mri-t2": t2, "mri-pd": t2}, seed=0).mean
@@ -212,3 +214,88 @@ def test_train_flow_requires_the_align_stage(tmp_path, cohorts):
     Bundle.create(tmp_path / "empty.m2g")
     with pytest.raises(BundleError, match="medm2g align"):
         train_flow(chest, tmp_path / "empty.m2g", pair="xray-report", recipe=recipe)
+
+
+def test_the_flow_ema_decay_is_the_recipes(cohorts, tmp_path):
+    """``flows.objective.ema_decay`` is the decay the loop averages with (it used to be 0.999 whatever the recipe
+    said): with 0.01 the averaged weights are the last step's to within a hundredth of the last update, and
+    the stage records the decay; null saves no EMA and inference uses the raw weights."""
+    import json
+
+    from tiny_recipe import tiny_recipe
+
+    root, _, head, _ = cohorts
+    recipe = tmp_path / "ema.yaml"
+    recipe.write_text(tiny_recipe("ema", flows={"objective": {"ema_decay": 0.01}}))
+    bundle = fresh_bundle(root, "ema.m2g")
+    train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+    stage = json.loads((bundle / "bundle.json").read_text())["stages"]["flows/mri-t1__ct"]
+    assert stage["ema_decay"] == 0.01
+    assert json.loads((bundle / "flows" / "mri-t1__ct" / "config.json").read_text())["flow"]["ema_decay"] == 0.01
+    raw = load_weights(bundle / "flows" / "mri-t1__ct" / "model.safetensors")
+    ema = load_weights(bundle / "flows" / "mri-t1__ct" / "ema.safetensors")
+    gap = max(float((raw[k].float() - ema[k].float()).abs().max()) for k in ema if k in raw)
+    # A 0.999 decay (warming up to 0.4 by step 6) lags several updates behind, a 0.01 decay a hundredth of the last.
+    assert gap < 2e-5, gap  # measured: 2e-6 with 0.01, 2.6e-4 when the loop used 0.999
+
+    recipe.write_text(tiny_recipe("no-ema", flows={"objective": {"ema_decay": None}}))
+    bundle = fresh_bundle(root, "no-ema.m2g")
+    train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+    assert not (bundle / "flows" / "mri-t1__ct" / "ema.safetensors").exists()
+    assert json.loads((bundle / "bundle.json").read_text())["stages"]["flows/mri-t1__ct"]["ema_decay"] is None
+    model = FlowModel.load(bundle, "mri-ct")
+    assert torch.isfinite(model.predict({"mri-t1": torch.zeros(1, 1, 32, 32)}, seed=0).mean).all()
+
+
+def test_recipe_keys_that_would_be_ignored_are_refused_before_training(cohorts, tmp_path):
+    """Every flows/latent-space key is used or refused with the place it belongs: a flow's EMA is set in
+    ``objective``, its source dropout in ``flows.source_dropout``; unknown keys list the valid ones."""
+    from medm2g_core.errors import ConfigError
+    from medm2g_core.flows.recipe import parse_flow_recipe
+    from tiny_recipe import tiny_recipe
+
+    with pytest.raises(ConfigError, match=r"flows.training.ema_decay: .*flows.objective.ema_decay"):
+        parse_flow_recipe({"training": {"ema_decay": 0.99}})
+    with pytest.raises(ConfigError, match=r"flows.pairs.mri-ct.training.ema_decay"):
+        parse_flow_recipe({"pairs": {"mri-ct": {"training": {"ema_decay": 0.99}}}})
+    with pytest.raises(ConfigError, match=r"flows.objective.source_dropout: set flows.source_dropout"):
+        parse_flow_recipe({"objective": {"source_dropout": 0.3}})
+    with pytest.raises(ConfigError, match=r"flows.pairs.t1-t2: unknown key\(s\) stepz; valid: .*training"):
+        parse_flow_recipe({"pairs": {"t1-t2": {"stepz": 3}}})  # a pair that is not trained now is checked too
+
+    root, _, head, _ = cohorts
+    bundle = fresh_bundle(root, "keys.m2g")
+    cases = {
+        "extra": ({"flows": {"objective": {"extra": {"note": 1}}}}, r"flows.objective: unknown key\(s\) extra; valid keys: .*ema_decay"),
+        "loss": ({"flows": {"objective": {"loss": "l3"}}}, r"flows.objective \(mri-t1__ct\): loss 'l3'; valid: l2, l1"),
+        "text_vae": ({"text_vae": {"widht": 32}}, r"text_vae: unknown key\(s\) widht; valid keys: training, .*width"),
+        "autoencoders": ({"autoencoders": {"chanels": [8]}}, r"autoencoders: unknown key\(s\) chanels; valid keys: training, .*channels"),
+    }
+    for name, (sections, message) in cases.items():
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(tiny_recipe(name, **sections))
+        with pytest.raises(ConfigError, match=message):
+            train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+        assert not (bundle / "flows" / "mri-t1__ct").exists() and not (bundle / "training" / "flows-mri-t1__ct").exists(), name
+
+
+def test_a_latent_flow_samples_decoded_images_and_refuses_a_missing_autoencoder(cohorts, tmp_path):
+    """objective.latent: train-flow trains the autoencoders it needs, predict decodes to image space in
+    [-1, 1]; without the target's autoencoder loading is a BundleError naming the fix (it used to return the
+    raw latents, which translate wrote as an image)."""
+    import shutil
+
+    from tiny_recipe import tiny_recipe
+
+    root, _, head, _ = cohorts
+    recipe = tmp_path / "latent.yaml"
+    recipe.write_text(tiny_recipe("latent", flows={"objective": {"latent": True}}))
+    bundle = fresh_bundle(root, "latent-ok.m2g")
+    result = train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+    assert [s.name for s in result.stages] == ["autoencoders/mri-t1", "autoencoders/ct", "flows/mri-t1__ct"]
+    model = FlowModel.load(bundle, "mri-ct")
+    image = model.predict({"mri-t1": torch.rand(2, 1, 32, 32) * 2 - 1}, seed=0).mean
+    assert image.shape == (2, 1, 32, 32) and float(image.abs().max()) <= 1.0  # decoded, not (2, 2, 8, 8) latents
+    shutil.rmtree(bundle / "autoencoders" / "ct")
+    with pytest.raises(BundleError, match=r"needs the ct autoencoder .* --stage autoencoder --modality ct"):
+        FlowModel.load(bundle, "mri-ct")

@@ -57,7 +57,7 @@ def test_translation_scores_match_the_metric_functions_and_report_problems(cohor
     result = evaluate("translation", pred_dir=pred, ref_dir=ref, html=page, baselines={"identity": base}, strict=True,
                       progress=events.append)
     model = result.model
-    psnr_name = "ct: PSNR[synthrad, HU -1024..3000, mask]"
+    psnr_name = "ct: PSNR[synthrad, HU -1024..3000, mask: HU>-500]"
     assert model.metrics[psnr_name].count == 2  # P0000 and P0001 only
     problems = "\n".join(result.problems)
     assert "P0003: missing prediction" in problems and "P0002: ct.nii.gz: prediction grid" in problems
@@ -75,6 +75,30 @@ def test_translation_scores_match_the_metric_functions_and_report_problems(cohor
     text = page.read_text()
     assert text.count("data:image/png;base64,") >= 8 and "P0003: missing prediction" in text
     json.dumps(to_jsonable(result), allow_nan=False)
+
+
+def test_the_datasets_mask_is_used_and_named_when_the_reference_folder_has_one(cohort):
+    """SynthRAD ships mask.nii.gz; evaluate scores with it (as the challenge does) and says so in the name,
+    derives the HU>-500 mask only where there is none, and never averages the two conventions together."""
+    ref, pred, _ = cohort
+    reference, meta = io.read(ref / "P0000" / "ct.nii.gz")
+    dataset_mask = np.zeros(SHAPE, np.uint8)
+    dataset_mask[6:18, 5:15, 2:6] = 1  # smaller than the HU>-500 body: the two conventions give other numbers
+    io.write(ref / "P0000" / "mask.nii.gz", dataset_mask, _meta(units=""))
+    result = evaluate("translation", pred_dir=pred, ref_dir=ref)
+    model = result.model
+    dataset, threshold = "ct: PSNR[synthrad, HU -1024..3000, mask: dataset]", "ct: PSNR[synthrad, HU -1024..3000, mask: HU>-500]"
+    assert model.metrics[dataset].count == 1 and model.metrics[threshold].count == 1  # P0000 | P0001
+    prediction, _ = io.read(pred / "P0000" / "ct.nii.gz")
+    values = next(p for p in model.patients if p.patient_id == "P0000").values
+    direct = synthrad_metrics(prediction, reference, mask=dataset_mask > 0)
+    assert values[dataset] == pytest.approx(direct["psnr"]) and threshold not in values
+    assert values["ct: MAE[synthrad, HU, mask: dataset, no clip]"] == pytest.approx(direct["mae"])
+    assert direct["mae"] != pytest.approx(synthrad_metrics(prediction, reference, mask=body_mask(reference))["mae"])
+    io.write(ref / "P0001" / "mask.nii.gz", np.ones((8, 8, 8), np.uint8), _meta((8, 8, 8), units=""))  # another grid
+    again = evaluate("translation", pred_dir=pred, ref_dir=ref)
+    assert any("P0001: ct.nii.gz: the dataset mask" in p and "not on the grid" in p for p in again.problems)
+    assert threshold not in again.model.metrics  # not silently scored with the other convention
 
 
 def test_reference_patients_without_prediction_are_notes_unless_strict(cohort):

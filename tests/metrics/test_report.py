@@ -30,7 +30,7 @@ def _page() -> Page:
     return Page(
         title="medm2g evaluate — translation",
         columns=["model", "identity"],
-        table=[("ct: PSNR[synthrad, HU -1024..3000, mask]", ["30.1 ± 1.2", "21.0 ± 0.4"])],
+        table=[("ct: PSNR[synthrad, HU -1024..3000, mask: HU>-500]", ["30.1 ± 1.2", "21.0 ± 0.4"])],
         image_rows=[ImageRow("P0001", {"input": reference / 10, "prediction": prediction, "reference": reference,
                                         "error": np.abs(prediction - reference), "uncertainty": None},
                              {"prediction": (-160, 240), "reference": (-160, 240), "error": (0, 100), "input": (-100, 10)})],

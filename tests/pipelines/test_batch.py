@@ -13,7 +13,6 @@ from medm2g_core.errors import ConfigError, InputError
 from medm2g_core.modalities import Modality
 from medm2g_cli import parsing
 from medm2g_core.jobs import inputs as batch_inputs, runs as batch
-from medm2g_core.inference.devices import resolve_device
 from medm2g_core.types import ImageMeta
 
 
@@ -139,27 +138,6 @@ def test_run_record_has_no_patient_data(tmp_path: Path) -> None:
     record.items = [batch.ItemResult("P0001/mri-t1.nii.gz", "ok", output="out/P0001/ct.nii.gz")]
     data = batch.read_json(record.write(tmp_path))
     assert data["version"] and data["bundle"]["hash"] == "h" and data["counts"]["ok"] == 1 and data["seed"] == 0
-
-
-def test_devices() -> None:
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") in ("cpu", "mps") or resolve_device("auto").startswith("cuda")
-    for bad in ("gpu", "cpu:1", "cuda:x"):
-        with pytest.raises(ConfigError, match="use auto, cpu"):
-            resolve_device(bad)
-    import torch
-
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA device"):
-            resolve_device("cuda")
-        with pytest.raises(ConfigError, match="no CUDA device"):
-            resolve_device("cuda:1")
-    else:
-        with pytest.raises(ConfigError, match="CUDA device"):
-            resolve_device(f"cuda:{torch.cuda.device_count()}")
-    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        with pytest.raises(ConfigError, match="MPS is not available"):
-            resolve_device("mps")
 
 
 def test_modality_of_canonical_and_token_names(tmp_path: Path) -> None:

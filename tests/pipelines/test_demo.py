@@ -166,8 +166,8 @@ def test_interrupted_stage_resumes_and_later_stages_wait(tmp_path: Path, monkeyp
 
 
 def test_headline_metrics_pick_the_named_conventions() -> None:
-    tables = {"mri-ct": {"values": {"model": {"ct: MAE[synthrad, HU, mask, no clip]": 40.0, "ct: PSNR[synthrad, HU -1024..3000, mask]": 30.0},
-                                    "identity": {"ct: PSNR[synthrad, HU -1024..3000, mask]": 20.0}}},
+    tables = {"mri-ct": {"values": {"model": {"ct: MAE[synthrad, HU, mask: HU>-500, no clip]": 40.0, "ct: PSNR[synthrad, HU -1024..3000, mask: HU>-500]": 30.0},
+                                    "identity": {"ct: PSNR[synthrad, HU -1024..3000, mask: HU>-500]": 20.0}}},
               "xray-report": {"values": {"model": {"BLEU-4[r2gen-clean, corpus]": 0.3, "ROUGE-L[r2gen-clean, beta 1.2]": 0.5,
                                                    "CE-f1[rule-based, macro, uncertain=positive]": 0.1, "CE-f1[rule-based, micro, uncertain=positive]": 0.8}}}}
     metrics = headline_metrics(tables, {"heldout": {"report->xray": {"R@1": 0.5, "chance_R@1": 0.1, "n": 10}}})

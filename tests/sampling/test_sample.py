@@ -53,6 +53,36 @@ def test_guidance_branches_by_hand():
         guidance_branches([True, True], guidance=[1.0])
 
 
+def test_the_unconditional_branch_keeps_the_registered_image_by_hand():
+    """Sources marked ``always`` (a registered flow's image) stay in every branch, the unconditional one too."""
+    assert guidance_branches([True, True], guidance=3.0, always=[False, True]) == ([[True, True], [False, True]], [3.0, -2.0])
+    branches, coefficients = guidance_branches([True, True, True], guidance=[2.0, 5.0, 1.5], always=[False, False, True])
+    assert branches == [[False, False, True], [True, False, True], [False, True, True]]  # no branch for the kept image
+    assert coefficients == [1 - 7.0, 2.0, 5.0]
+    # only the registered image present: the unconditional branch is the conditional one, so one branch
+    assert guidance_branches([False, True], guidance=3.0, always=[False, True]) == ([[True, True]], [1.0])
+    assert guidance_branches([True, True], guidance=3.0, always=[False, False]) == ([[True, True], [False, False]], [3.0, -2.0])
+
+
+def test_sample_feeds_the_source_image_to_the_unconditional_branch(denoiser):
+    """The denoiser sees the registered image in both guidance branches (training's condition dropout keeps it too)."""
+    seen = []
+
+    def recording(noisy, t, *, condition):
+        seen.append((condition.spatial[0].clone(), condition.presence.clone(), condition.mask.clone()))
+        return denoiser(noisy, t, condition=condition)
+
+    condition = inputs()
+    run(recording, condition=condition, guidance=3.0)
+    spatial, presence, mask = seen[0]
+    assert spatial.shape[0] == 4  # two branches × batch 2: conditional, then unconditional
+    assert torch.equal(spatial[2:], condition.spatial[0]) and bool(presence[2:].all())  # the anatomy stays
+    assert mask[:2].any() and not mask[2:].any()  # the semantic source is dropped
+    seen.clear()
+    run(recording, condition=condition, guidance=3.0, unconditional_spatial=False)
+    assert not seen[0][0][2:].any() and not bool(seen[0][1][2:].any())  # the old behaviour, on request
+
+
 def test_guidance_and_condition_change_the_output(denoiser):
     base = run(denoiser)
     assert not torch.equal(base, run(denoiser, guidance=3.0))

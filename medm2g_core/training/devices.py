@@ -1,8 +1,11 @@
-"""``--device auto|cpu|cuda[:N]|mps`` → a torch device string.
+"""``--device auto|cpu|cuda[:N]|mps`` → a torch device string, the same rules for training and inference.
 
 ``auto`` picks CUDA, then Apple MPS, then CPU. A device asked for explicitly that is not there is a
 ``ConfigError`` (exit 2) — never a silent fallback to the CPU, which would turn a one-hour GPU job
 into a silent three-day CPU job on a cluster node whose driver failed to load.
+
+It lives in ``training`` (not ``inference``, where ``--device`` first appeared) because the training loop
+resolves the same flag and imports point down.
 """
 
 from __future__ import annotations
