@@ -2,7 +2,8 @@
 
 ```yaml
 flows:
-  shared: frozen              # later flows reuse flows/shared/ frozen, or "finetune" it
+  shared: frozen              # shared layers earlier flows trained stay frozen, or "finetune" them
+  shared_anchor: 1.0          # finetune: L2-SP weight pulling those layers toward their values before the flow (0 = off)
   shared_attention: {num_layers: 4, query_dim: 64, condition_dim: 64, heads: 4}
   image_denoiser: {block_out_channels: [32, 64, 64]}   # ImageDenoiserConfig overrides
   text_denoiser: {layers: 4}                          # TextLatentDenoiserConfig overrides
@@ -58,6 +59,7 @@ class FlowRecipe:
     """
 
     shared: str = "frozen"
+    shared_anchor: float = 1.0
     shared_attention: dict[str, Any] = field(default_factory=dict)
     image_denoiser: dict[str, Any] = field(default_factory=dict)
     text_denoiser: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +78,8 @@ class FlowRecipe:
     def __post_init__(self) -> None:
         if self.shared not in SHARED_MODES:
             raise ConfigError(f"flows.shared must be one of {', '.join(SHARED_MODES)}, not {self.shared!r}")
+        if not float(self.shared_anchor) >= 0.0:
+            raise ConfigError(f"flows.shared_anchor must be a weight ≥ 0 (0 = no guard), not {self.shared_anchor!r}")
         if self.condition_encoder not in CONDITION_ENCODER_MODES:
             raise ConfigError(f"flows.condition_encoder must be one of {', '.join(CONDITION_ENCODER_MODES)}, "
                               f"not {self.condition_encoder!r}")
@@ -86,7 +90,7 @@ class FlowRecipe:
                 raise ConfigError(f"flows.ct_source_windows: {list(window)} is not a [low, high] HU window with low < high, e.g. [0, 80]")
         if not 0.0 <= self.source_dropout < 1.0:
             raise ConfigError("flows.source_dropout must be in [0, 1)")
-        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_attention"}
+        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_anchor", "shared_attention"}
         for key, value in self.pairs.items():
             try:
                 parse_pair(key)
@@ -116,7 +120,7 @@ class FlowRecipe:
                 overrides = dict(value or {})
         if not overrides:
             return self
-        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_attention"}
+        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_anchor", "shared_attention"}
         unknown = sorted(set(overrides) - valid)
         if unknown:
             raise ConfigError(f"flows.pairs.{pair}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")

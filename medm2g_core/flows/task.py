@@ -175,6 +175,11 @@ class FlowTask:
     Args:
         network: the flow's ``FlowNetwork`` (its shared cross-attention is trained too when
             ``shared_trainable``; otherwise its parameters are frozen).
+        shared_layers: with ``shared_trainable``, the indices of the shared layers that train (None = all); the
+            others keep ``requires_grad=False`` (layers earlier flows trained, under ``flows.shared: frozen``).
+        shared_anchor, anchored_layers: L2-SP guard of ``flows.shared: finetune`` (Li et al. 2018): the training
+            loss gains ``shared_anchor / 2 · Σ ‖θ − θ⁰‖²`` over the parameters of ``anchored_layers``, θ⁰ their
+            values when the task is built (what earlier flows were trained with); 0 = no guard.
         align: the frozen ``AlignModel`` of the bundle.
         text_vae, tokenizer: report targets (frozen).
         autoencoders: latent flows: modality → frozen ``ImageAutoencoder``.
@@ -188,7 +193,8 @@ class FlowTask:
 
     def __init__(self, network: FlowNetwork, align: nn.Module, *, text_vae: nn.Module | None = None, tokenizer: Any = None,
                  autoencoders: dict[Modality, nn.Module] | None = None, warm_start_steps: int = 0,
-                 source_dropout: float = 0.0, shared_trainable: bool = True, sample_batch: dict[str, Any] | None = None,
+                 source_dropout: float = 0.0, shared_trainable: bool = True, shared_layers: Sequence[int] | None = None,
+                 shared_anchor: float = 0.0, anchored_layers: Sequence[int] = (), sample_batch: dict[str, Any] | None = None,
                  gradient_checkpointing: bool = False, regression: bool = False):
         self.network = network
         self.align = align.eval().requires_grad_(False)
@@ -200,8 +206,17 @@ class FlowTask:
         self.warm_start_steps = warm_start_steps if self.config.prediction_type == "sample" else 0
         self.regression = regression
         self.source_dropout = source_dropout if len(self.pair.sources) > 1 else 0.0
-        self.shared_trainable = shared_trainable
-        network.shared.requires_grad_(shared_trainable)
+        layers = network.shared.layers
+        self.shared_layers = (tuple(sorted(range(len(layers)) if shared_layers is None else set(shared_layers)))
+                              if shared_trainable else ())
+        self.shared_trainable = bool(self.shared_layers)
+        network.shared.requires_grad_(False)
+        for index in self.shared_layers:
+            layers[index].requires_grad_(True)
+        # (parameter, its value before this flow) for the L2-SP guard; the copies follow the parameter's device.
+        self.shared_anchor = float(shared_anchor)
+        self._anchors = [(p, p.detach().clone()) for index in sorted(set(anchored_layers)) if index in self.shared_layers
+                         for p in layers[index].parameters()] if self.shared_anchor else []
         self.sample_batch = sample_batch
         self.alphas_cumprod = make_noise_scheduler(self.config).alphas_cumprod
         self.sampler_timesteps = sampler_grid(self.config) if self.config.timesteps == "sampler" else None
@@ -306,14 +321,24 @@ class FlowTask:
                 x0, torch.randn_like(x0), timesteps, alphas_cumprod=self.alphas_cumprod)
             prediction = self.network(start, timesteps, condition=condition)
             loss = regression_loss(prediction, x0)
-            return {"loss": loss, "l1": loss.detach()}
+            return self._guarded({"loss": loss, "l1": loss.detach()})
         noise = torch.randn_like(x0)
         timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=x0.device)
         if self.sampler_timesteps is not None:  # half of the batch on the levels the sampler visits
             grid = self.sampler_timesteps.to(x0.device)
             on_grid = grid[torch.randint(0, len(grid), (batch_size,), device=x0.device)]
             timesteps = torch.where(torch.arange(batch_size, device=x0.device) % 2 == 0, on_grid, timesteps)
-        return {"loss": self._diffusion_loss(x0, noise, timesteps, condition)}
+        return self._guarded({"loss": self._diffusion_loss(x0, noise, timesteps, condition)})
+
+    def _guarded(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``out`` with the L2-SP pull of the anchored shared layers added to its loss (reported as ``shared_l2sp``)."""
+        if not self._anchors:
+            return out
+        for index, (parameter, anchor) in enumerate(self._anchors):
+            if anchor.device != parameter.device:
+                self._anchors[index] = (parameter, anchor.to(parameter.device))
+        penalty = 0.5 * self.shared_anchor * sum(((p - a) ** 2).sum() for p, a in self._anchors)
+        return {**out, "loss": out["loss"] + penalty, "shared_l2sp": penalty.detach()}
 
     def _diffusion_loss(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         noisy = add_noise(x0, noise, timesteps, alphas_cumprod=self.alphas_cumprod)

@@ -89,6 +89,13 @@ class UsesSharedCrossAttention(PretrainedModule):
     def external_parameter_ids(self) -> set[int]:
         return self._shared.parameter_ids()
 
+    def shared_layers_used(self) -> list[int]:
+        """Indices k of the shared ``layers[k]`` this component calls (they are among its submodules); the
+        others are not in its forward pass (a conv UNet cross-attends only where its width is ``query_dim``,
+        the text denoiser uses its first ``layers``)."""
+        mine = {id(module) for module in self.modules()}
+        return [k for k, layer in enumerate(self._shared.layers) if id(layer) in mine]
+
 
 def mask_to_bias(mask: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
     """Bool/0-1 key mask (B, N) → additive attention bias (B, 1, N): 0 where kept, −10000 where masked

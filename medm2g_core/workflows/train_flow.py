@@ -475,7 +475,8 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     from medm2g_core.flows.task import FlowTask
     from medm2g_core.models.autoencoders import ImageAutoencoder
     from medm2g_core.models.conditioning import SharedCrossAttention, SharedCrossAttentionConfig
-    from medm2g_core.serialization import dataclass_from_dict
+    from medm2g_core.models.pretrained import WEIGHTS_NAME
+    from medm2g_core.serialization import dataclass_from_dict, load_weights, save_weights
     from medm2g_core.training.loop import seed_everything
 
     bundle = context.bundle
@@ -521,14 +522,17 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     # Resuming the flow that trained the shared layers rebuilds them as that run did (fresh, trainable).
     # No recorded trainer means the run that wrote flows/shared was killed before bundle.json recorded
     # it (bundle.json is saved last), i.e. it was this interrupted run.
-    if (shared_dir / "config.json").is_file() and not (context.resume and trained_by[-1:] in ([pair.name], [])):
+    reuse = (shared_dir / "config.json").is_file() and not (context.resume and trained_by[-1:] in ([pair.name], []))
+    if reuse:
         shared = _read_shared(bundle.path, device="cpu", use_ema=True)
-        shared_trainable = flows.shared == "finetune"
     else:
         shared = SharedCrossAttention(dataclass_from_dict(SharedCrossAttentionConfig, dict(flows.shared_attention), where="flows.shared_attention"))
-        shared_trainable = True
     network = FlowNetwork(_network_config(context, pair, flows, align, shared.config, text_vae=text_vae, autoencoders=autoencoders),
                           shared=shared)
+    layer_trainers = shared_layer_trainers(bundle.data, shared.config.num_layers) if reuse else {}
+    plan = plan_shared_layers(network.shared_layers_used(), layer_trainers, flow=pair.name, mode=flows.shared,
+                              anchor=flows.shared_anchor)
+    shared_trainable = bool(plan["trained"])
     network.init_condition_encoders(align)
     warm_start_steps = int(round(network.config.flow_config.warm_start_fraction * config.steps))
     if warm_start_steps and network.config.flow_config.prediction_type == "sample":
@@ -536,6 +540,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     train_dataset, val_dataset = flow_datasets(context, pair, flows)
     task = FlowTask(network, align, text_vae=text_vae, tokenizer=tokenizer, autoencoders=autoencoders,
                     warm_start_steps=warm_start_steps, source_dropout=flows.source_dropout, shared_trainable=shared_trainable,
+                    shared_layers=plan["trained"], shared_anchor=plan["anchor"] or 0.0, anchored_layers=plan["anchored"],
                     sample_batch=spread_batch(val_dataset, items=flows.sample_items),
                     gradient_checkpointing=context.gradient_checkpointing)
     result, val_start = _run(context, task, train_dataset=train_dataset, val_dataset=val_dataset if len(val_dataset) else None,
@@ -547,16 +552,33 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         return out
 
     _save_component(bundle.component_dir(FLOWS, pair.name), network.eval(), _own_ema(result, network, "flow"))
-    if shared_trainable:
-        _save_component(shared_dir, shared.eval(), _own_ema(result, shared, "shared"))
+    if shared_trainable or not reuse:
+        # Layers this flow did not train keep their saved values bit for bit: the EMA of a constant drifts by ulps,
+        # and the module holds the EMA weights it was loaded with, not the raw ones.
+        def untrained(state: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in state.items() if int(k.split(".")[1]) not in plan["trained"]}
+
+        ema = _own_ema(result, shared, "shared")
+        if ema is not None:
+            ema.update(untrained(shared.state_dict()))
+        raw = untrained(load_weights(shared_dir / WEIGHTS_NAME)) if reuse else {}
+
+        def keep_raw(tmp: Path) -> None:
+            if raw:
+                save_weights(tmp / WEIGHTS_NAME, {**load_weights(tmp / WEIGHTS_NAME), **raw})
+
+        _save_component(shared_dir, shared.eval(), ema, extra=keep_raw)
         bundle.data["components"][f"{FLOWS}/{SHARED}"] = f"{FLOWS}/{SHARED}"
-        bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name])
+        for index in plan["trained"]:
+            layer_trainers[index] = [*[n for n in layer_trainers.get(index, []) if n != pair.name], pair.name]
+        bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name],
+                            layers={str(k): v for k, v in sorted(layer_trainers.items())})
     bundle.record_component(FLOWS, pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
     context.progress(ProgressEvent(task="measure flows", completed=0, total=1 + len(earlier)))
     out.metrics = _evaluate_as(bundle.path, pair, val_dataset, measured_with)
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
-                        data=str(context.data_dir.resolve()), shared="trained" if shared_trainable else "frozen (reused)", device=result.device,
+                        data=str(context.data_dir.resolve()), shared=plan["summary"], shared_layers=plan, device=result.device,
                         ema_decay=config.ema_decay,
                         val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
     for index, previous in enumerate(earlier):
@@ -573,6 +595,39 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     bundle.save()
     out.seconds = time.monotonic() - started
     return out
+
+
+def shared_layer_trainers(data: dict[str, Any], num_layers: int) -> dict[int, list[str]]:
+    """Shared layer index → the flows that trained it, first (its initialiser) to last, from bundle.json.
+
+    Bundles written before layers were recorded list only ``trained_by``: every layer counts as trained
+    by those flows (what was frozen then stays frozen)."""
+    record = data["stages"].get("flows/shared", {})
+    if "layers" in record:
+        return {int(k): list(v) for k, v in record["layers"].items() if v}
+    return {k: list(record.get("trained_by", [])) for k in range(num_layers)} if record.get("trained_by") else {}
+
+
+def plan_shared_layers(used: list[int], trainers: dict[int, list[str]], *, flow: str, mode: str,
+                       anchor: float | None = None) -> dict[str, Any]:
+    """Which shared layers a flow trains: every layer it uses that no other flow has trained (never frozen at
+    initialisation); under ``finetune`` also the layers earlier flows trained, which are then ``anchored`` (the L2-SP
+    guard, weight ``anchor``, pulls them toward their values before this flow). ``frozen``: used layers that an
+    earlier flow trained. Returns {"mode", "used", "trained", "frozen", "anchored", "anchor", "summary"}."""
+    earlier = [k for k in used if any(n != flow for n in trainers.get(k, []))]
+    fresh = [k for k in used if k not in earlier]
+    if mode == "finetune":
+        trained, frozen, anchored = list(used), [], earlier if anchor else []
+    else:
+        trained, frozen, anchored = fresh, earlier, []
+    if not frozen:
+        summary = "trained"
+    elif not trained:
+        summary = "frozen (reused)"
+    else:
+        summary = f"trained {trained} (not trained before), frozen (reused) {frozen}"
+    return {"mode": mode, "used": list(used), "trained": trained, "frozen": frozen, "anchored": anchored,
+            "anchor": anchor if anchored else None, "summary": summary}
 
 
 def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,62 @@
+"""Shared cross-attention across flows: every layer is trained by the first flow that uses it, ``finetune`` is
+guarded, and earlier flows are re-measured with their own recorded settings (issue #19, item 2)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_fixtures import build_aligned, fresh_bundle  # noqa: E402
+
+from medm2g_core.bundle import Bundle
+from medm2g_core.serialization import load_weights
+from medm2g_core.workflows.train_flow import plan_shared_layers, train_flow
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shared")
+    chest, head, recipe = build_aligned(root)
+    return root, chest, head, recipe
+
+
+def _layers(weights: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in weights.items() if k.startswith(f"layers.{index}.")}
+
+
+def test_image_first_order_trains_the_layers_the_later_flow_uses_first(cohorts):
+    """mri-ct (UNet mid block: layer 0) first, then xray-report (text denoiser: layers 0 and 1) under ``frozen``:
+    layer 1 was never trained, so xray-report trains it; layer 0 stays exactly as mri-ct left it."""
+    root, chest, head, recipe = cohorts
+    bundle = fresh_bundle(root, "image-first.m2g")
+    train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+    data = Bundle.open(bundle).data
+    assert data["stages"]["flows/shared"]["layers"] == {"0": ["mri-t1__ct"]}  # layer 1: unused, untrained
+    before = {name: load_weights(bundle / "flows" / "shared" / name) for name in ("model.safetensors", "ema.safetensors")}
+    train_flow(chest, bundle, pair="xray-report", recipe=recipe)
+    for name, weights in before.items():
+        after = load_weights(bundle / "flows" / "shared" / name)
+        assert all(torch.equal(v, after[k]) for k, v in _layers(weights, 0).items()), name
+        assert all(not torch.equal(v, after[k]) for k, v in _layers(weights, 1).items()), name
+    data = Bundle.open(bundle).data
+    assert data["stages"]["flows/shared"]["layers"] == {"0": ["mri-t1__ct"], "1": ["xray__report"]}
+    stage = data["stages"]["flows/xray__report"]
+    assert stage["shared_layers"]["trained"] == [1] and stage["shared_layers"]["frozen"] == [0]
+    assert "frozen (reused) [0]" in stage["shared"]
+    report = data["forgetting"]["xray__report"]["mri-t1__ct"]
+    assert report["before"] == report["after"]
+
+
+def test_layer_plan_by_mode():
+    trainers = {0: ["mri-t1__ct"]}
+    frozen = plan_shared_layers([0, 1], trainers, flow="xray__report", mode="frozen", anchor=1.0)
+    assert (frozen["trained"], frozen["frozen"], frozen["anchored"]) == ([1], [0], [])
+    tuned = plan_shared_layers([0, 1], trainers, flow="xray__report", mode="finetune", anchor=1.0)
+    assert (tuned["trained"], tuned["frozen"], tuned["anchored"], tuned["anchor"]) == ([0, 1], [], [0], 1.0)
+    assert plan_shared_layers([0, 1], trainers, flow="xray__report", mode="finetune", anchor=0.0)["anchored"] == []
+    # Resuming (or re-running) the flow that trained a layer trains it again.
+    assert plan_shared_layers([0], trainers, flow="mri-t1__ct", mode="frozen")["trained"] == [0]
