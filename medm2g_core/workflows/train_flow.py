@@ -635,6 +635,8 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
 
     Measured as its own metrics were (``measured_with`` of its stage: validation batches, PSNR items,
     batch size, seed, split, slices, validation items); flows recorded before that was kept use ``current`` (this run's settings).
+    Its data are built as it was trained: the image size and normalisation (CT window, MRI percentiles) recorded in
+    its config, never this run's recipe.
     """
     from medm2g_core.data.manifest import scan_cohort
     from medm2g_core.data.splits import split_records
@@ -652,7 +654,11 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
     how = {**current, **stage.get("measured_with", {})}
     records = scan_cohort(data_dir)
     splits = split_records(records, seed=how["split_seed"], fractions=how["split_fractions"])
-    earlier_context = _Context(**{**context.__dict__, "splits": splits, "data_dir": data_dir})
+    normalisation = network_config.normalise_options
+    data = replace(context.recipe.data, image_size=network_config.image_size, ct_window=normalisation["ct_window"],
+                   mri_percentiles=normalisation["mri_percentiles"])
+    earlier_context = _Context(**{**context.__dict__, "splits": splits, "data_dir": data_dir,
+                                  "recipe": replace(context.recipe, data=data)})
     resolved = flows_recipe.resolve(pair)
     resolved = type(resolved)(**{**resolved.__dict__, "context_slices": network_config.context_slices,
                                  "slices": how["slices"], "val_items": how["val_items"]})

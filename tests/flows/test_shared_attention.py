@@ -90,3 +90,21 @@ def test_finetune_with_the_guard_keeps_the_earlier_flow_within_tolerance(cohorts
     report = data["forgetting"]["mri-t1__ct"]["xray__report"]
     change = report["after"]["loss"] / report["before"]["loss"] - 1
     assert abs(change) <= FINETUNE_TOLERANCE, report
+
+
+def test_forgetting_rebuilds_the_earlier_flows_data_with_its_recorded_settings(cohorts, tmp_path):
+    """mri-ct at 32² with the full CT window, then t1-t2 from a recipe at 16² with a brain window: mri-ct is
+    re-measured on 32² slices in its own window; its shared layer is frozen, so before equals after exactly."""
+    import yaml
+    from flow_fixtures import TINY_RECIPE
+
+    root, _, head, recipe = cohorts
+    bundle = fresh_bundle(root, "recorded.m2g")
+    train_flow(head, bundle, pair="mri-ct", recipe=recipe)
+    other = yaml.safe_load(TINY_RECIPE)
+    other["data"].update(image_size=16, ct_window=[-100, 200])
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    train_flow(head, bundle, pair="t1-t2", recipe=path)
+    report = Bundle.open(bundle).data["forgetting"]["mri-t1__mri-t2"]["mri-t1__ct"]
+    assert report["before"] == report["after"] and "psnr" in report["after"]
