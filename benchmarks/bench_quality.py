@@ -28,7 +28,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGET = {"mri-ct": ("ct", "MAE", "PSNR", "SSIM"), "t1-t2": ("mri-t2", None, "PSNR", "SSIM")}
-DEMO_STEPS = {"mri-ct": 600, "t1-t2": 500}  # keep in step with medm2g_core's demo settings
+
+
+def demo_steps(pair: str) -> int:
+    """The flow steps ``medm2g demo`` trains ``pair`` for (its FULL settings): budget 1× of the table."""
+    from medm2g_core.workflows.demo import FULL
+
+    return int(FULL.flow_steps[pair])
 
 
 def medm2g(*args: str, log: Path) -> dict:
@@ -51,7 +57,7 @@ def metrics_of(evaluation: dict, system: str) -> dict[str, float]:
 
 def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path, patients: int, seed: int) -> dict:
     target = TARGET[pair][0]
-    steps = int(round(DEMO_STEPS[pair] * budget))
+    steps = int(round(demo_steps(pair) * budget))
     work = out / f"{pair}-x{budget:g}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
