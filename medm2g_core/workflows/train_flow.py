@@ -154,6 +154,8 @@ def train_flow(
     names = _baseline_names(pair, regression=baselines)
     resolved = flows.resolve(pair)
     _ct_source_windows(pair, resolved, _flow_config(pair, resolved))  # refuse before any training
+    if Modality.CT in (*pair.sources, pair.target):
+        check_ct_units(splits["train"], recipe.data)
     out = _train_flow_stage(context, pair, started=started, synthetic=synthetic)
     if names:
         out.baselines = _fit_baselines(context, pair, names)
@@ -379,6 +381,25 @@ def _flow_config(pair: Pair, flows: Any) -> Any:
     if flow_config.latent:
         flow_config = replace(flow_config, clip_sample=objective.get("clip_sample", False))
     return flow_config
+
+
+def check_ct_units(records: Any, data: Any) -> None:
+    """Refuse a CT cohort whose recorded units differ from the recipe's ``data.ct_units``: an 8-bit display-window
+    CT (AANLIB) normalised with an HU window would fill 6 % of [-1, 1], and its outputs would be labelled HU.
+    Reads the header of the first training CT (NIfTI; other formats carry HU by construction)."""
+    from medm2g_core.io.nifti import read_header
+    from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS
+
+    for record in records:
+        path = record.files.get(Modality.CT)
+        if path is None or not str(path).lower().endswith((".nii", ".nii.gz")):
+            continue
+        units = read_header(path)[1].units
+        if (units == CT_WINDOW_8BIT_UNITS) != (data.ct_units == CT_WINDOW_8BIT_UNITS):
+            fix = ("set data.ct_units: '8-bit window (not HU)' and data.ct_window: [0, 255] in the recipe"
+                   if units == CT_WINDOW_8BIT_UNITS else "set data.ct_units: HU (the default) in the recipe")
+            raise InputError(path, f"CT recorded in units {units!r}, but the recipe's data.ct_units is {data.ct_units!r}", fix)
+        return
 
 
 def _ct_source_windows(pair: Pair, flows: Any, flow_config: Any) -> list[list[float]]:
