@@ -264,11 +264,20 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
     section = dict(context.recipe.text_vae)
     overrides = section.pop("training", {})
     config = context.training(overrides, final=final)
-    tokenizer = load_tokenizer(align_dir(context.bundle.path) / TOKENIZER)
     train_dataset = ReportDataset(context.splits["train"])
     val_dataset = DatasetSubset(ReportDataset(context.splits["val"] or context.splits["test"]), limit=32)
     if len(train_dataset) == 0:
         raise InputError(context.data_dir, "no reports in the training split; the text VAE needs report.txt files")
+    if context.bundle.data.get("align_hub"):
+        # The align stage saw no reports (an MRI-only or CT–MRI cohort), so its tokenizer knows one word. The
+        # text VAE then gets a WordPiece of its own training reports (the align recipe's sizes); it is saved in
+        # text_vae/tokenizer/, which is the one inference decodes with.
+        from medm2g_core.models.text_tokenizer import train_wordpiece
+
+        align = context.recipe.align
+        tokenizer = train_wordpiece([text for _, text in train_dataset.items], vocab_size=align.vocab_size, max_tokens=align.max_tokens)
+    else:
+        tokenizer = load_tokenizer(align_dir(context.bundle.path) / TOKENIZER)
     seed_everything(config.seed)
     vae = TextVAE(TextVAEConfig.from_tokenizer(tokenizer, **section))
     task = TextVAETask(vae, tokenizer)
