@@ -114,10 +114,12 @@ class RealDemoSettings:
         aanlib_slices: AANLIB slices imported per case (None = all 144 pairs).
         iu_reports: IU studies kept per split, train and val (None = all: 2,069 train / 296 val in R2Gen's split).
         text_max_tokens: reports are cut after this many WordPiece tokens in the autoencoder.
+        align_batch_size, align_slices: the alignment batch (the brain cohorts have only 8 training subjects and
+            cases) and the axial slices drawn per volume per item (more slices, more in-batch negatives).
     """
 
     size: int = 64
-    align_steps: int = 150
+    align_steps: int = 60
     flow_steps: dict[str, int] = field(default_factory=lambda: {"t1-t2": 500, "t2+flair-t1": 500, "t2-ct": 500})
     text_vae_steps: int = 900
     samples: int = 2
@@ -128,6 +130,8 @@ class RealDemoSettings:
     aanlib_slices: int | None = None
     iu_reports: int | None = None
     text_max_tokens: int = 128
+    align_batch_size: int = 8
+    align_slices: int = 2
 
 
 FULL = RealDemoSettings()
@@ -137,6 +141,7 @@ FULL = RealDemoSettings()
 QUICK = RealDemoSettings(
     size=32, align_steps=8, flow_steps={"t1-t2": 12, "t2+flair-t1": 12, "t2-ct": 12}, text_vae_steps=10, samples=1,
     sampler_steps=2, batch_size=8, val_batches=1, psnr_items=1, aanlib_slices=4, iu_reports=24, text_max_tokens=48,
+    align_slices=2,
 )
 """``--quick``: 32², a few steps, 4 slices per AANLIB case, 24 IU studies per split — every stage runs; the numbers mean little."""
 
@@ -279,7 +284,8 @@ class _RealRun(StageRunner):
                 "data.image_size": s.size, "data.ct_window": [0, 255], "data.ct_units": CT_WINDOW_8BIT_UNITS,
                 "align.modalities": ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"], "align.max_tokens": s.text_max_tokens,
                 "align.training.steps": s.align_steps, "align.training.val_batches": s.val_batches,
-                "align.training.batch_size": s.batch_size, "training.val_batches": s.val_batches,
+                "align.training.batch_size": s.align_batch_size, "data.slices_per_volume": s.align_slices,
+                "training.val_batches": s.val_batches,
                 "flows": flows, "text_vae": text_vae,
             })
         return self._recipe
