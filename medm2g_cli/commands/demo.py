@@ -33,7 +33,9 @@ def demo(
     on AANLIB, the IU report autoencoder), into OUT/real.m2g, OUT/summary.json, OUT/report.html, OUT/montage.png.
     """
     if data_root is not None and not real:
-        raise typer.BadParameter("--data-root applies to --real only", param_hint="--data-root")
+        from medm2g_core.errors import ConfigError
+
+        raise ConfigError("--data-root applies to --real only; add --real (medm2g demo --real --data-root DIR)")
     if real:
         _demo_real(out if out is not None else DEFAULT_REAL_OUT, data_root=data_root, quick=quick, seed=seed, json_out=json_out)
         return

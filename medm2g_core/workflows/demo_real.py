@@ -254,8 +254,6 @@ class _RealRun(StageRunner):
         self.evaluation = out_dir / "evaluation"
         self.image_tasks = [t for t in IMAGE_TASKS if t.set in self.found]
         self._recipe: Any = None
-        for line in self.skipped.values():
-            self.progress(ProgressEvent(task="demo", completed=0, total=None, message=line))
 
     def folder(self, key: str) -> Path:
         return self.cohort / SET_OF[key].cohort
@@ -357,8 +355,14 @@ class _RealRun(StageRunner):
     def align(self, resume: bool) -> dict[str, Any]:
         from medm2g_core.workflows.align import align
 
+        from medm2g_core.config import apply_overrides
+        from medm2g_core.serialization import read_json
+
         data = self.cohort / "brain" if (self.cohort / "brain").is_dir() else self.folder("iu")
-        result = align(data, self.bundle, recipe=self.recipe(), seed=self.seed, resume=resume, progress=self.stage_progress("align"))
+        # A batch no larger than the training split (AANLIB alone has 6 training cases).
+        train = len(read_json(data / "splits.json").get("train", []))
+        recipe = apply_overrides(self.recipe(), {"align.training.batch_size": max(1, min(self.settings.align_batch_size, train))})
+        result = align(data, self.bundle, recipe=recipe, seed=self.seed, resume=resume, progress=self.stage_progress("align"))
         self.mark_bundle()
         return {"steps": result.steps, "patients": result.patients, "modalities": result.modalities, "hub": result.hub,
                 "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
