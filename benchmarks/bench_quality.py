@@ -13,6 +13,17 @@ one table: metric of each system, seconds, and model/peer ratios. Nothing is ass
 README's performance section.
 
     .venv/bin/python benchmarks/bench_quality.py [--pairs mri-ct,t1-t2] [--budgets 1,3,10] [--out DIR]
+
+On the real cohorts that ``medm2g demo --real`` imports (``OUT/cohort/brain/{brats,aanlib}``; or
+``medm2g data import brats|aanlib``), at the demo's 64² and 500 steps:
+
+    .venv/bin/python benchmarks/bench_quality.py --cohort OUT/cohort/brain/brats --pairs t1-t2,t2+flair-t1 \
+        --steps 500 --budgets 1 --size 64 --align-batch 2 --out benchmarks/out/brats
+    .venv/bin/python benchmarks/bench_quality.py --cohort OUT/cohort/brain/aanlib --pairs t2-ct --ct-8bit \
+        --steps 500 --budgets 1 --size 64 --align-batch 4 --out benchmarks/out/aanlib
+
+``--ct-8bit``: the cohort's CT is an 8-bit display window (AANLIB), trained with ``data.ct_window: [0, 255]`` and
+``data.ct_units`` recorded (a recipe written into OUT), and the peer uses the same window.
 """
 
 from __future__ import annotations
@@ -27,14 +38,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TARGET = {"mri-ct": ("ct", "MAE", "PSNR", "SSIM"), "t1-t2": ("mri-t2", None, "PSNR", "SSIM")}
+TARGET = {"mri-ct": ("ct", "MAE", "PSNR", "SSIM"), "t1-t2": ("mri-t2", None, "PSNR", "SSIM"),
+          "t2+flair-t1": ("mri-t1", None, "PSNR", "SSIM"), "t2-ct": ("ct", "MAE", "PSNR", "SSIM")}
+SOURCES = {"mri-ct": ("mri-t1",), "t1-t2": ("mri-t1",), "t2+flair-t1": ("mri-t2", "mri-flair"), "t2-ct": ("mri-t2",)}
+OTHER_STEPS = {"t2+flair-t1": 500, "t2-ct": 500}
+"""1× budgets of the pairs the phantom demo does not train (real cohorts); pass --steps to change them."""
 
 
 def demo_steps(pair: str) -> int:
     """The flow steps ``medm2g demo`` trains ``pair`` for (its FULL settings): budget 1× of the table."""
     from medm2g_core.workflows.demo import FULL
 
-    return int(FULL.flow_steps[pair])
+    return int(FULL.flow_steps.get(pair) or OTHER_STEPS[pair])
 
 
 def medm2g(*args: str, log: Path) -> dict:
@@ -55,9 +70,11 @@ def metrics_of(evaluation: dict, system: str) -> dict[str, float]:
     return {name.split(":")[1].split("[")[0].strip(): entry["value"] for name, entry in found.items()}
 
 
-def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path, patients: int, seed: int) -> dict:
+def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path, patients: int, seed: int,
+             recipe: list[str], peer_options: list[str], steps: int | None = None) -> dict:
     target = TARGET[pair][0]
-    steps = int(round(demo_steps(pair) * budget))
+    sources = SOURCES[pair]
+    steps = int(round((steps or demo_steps(pair)) * budget))
     work = out / f"{pair}-x{budget:g}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
@@ -65,16 +82,19 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
     subprocess.run(["rm", "-rf", str(bundle)], check=True)
     subprocess.run(["cp", "-r", str(aligned), str(bundle)], check=True)
     trained = medm2g("train-flow", "--data", str(cohort), "--bundle", str(bundle), "--pair", pair, "--steps", str(steps),
-                     "--seed", str(seed), "--baselines", log=log)
+                     "--seed", str(seed), "--baselines", *recipe, log=log)
     seconds = next(s["seconds"] for s in trained["stages"] if s["name"].startswith("flows/"))
     train, held = held_out(cohort, patients)
-    inputs = [str(cohort / p / "mri-t1.nii.gz") for p in held]
+    if len(sources) == 1:
+        inputs = [str(cohort / p / f"{sources[0]}.nii.gz") for p in held]
+    else:  # several sources: the patient folders, with --from naming them
+        inputs = [str(cohort / p) for p in held] + ["--from", ",".join(sources)]
     medm2g("translate", *inputs, "--to", target, "--model", str(bundle), "--out", str(work / "model"), "--overwrite",
            "--batch-size", "64", "--seed", str(seed), log=log)
     started = time.monotonic()
-    subprocess.run([sys.executable, str(HERE / "peer.py"), "--cohort", str(cohort), "--sources", "mri-t1", "--target", target,
+    subprocess.run([sys.executable, str(HERE / "peer.py"), "--cohort", str(cohort), "--sources", ",".join(sources), "--target", target,
                     "--train", ",".join(train), "--predict", ",".join(held), "--seconds", str(seconds), "--seed", str(seed),
-                    "--out", str(work / "peer")], check=True, stdout=open(work / "peer.json", "w"), stderr=open(log, "a"))
+                    "--out", str(work / "peer"), *peer_options], check=True, stdout=open(work / "peer.json", "w"), stderr=open(log, "a"))
     peer_seconds = time.monotonic() - started
     evaluation = medm2g("evaluate", "--task", "translation", "--pred", str(work / "model"), "--ref", str(cohort),
                         "--model", str(bundle), "--pair", pair, "--baseline", "identity", "--baseline", "regression",
@@ -82,6 +102,33 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
     return {"pair": pair, "budget": budget, "steps": steps, "seconds": seconds, "peer_seconds_total": round(peer_seconds, 1),
             "peer": json.loads((work / "peer.json").read_text()),
             "systems": {name: metrics_of(evaluation, name) for name in evaluation["systems"]}}
+
+
+def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int | None = None) -> tuple[list[str], list[str]]:
+    """demo-cpu with the image size and (AANLIB) the 8-bit CT window → ``OUT/recipe.yaml``; returns the
+    ``--recipe`` arguments of the medm2g commands and the matching peer options."""
+    if size is None and not ct_8bit and align_batch is None:
+        return [], []
+    import yaml
+
+    from medm2g_core.config import apply_overrides, load_recipe, recipe_to_dict
+    from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS
+
+    overrides: dict = {} if align_batch is None else {"align.training.batch_size": align_batch}
+    peer: list[str] = []
+    if size is not None:
+        overrides["data.image_size"] = size
+        peer += ["--size", str(size)]
+    if ct_8bit:
+        overrides.update({"data.ct_window": [0, 255], "data.ct_units": CT_WINDOW_8BIT_UNITS,
+                          "align.modalities": ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"]})
+        peer += ["--ct-window", "0,255"]
+    else:
+        overrides["align.modalities"] = ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"]
+    recipe = recipe_to_dict(apply_overrides(load_recipe("demo-cpu"), overrides))
+    path = out / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return ["--recipe", str(path)], peer
 
 
 def table(results: list[dict]) -> str:
@@ -106,6 +153,10 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=3, help="held-out patients translated and scored")
     parser.add_argument("--align-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="flow steps at budget 1 (default: the demo's flow steps of the pair)")
+    parser.add_argument("--size", type=int, default=None, help="image size of flow and peer (data.image_size; default: the recipe's 64)")
+    parser.add_argument("--align-batch", type=int, default=None, help="alignment batch (small real cohorts: ≤ the training patients)")
+    parser.add_argument("--ct-8bit", action="store_true", help="the cohort's CT is an 8-bit display window (AANLIB)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -117,14 +168,16 @@ def main() -> None:
         if not (cohort / "splits.json").is_file():
             subprocess.run([sys.executable, str(HERE / "make_cohort.py"), str(cohort), "--anatomy", "head", "--patients", "32",
                             "--seed", "1"], check=True)
+    recipe, peer_options = write_recipe(out, size=args.size, ct_8bit=args.ct_8bit, align_batch=args.align_batch)
     aligned = out / "aligned.m2g"
     if not (aligned / "bundle.json").is_file():
         medm2g("align", "--data", str(cohort), "--out", str(aligned), "--steps", str(args.align_steps), "--seed", str(args.seed),
-               log=out / "align-log.txt")
+               *recipe, log=out / "align-log.txt")
     results = []
     for pair in args.pairs.split(","):
         for budget in (float(b) for b in args.budgets.split(",")):
-            results.append(run_pair(pair, budget, cohort=cohort, aligned=aligned, out=out, patients=args.patients, seed=args.seed))
+            results.append(run_pair(pair, budget, cohort=cohort, aligned=aligned, out=out, patients=args.patients, seed=args.seed,
+                                    recipe=recipe, peer_options=peer_options, steps=args.steps))
             (out / "results.json").write_text(json.dumps(results, indent=1))
             print(table(results[-1:]), flush=True)
     print(f"\nmachine: {os.cpu_count()} CPU threads visible, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")

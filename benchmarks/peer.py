@@ -7,7 +7,11 @@ threads, for the same wall-clock seconds as the medm2g flow, then run over whole
 as ``OUT/<patient>/<target file>`` so that ``medm2g evaluate`` scores it beside the flow.
 
     python benchmarks/peer.py --cohort DIR --sources mri-t1 --target ct --train P0001,P0002 \
-        --predict P0003 --seconds 137 --out OUT
+        --predict P0003 --seconds 137 --out OUT [--ct-window 0,255] [--size 64]
+
+``--ct-window`` is the CT window in the cohort's units (an 8-bit display-window CT such as AANLIB: ``0,255``);
+``--size`` trains and predicts on slices resized to that many pixels per side, as the medm2g flow does
+(predictions are resized back to the input grid), so that equal seconds buy equal-resolution work.
 """
 
 from __future__ import annotations
@@ -51,7 +55,18 @@ def slices_of(cohort: Path, patients: list[str], sources: list[str], target: str
             if (out[:, :, k] > -0.9).mean() > 0.01:
                 xs.append(np.stack([v[:, :, k] for v in ins]))
                 ys.append(out[None, :, :, k])
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    return resize(torch.from_numpy(np.stack(xs))), resize(torch.from_numpy(np.stack(ys)))
+
+
+SIZE: int | None = None  # --size: slices resized to SIZE² for training and prediction (None = native)
+
+
+def resize(batch: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(N, C, H, W) → (N, C, SIZE, SIZE) (or back to ``size``); unchanged without --size."""
+    target = size or (None if SIZE is None else (SIZE, SIZE))
+    if target is None or tuple(batch.shape[-2:]) == tuple(target):
+        return batch
+    return F.interpolate(batch, size=target, mode="bilinear", align_corners=False)
 
 
 def build(in_channels: int) -> torch.nn.Module:
@@ -82,7 +97,8 @@ def predict(model: torch.nn.Module, cohort: Path, patient: str, sources: list[st
     loaded = [load(cohort / patient / f"{s}.nii.gz") for s in sources]
     units = [to_unit(volume, s) for (volume, _), s in zip(loaded, sources)]
     stack = torch.from_numpy(np.stack([u[0] for u in units])).permute(3, 0, 1, 2)  # (depth, S, H, W)
-    predicted = torch.cat([model(stack[i:i + 32]) for i in range(0, stack.shape[0], 32)]).clamp(-1, 1)
+    plane = tuple(stack.shape[-2:])
+    predicted = torch.cat([resize(model(resize(stack[i:i + 32])), plane) for i in range(0, stack.shape[0], 32)]).clamp(-1, 1)
     volume = predicted[:, 0].permute(1, 2, 0).numpy()
     low, high = CT_WINDOW if target == "ct" else units[0][1]  # an MRI target takes the source's range
     physical = (volume + 1) / 2 * (high - low) + low
@@ -107,7 +123,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ct-window", default=None, help="LOW,HIGH of the CT window in the cohort's units (default -1024,3000 HU)")
+    parser.add_argument("--size", type=int, default=None, help="train and predict on SIZE² slices (default: native)")
     args = parser.parse_args()
+    global CT_WINDOW, SIZE
+    if args.ct_window:
+        CT_WINDOW = tuple(float(v) for v in args.ct_window.split(","))
+    SIZE = args.size
     torch.set_num_threads(args.threads)
     sources = args.sources.split(",")
     x, y = slices_of(args.cohort, args.train.split(","), sources, args.target)

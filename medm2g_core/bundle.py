@@ -215,6 +215,20 @@ class Bundle:
     def synthetic(self) -> bool:
         return bool(self.data.get("data", {}).get("synthetic", False))
 
+    def set_real_sets(self, sets: dict[str, str]) -> None:
+        """Record that the bundle was trained on real data: set name → its licence and attribution line.
+        The model card lists them, and every translate/generate sidecar carries them (never "synthetic phantoms")."""
+        summary = dict(self.data.get("data") or {})
+        summary["real"] = True
+        summary["synthetic"] = False
+        summary["real_sets"] = {str(name): str(line) for name, line in sets.items()}
+        self.data["data"] = summary
+
+    @property
+    def real_sets(self) -> dict[str, str]:
+        """Set name → licence line of the real data the bundle was trained on (empty when not recorded)."""
+        return dict(self.data.get("data", {}).get("real_sets") or {})
+
     @property
     def modalities(self) -> list[str]:
         return list(self.data["modalities"])
@@ -238,6 +252,11 @@ def model_card(data: dict[str, Any]) -> str:
             "clinically.",
             "",
         ]
+    if summary.get("real_sets"):
+        lines += ["> **Trained on real public scans and reports** (small research samples; not for diagnosis). "
+                  "Each set's licence and attribution:", ""]
+        lines += [f"> - {name}: {line}" for name, line in summary["real_sets"].items()]
+        lines.append("")
     lines += [
         "MedM2G (Zhan et al., CVPR 2024, arXiv 2403.04290) re-implemented by medm2g: aligned encoders for chest "
         "X-ray, CT, MRI and report text, and cross-guided diffusion flows between them.",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medm2g_core.errors import ConfigError
-from medm2g_core.modalities import CT_HU_RANGE, MRI_PERCENTILES
+from medm2g_core.modalities import CT_HU_RANGE, CT_WINDOW_8BIT_RANGE, CT_WINDOW_8BIT_UNITS, MRI_PERCENTILES
 from medm2g_core.serialization import dataclass_from_dict, to_jsonable
 
 T = TypeVar("T")
@@ -114,7 +114,10 @@ class DataConfig:
             the slice index is kept for reassembly.
         split_fractions: train/val/test fractions of patients (hash of the patient id).
         split_seed: salt of the patient-level split hash.
-        ct_window: HU window mapped linearly to [-1, 1] (default ``modalities.CT_HU_RANGE``).
+        ct_window: CT window mapped linearly to [-1, 1], in ``ct_units`` (default ``modalities.CT_HU_RANGE``).
+        ct_units: what the cohort's CT values are: "HU" (default), or ``modalities.CT_WINDOW_8BIT_UNITS`` for a
+            CT that reached us as an 8-bit display window (AANLIB; then ``ct_window`` lies within 0..255, usually
+            [0, 255]). Flows record it, so a translated CT is labelled in the units it was trained on.
         mri_percentiles: MRI intensity percentiles mapped to [-1, 1].
         cache_items: small per-worker LRU cache of decoded files (0 = none).
     """
@@ -126,6 +129,7 @@ class DataConfig:
     ct_window: tuple[float, float] = CT_HU_RANGE
     mri_percentiles: tuple[float, float] = MRI_PERCENTILES
     cache_items: int = 8
+    ct_units: str = "HU"
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
@@ -134,6 +138,12 @@ class DataConfig:
             raise ConfigError("data.split_fractions must be three non-negative numbers summing to 1 (train, val, test)")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ConfigError("data.ct_window must be [low, high] with low < high (HU)")
+        if self.ct_units not in ("HU", CT_WINDOW_8BIT_UNITS):
+            raise ConfigError(f"data.ct_units must be 'HU' or {CT_WINDOW_8BIT_UNITS!r}, not {self.ct_units!r}")
+        if self.ct_units == CT_WINDOW_8BIT_UNITS and not (CT_WINDOW_8BIT_RANGE[0] <= self.ct_window[0] < self.ct_window[1]
+                                                         <= CT_WINDOW_8BIT_RANGE[1]):
+            raise ConfigError(f"data.ct_units {CT_WINDOW_8BIT_UNITS!r} needs data.ct_window within [0, 255] "
+                              f"(got {list(self.ct_window)}); use data.ct_window: [0, 255]")
 
 
 @dataclass(frozen=True)

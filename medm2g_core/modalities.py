@@ -129,6 +129,8 @@ def parse_pair(text: str) -> Pair:
 CANONICAL_PAIRS = ("xray-report", "report-xray", "mri-ct", "ct-mri", "t1-t2", "t2-t1", "t2+pd-t1", "t2+flair-t1", "t1-flair")
 
 CT_WINDOW_8BIT_UNITS = "8-bit window (not HU)"
+CT_WINDOW_8BIT_RANGE = (0.0, 255.0)
 """The ``ImageMeta.units`` of a CT that reached us already windowed to 8 bits (AANLIB's atlas PNGs):
 grey levels 0..255 of a display window, with no Hounsfield scale to recover. Nothing reports such a CT
-in HU (``metrics``/``workflows.evaluate`` label its errors in grey levels)."""
+in HU (``metrics``/``workflows.evaluate`` label its errors in grey levels). A flow trained on such a CT records
+these units (recipe ``data.ct_units``), so its translated CT carries them too; ``CT_WINDOW_8BIT_RANGE`` is its range."""

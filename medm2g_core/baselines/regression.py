@@ -62,7 +62,7 @@ class RegressionModel:
         self.pair: Pair = network.config.pair
         self.image_size: int = network.config.image_size
         self.context_slices: int = network.config.context_slices
-        self.normalise_options: dict[str, tuple[float, ...]] = network.config.normalise_options
+        self.normalise_options: dict[str, Any] = network.config.normalise_options
         self.timestep = network.config.flow_config.num_train_timesteps - 1
 
     def save_pretrained(self, directory: str | Path) -> Path:

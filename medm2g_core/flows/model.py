@@ -90,14 +90,16 @@ class FlowNetworkConfig:
     denoiser: dict[str, Any] = field(default_factory=dict)
     ct_source_windows: list[list[float]] = field(default_factory=list)
     condition_encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
-    normalisation: dict[str, list[float]] = field(
-        default_factory=lambda: {"ct_window": list(CT_HU_RANGE), "mri_percentiles": list(MRI_PERCENTILES)})
+    normalisation: dict[str, Any] = field(
+        default_factory=lambda: {"ct_window": list(CT_HU_RANGE), "mri_percentiles": list(MRI_PERCENTILES), "ct_units": "HU"})
 
     @property
-    def normalise_options(self) -> dict[str, tuple[float, ...]]:
-        """``ct_window`` and ``mri_percentiles`` keywords for ``transforms.normalize``."""
+    def normalise_options(self) -> dict[str, Any]:
+        """``ct_window``, ``mri_percentiles`` (``transforms.normalize`` keywords) and ``ct_units`` (what the CT
+        window's numbers are: HU, or ``modalities.CT_WINDOW_8BIT_UNITS``; flows saved before it existed: HU)."""
         return {"ct_window": tuple(self.normalisation.get("ct_window", CT_HU_RANGE)),
-                "mri_percentiles": tuple(self.normalisation.get("mri_percentiles", MRI_PERCENTILES))}
+                "mri_percentiles": tuple(self.normalisation.get("mri_percentiles", MRI_PERCENTILES)),
+                "ct_units": str(self.normalisation.get("ct_units", "HU"))}
 
     @property
     def pair(self) -> Pair:
@@ -341,7 +343,7 @@ class FlowModel:
         self.config: FlowConfig = network.config.flow_config
         self.image_size: int = network.config.image_size
         self.context_slices: int = network.config.context_slices
-        self.normalise_options: dict[str, tuple[float, ...]] = network.config.normalise_options
+        self.normalise_options: dict[str, Any] = network.config.normalise_options
 
     @property
     def shared(self) -> SharedCrossAttention:

@@ -179,7 +179,7 @@ def translate_volume(
     derivation = f"medm2g {__version__} {flow.pair.name} translation" + (f" with bundle {bundle_name}" if bundle_name else "")
     out_meta = meta.replace(
         modality=target.value,
-        units=units_for(target.value),
+        units=state.units if target is Modality.CT else units_for(target.value),  # an 8-bit-window CT flow: never "HU"
         synthetic=True,
         extra={**meta.extra, "derivation": derivation, "medm2g_flow": flow.pair.name, "samples": samples, "seed": seed},
     )

@@ -392,6 +392,9 @@ def run_batch(
 def write_sidecar(output: Path, *, kind: str, fingerprint_value: str, model: Any, flow: str, arguments: dict[str, Any],
                   seed: int, outputs: Sequence[str], extra: dict[str, Any] | None = None) -> Path:
     """Write the provenance sidecar of ``output`` (last, after the outputs themselves)."""
+    real_sets = getattr(getattr(model, "bundle", None), "real_sets", None)
+    if real_sets:  # trained on real data: say which, with each set's licence line
+        extra = {"trained_on_real_data": dict(real_sets), **(extra or {})}
     card = sidecar(kind=kind, fingerprint_value=fingerprint_value, bundle_hash=model.fingerprint, bundle_path=str(model.path),
                    flow=flow, arguments=arguments, seed=seed, synthetic_bundle=model.synthetic,
                    outputs=[Path(p).name for p in outputs], extra=extra)

@@ -453,8 +453,10 @@ def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: d
         if mapping is not None:
             source = pair.sources[0]
             values, state = processing.preprocess(arrays[source], source)
-            image = processing.postprocess(mapping(values), pair.target, processing.target_state(pair.target, {source: state}))
-            out_meta = meta.replace(modality=pair.target.value, units=units_for(pair.target.value), synthetic=True,
+            target_state = processing.target_state(pair.target, {source: state})
+            image = processing.postprocess(mapping(values), pair.target, target_state)
+            units = target_state.units if pair.target is Modality.CT else units_for(pair.target.value)
+            out_meta = meta.replace(modality=pair.target.value, units=units, synthetic=True,
                                     extra={**meta.extra, "derivation": f"medm2g {__version__} {pair.name} identity-after-intensity-map baseline",
                                            "medm2g_baseline": "identity"})
             write_volume(outputs["identity"] / record.patient_id / filename, image, out_meta, "nifti")

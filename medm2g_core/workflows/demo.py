@@ -44,21 +44,19 @@ later translate/generate run says so), the page and the summary say so.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import io as _text_io
-import json
-import re
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
+from medm2g_core.workflows.stages import Stage as _Stage
+from medm2g_core.workflows.stages import StageRecord, StageRunner, body_of, embedded_png, pick, table_json
+from medm2g_core.workflows.stages import fmt as _fmt
 
 STATE_FILE = "demo-state.json"
-STATE_VERSION = 1
 BUNDLE_NAME = "demo.m2g"
 RECIPE = "demo-cpu"
 ANATOMIES = ("chest", "head")
@@ -124,15 +122,6 @@ QUICK = DemoSettings(
 
 
 @dataclass
-class StageRecord:
-    """One stage of this run: ``reused`` when the state file already had it with the same inputs."""
-
-    name: str
-    seconds: float
-    reused: bool
-
-
-@dataclass
 class DemoResult:
     """What ``run_demo`` produced.
 
@@ -164,48 +153,6 @@ class DemoResult:
     seconds: float
     budgets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     synthetic: bool = True
-
-
-# --------------------------------------------------------------------------- state
-class _State:
-    """``OUT/demo-state.json``: ``{"version", "stages": {name: {"key", "status", "seconds", "result"}}}``."""
-
-    def __init__(self, path: Path):
-        from medm2g_core.serialization import read_json
-
-        self.path = path
-        self.data: dict[str, Any] = {"version": STATE_VERSION, "stages": {}}
-        if path.is_file():
-            try:
-                loaded = read_json(path)
-            except (OSError, ValueError):
-                loaded = None
-            if isinstance(loaded, dict) and loaded.get("version") == STATE_VERSION and isinstance(loaded.get("stages"), dict):
-                self.data = loaded
-
-    def entry(self, name: str) -> dict[str, Any]:
-        return self.data["stages"].get(name, {})
-
-    def finished(self, name: str, key: str) -> bool:
-        entry = self.entry(name)
-        return entry.get("status") == "finished" and entry.get("key") == key
-
-    def started(self, name: str, key: str) -> bool:
-        entry = self.entry(name)
-        return entry.get("status") == "started" and entry.get("key") == key
-
-    def mark(self, name: str, key: str, status: str, **details: Any) -> None:
-        from medm2g_core.serialization import write_json
-
-        self.data["stages"][name] = {"key": key, "status": status, **details}
-        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(self.path, self.data)
-
-
-def _key(inputs: Any) -> str:
-    from medm2g_core.serialization import to_jsonable
-
-    return hashlib.sha256(json.dumps(to_jsonable(inputs), sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- the run
@@ -256,44 +203,19 @@ def run_demo(
     )
 
 
-@dataclass
-class _Stage:
-    name: str
-    inputs: dict[str, Any]
-    after: tuple[str, ...]
-    action: Callable[[bool], dict[str, Any]]   # resume flag → JSON-able result
-    clean: tuple[Path, ...] = ()                # emptied before the stage runs afresh
-    resumable: bool = False                     # training: an interrupted run continues from its checkpoint
-
-
-class _Run:
+class _Run(StageRunner):
     def __init__(self, *, out_dir: Path, settings: DemoSettings, seed: int, quick: bool, progress: ProgressFn, device: str = "auto"):
-        self.out_dir = out_dir
+        super().__init__(out_dir=out_dir, state_file=STATE_FILE, seed=seed, progress=progress)
         self.device = device
         self.settings = settings
-        self.seed = seed
         self.quick = quick
-        self.outer_progress = progress
-        self.state = _State(out_dir / STATE_FILE)
         self.cohort = out_dir / "cohort"
         self.bundle = out_dir / BUNDLE_NAME
         self.predictions = out_dir / "predictions"
         self.evaluation = out_dir / "evaluation"
-        self.records: list[StageRecord] = []
-        self.keys: dict[str, str] = {}
-        self.results: dict[str, dict[str, Any]] = {}
-        self.total = 0
         self._recipe: Any = None
 
     # -- plumbing --------------------------------------------------------------------------------
-    def progress(self, event: ProgressEvent) -> None:
-        self.outer_progress(event)
-
-    def stage_progress(self, stage: str) -> ProgressFn:
-        def forward(event: ProgressEvent) -> None:
-            self.outer_progress(replace(event, task=f"{stage}: {event.task}" if event.task else stage))
-
-        return forward
 
     def recipe(self) -> Any:
         """demo-cpu with the demo's size and step overrides (what every stage is given)."""
@@ -331,29 +253,6 @@ class _Run:
         from medm2g_core.config import recipe_to_dict
 
         return recipe_to_dict(self.recipe())
-
-    def do(self, stage: _Stage) -> None:
-        index = len(self.records)
-        key = _key({"inputs": stage.inputs, "after": [self.keys[name] for name in stage.after], "seed": self.seed})
-        self.keys[stage.name] = key
-        self.progress(ProgressEvent(task="demo", completed=index, total=self.total, message=stage.name))
-        if self.state.finished(stage.name, key):
-            self.results[stage.name] = self.state.entry(stage.name).get("result", {})
-            self.records.append(StageRecord(stage.name, 0.0, True))
-            return
-        resume = stage.resumable and self.state.started(stage.name, key)
-        if not resume:
-            for path in stage.clean:
-                _remove(path)
-        self.state.mark(stage.name, key, "started")
-        began, cpu_began = time.monotonic(), time.process_time()
-        result = stage.action(resume)
-        seconds = round(time.monotonic() - began, 1)
-        # CPU seconds of this process (all threads): on a shared machine wall time overstates the cost.
-        cpu_seconds = round(time.process_time() - cpu_began, 1)
-        self.results[stage.name] = result
-        self.state.mark(stage.name, key, "finished", seconds=seconds, cpu_seconds=cpu_seconds, resumed=resume, result=result)
-        self.records.append(StageRecord(stage.name, seconds, False))
 
     def held_out(self, anatomy: str) -> list[str]:
         """Patient ids (folder names) of the held-out split of one anatomy, sorted."""
@@ -540,7 +439,7 @@ class _Run:
                                   html=self.evaluation / f"{pair}.html",
                                   baselines={name: folder / name for name in baselines}, features=features,
                                   progress=self.stage_progress(f"evaluate {pair}"))
-            table = _table_json(evaluation)
+            table = table_json(evaluation)
             write_json(self.evaluation / f"{pair}.json", {"task": task, "pair": pair, "synthetic": True, **table})
             tables[pair] = table
         return {"tables": tables}
@@ -565,13 +464,6 @@ class _Run:
                                                                previews=[self.cohort / f"{a}-preview.png" for a in ANATOMIES],
                                                                montage=self.out_dir / "montage.png"))
         return {"metrics": metrics, "tables": tables, "budgets": summary["budgets"]}
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 # --------------------------------------------------------------------------- X-ray features for FID/KID
@@ -670,21 +562,6 @@ def write_montage(path: str | Path, *, cohort: Path, predictions: Path, head: li
 
 
 # --------------------------------------------------------------------------- summary and page
-def _table_json(evaluation: Any) -> dict[str, Any]:
-    columns, rows = evaluation.table()
-    values = {name: {metric: summary.value for metric, summary in system.metrics.items()}
-              for name, system in evaluation.systems.items()}
-    return {"columns": columns, "rows": [[name, *cells] for name, cells in rows], "values": values,
-            "problems": evaluation.problems[:20]}
-
-
-def _pick(values: dict[str, Any], pattern: str) -> float | None:
-    for name, value in values.items():
-        if re.search(pattern, name) and value is not None:
-            return float(value)
-    return None
-
-
 NO_TRAINING = {"identity": "an intensity map fitted on the training voxels (no gradient steps)",
                "retrieval": "nearest training X-ray's report (no gradient steps)",
                "most-frequent": "the most frequent training report (no gradient steps)"}
@@ -718,7 +595,7 @@ def headline_metrics(tables: dict[str, Any], retrieval: dict[str, Any]) -> dict[
         systems = (tables.get(pair) or {}).get("values", {})
         metrics[pair] = {}
         for system, values in systems.items():
-            picked = {label: _pick(values, pattern) for label, pattern in patterns.items()}
+            picked = {label: pick(values, pattern) for label, pattern in patterns.items()}
             if picked.get("CE-F1") is None and "CE-F1 (any)" in picked:
                 picked["CE-F1"] = picked["CE-F1 (any)"]
             picked.pop("CE-F1 (any)", None)
@@ -730,23 +607,9 @@ TASK_TITLES = {"mri-ct": "MRI T1 → CT (translation)", "t1-t2": "MRI T1 → T2 
                "xray-report": "X-ray → report (report generation)", "report-xray": "report → X-ray (generation, FID/KID)"}
 
 
-def _body_of(page: Path, prefix: str) -> str:
-    """The sections of an evaluate page (its <h1> dropped, ids made unique) for inclusion in report.html."""
-    if not page.is_file():
-        return '<p class="notes">page missing</p>'
-    text = page.read_text(encoding="utf-8")
-    start, end = text.find("<body>"), text.rfind("</body>")
-    body = text[start + len("<body>"): end] if start >= 0 and end > start else text
-    body = re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)
-    body = body.replace('id="', f'id="{prefix}-').replace("<h2>", "<h3>").replace("</h2>", "</h3>")
-    return body
-
-
 def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval: dict[str, Any], pages: dict[str, Path],
                   previews: list[Path], montage: Path | None = None) -> str:
     """``report.html``: a synthetic-data banner, headline numbers, retrieval, each task's page, stage times."""
-    import base64
-
     from medm2g_core.metrics.report import _STYLE
 
     e = html.escape
@@ -776,9 +639,8 @@ def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval:
             out.append(f"<tr><td>{e(TASK_TITLES.get(pair, pair))}</td><td>{e(system)}</td><td>{e(text)}</td><td>{e(budget)}</td></tr>")
     out.append("</tbody></table>")
     if montage is not None and montage.is_file():
-        data = base64.b64encode(montage.read_bytes()).decode("ascii")
         out.append('<h2 id="montage">Outputs at a glance (held-out patients)</h2><div class="preview">'
-                   f'<img alt="demo montage" src="data:image/png;base64,{data}"></div>')
+                   f'{embedded_png(montage, "demo montage")}</div>')
 
     out.append('<h2 id="retrieval">Alignment: cross-modal retrieval (align stage)</h2>')
     rows = [(split, direction, values) for split, directions in retrieval.items() for direction, values in directions.items()]
@@ -795,24 +657,15 @@ def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval:
         out.append(f'<h2 id="{e(pair)}">{e(TASK_TITLES.get(pair, pair))}</h2>')
         out.append(f'<p class="notes">Full page: <a href="evaluation/{e(page.name)}">evaluation/{e(page.name)}</a>; '
                    f"JSON: evaluation/{e(page.stem)}.json</p>")
-        out.append(_body_of(page, pair))
+        out.append(body_of(page, pair))
 
     out.append('<h2 id="cohorts">The phantom cohorts</h2><div class="preview">')
     for preview in previews:
         if preview.is_file():
-            data = base64.b64encode(preview.read_bytes()).decode("ascii")
-            out.append(f'<figure><img alt="{e(preview.stem)}" src="data:image/png;base64,{data}"><figcaption>{e(preview.name)}</figcaption></figure>')
+            out.append(f'<figure>{embedded_png(preview, preview.stem)}<figcaption>{e(preview.name)}</figcaption></figure>')
     out.append("</div>")
     out.append('<h2 id="stages">Stages (seconds when each last ran)</h2><table><thead><tr><th>stage</th><th>seconds</th></tr></thead><tbody>')
     for name, seconds in summary["stage_seconds"].items():
         out.append(f"<tr><td>{e(name)}</td><td>{seconds:.1f}</td></tr>")
     out.append("</tbody></table></body></html>")
     return "\n".join(out)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))

@@ -158,6 +158,8 @@ def train_flow(
     names = _baseline_names(pair, regression=baselines)
     resolved = flows.resolve(pair)
     _ct_source_windows(pair, resolved, _flow_config(pair, resolved))  # refuse before any training
+    if Modality.CT in (*pair.sources, pair.target):
+        check_ct_units(splits["train"], recipe.data)
     out = _train_flow_stage(context, pair, started=started, synthetic=synthetic)
     if names:
         out.baselines = _fit_baselines(context, pair, names)
@@ -285,11 +287,20 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
     section = dict(context.recipe.text_vae)
     overrides = section.pop("training", {})
     config = context.training(overrides, final=final)
-    tokenizer = load_tokenizer(align_dir(context.bundle.path) / TOKENIZER)
     train_dataset = ReportDataset(context.splits["train"])
     val_dataset = DatasetSubset(ReportDataset(context.splits["val"] or context.splits["test"]), limit=32)
     if len(train_dataset) == 0:
         raise InputError(context.data_dir, "no reports in the training split; the text VAE needs report.txt files")
+    if context.bundle.data.get("align_hub"):
+        # The align stage saw no reports (an MRI-only or CT–MRI cohort), so its tokenizer knows one word. The
+        # text VAE then gets a WordPiece of its own training reports (the align recipe's sizes); it is saved in
+        # text_vae/tokenizer/, which is the one inference decodes with.
+        from medm2g_core.models.text_tokenizer import train_wordpiece
+
+        align = context.recipe.align
+        tokenizer = train_wordpiece([text for _, text in train_dataset.items], vocab_size=align.vocab_size, max_tokens=align.max_tokens)
+    else:
+        tokenizer = load_tokenizer(align_dir(context.bundle.path) / TOKENIZER)
     seed_everything(config.seed)
     vae = TextVAE(TextVAEConfig.from_tokenizer(tokenizer, **section))
     task = TextVAETask(vae, tokenizer)
@@ -413,6 +424,25 @@ def flow_training(context: "_Context", flows: Any, flow_config: Any) -> Any:
     """A flow's ``TrainingConfig``: the recipe's ``training`` + ``flows.training`` (+ command-line flags), with the
     EMA decay of the flow's own ``FlowConfig`` (``flows.objective.ema_decay``), never the top-level one."""
     return context.training(flows.training, final=True, extra={"ema_decay": flow_config.ema_decay})
+
+
+def check_ct_units(records: Any, data: Any) -> None:
+    """Refuse a CT cohort whose recorded units differ from the recipe's ``data.ct_units``: an 8-bit display-window
+    CT (AANLIB) normalised with an HU window would fill 6 % of [-1, 1], and its outputs would be labelled HU.
+    Reads the header of the first training CT (NIfTI; other formats carry HU by construction)."""
+    from medm2g_core.io.nifti import read_header
+    from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS
+
+    for record in records:
+        path = record.files.get(Modality.CT)
+        if path is None or not str(path).lower().endswith((".nii", ".nii.gz")):
+            continue
+        units = read_header(path)[1].units
+        if (units == CT_WINDOW_8BIT_UNITS) != (data.ct_units == CT_WINDOW_8BIT_UNITS):
+            fix = ("set data.ct_units: '8-bit window (not HU)' and data.ct_window: [0, 255] in the recipe"
+                   if units == CT_WINDOW_8BIT_UNITS else "set data.ct_units: HU (the default) in the recipe")
+            raise InputError(path, f"CT recorded in units {units!r}, but the recipe's data.ct_units is {data.ct_units!r}", fix)
+        return
 
 
 def _ct_source_windows(pair: Pair, flows: Any, flow_config: Any) -> list[list[float]]:

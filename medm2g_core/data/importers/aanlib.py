@@ -16,7 +16,7 @@ What the files can and cannot say:
 - **CT units**: the CT is a display window already cut to 8 bits (soft tissue mid-grey, bone saturated
   at 255), so ``ct.nii.gz`` records ``units = modalities.CT_WINDOW_8BIT_UNITS`` and never HU;
   ``medm2g evaluate`` reports its errors in grey levels (``metrics.image.WINDOW8_NAMES``). Train flows on
-  it with ``data.ct_window: [0, 255]`` in the recipe, so the window fills [-1, 1] (the default HU window
+  it with ``data.ct_window: [0, 255]`` and ``data.ct_units: "8-bit window (not HU)"`` in the recipe, so the window fills [-1, 1] (the default HU window
   would squeeze 0..255 into 6 % of it).
 - **Geometry** is nominal: 1 mm pixels, 1 mm between stacked slices, axial (rows anterior→posterior,
   columns patient right→left, as displayed); the atlas gives neither spacing nor slice positions.

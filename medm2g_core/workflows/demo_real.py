@@ -1,0 +1,656 @@
+"""``run_real_demo()``: train and measure MedM2G on the small real public sets in ``../shared/data`` (issue #18).
+
+Which sets, and what each task is (a set missing under the data root is skipped, with one line saying so):
+
+========== ============================== ==================================================================
+set        folder under the data root     tasks (held-out = the importer's val ∪ test split, never trained on)
+========== ============================== ==================================================================
+``brats``  ``brain_mri_brats/``           ``t1-t2`` and ``t2+flair-t1``: 3 co-registered subjects, 2 train /
+                                          1 held-out subject; SynDiff-protocol PSNR/SSIM on its whole volume
+``aanlib`` ``ct_mri_brain_aanlib/``       ``t2-ct`` (MRI → CT): 8 cases of paired slices, held-out cases; the CT
+                                          is an 8-bit display window, so it is trained with
+                                          ``data.ct_window: [0, 255]``, ``data.ct_units: 8-bit window`` and scored
+                                          in grey levels (never HU)
+``iu``     ``iu_xray/``                   the report text autoencoder: trained on the R2Gen train split,
+                                          reconstruction ROUGE-L / BLEU-4 on the R2Gen val split (R2Gen cleaning)
+========== ============================== ==================================================================
+
+Stages (``OUT/real-state.json``; rerunning reuses finished ones, as ``workflows.demo`` does, through
+``workflows.stages``):
+
+1. ``import``: ``data import brats|aanlib|iu-xray`` into ``OUT/cohort/brain/{brats,aanlib}`` and
+   ``OUT/cohort/iu`` (symlinks or converted slices; the data is never copied into the project), a nested
+   ``OUT/cohort/brain/splits.json`` from the importers' own splits (by subject, by case).
+2. ``align``: one bundle ``OUT/real.m2g`` aligned on the brain cohort — BraTS contrasts to each other slice by
+   slice, AANLIB MRI to its CT (the cohorts have no reports: ``bundle.json["align_hub"]`` says what stood in).
+   The IU reports are not in this cohort: alignment draws one item per patient, and 2,365 report-only studies
+   would fill 99.6 % of its batches while the 11 imaging subjects starve.
+3. ``flow <pair>`` for each image task, into the same bundle, each with its baselines at the flow's budget:
+   the identity (intensity map) and the L1 regression trained for the same steps (``train_flow(baselines=True)``).
+4. ``text-vae``: the report autoencoder on ``OUT/cohort/iu`` into the same bundle (its own WordPiece, since the
+   align stage saw no text).
+5. ``predict``: the held-out volumes translated by the model (mean of ``samples``) and by each baseline.
+6. ``evaluate``: ``medm2g evaluate`` per image task (model vs identity vs regression); the report
+   autoencoder's reconstruction of the R2Gen val reports.
+7. ``report``: ``OUT/summary.json``, ``OUT/report.html``, ``OUT/montage.png`` (real inputs | outputs |
+   references), and the bundle marked as trained on real data with each set's licence line.
+
+The plain peer (``benchmarks/peer.py``) is not run here: the core does not depend on ``benchmarks/``;
+``benchmarks/bench_quality.py --cohort OUT/cohort/brain/brats`` measures it on the same imported cohorts.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
+from medm2g_core.workflows.stages import Stage, StageRecord, StageRunner, body_of, embedded_png, fmt, pick, table_json
+
+STATE_FILE = "real-state.json"
+BUNDLE_NAME = "real.m2g"
+RECIPE = "demo-cpu"
+HELD_OUT = ("val", "test")
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """One shared real set: its folder under the data root, the importer, where it goes, its licence line."""
+
+    key: str
+    folder: str
+    importer: str
+    cohort: str  # relative to OUT/cohort
+    licence: str
+
+
+SETS = (
+    RealSet("brats", "brain_mri_brats", "brats", "brain/brats",
+            "BraTS 2023 and TCGA (TCIA) brain MRI via GitHub BrainLesion/tutorials; no image licence stated — research and "
+            "testing only; cite Menze et al., IEEE TMI 2015; Baid et al., arXiv 2107.02314; Clark et al., J Digit Imaging 2013"),
+    RealSet("aanlib", "ct_mri_brain_aanlib", "aanlib", "brain/aanlib",
+            "The Whole Brain Atlas (K. A. Johnson, J. A. Becker, Harvard Medical School, http://www.med.harvard.edu/AANLIB/) "
+            "via GitHub xianming-gu/Havard-Medical-Image-Fusion-Datasets; no licence stated — research and testing only, "
+            "with this attribution"),
+    RealSet("iu", "iu_xray", "iu-xray", "iu",
+            "Indiana University Chest X-ray Collection (Open-i, U.S. National Library of Medicine), CC BY-NC-ND 4.0; "
+            "cite Demner-Fushman et al., JAMIA 2016;23(2):304-310"),
+)
+SET_OF = {s.key: s for s in SETS}
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """A registered image flow on one set: ``inputs`` are the files (or, for several sources, the patient
+    folder) translate is given; ``target`` the file it writes and evaluate scores."""
+
+    pair: str
+    set: str
+    sources: tuple[str, ...]
+    target: str
+    title: str
+
+
+IMAGE_TASKS = (
+    ImageTask("t1-t2", "brats", ("mri-t1",), "mri-t2", "BraTS T1 → T2"),
+    ImageTask("t2+flair-t1", "brats", ("mri-t2", "mri-flair"), "mri-t1", "BraTS T2 + FLAIR → T1"),
+    ImageTask("t2-ct", "aanlib", ("mri-t2",), "ct", "AANLIB MRI (T2) → CT (8-bit window)"),
+)
+TEXT_TASK = "report-autoencoder"
+
+
+@dataclass(frozen=True)
+class RealDemoSettings:
+    """Sizes and budgets of one real-data demo run (the rest comes from ``recipes/demo-cpu.yaml``).
+
+    Attributes:
+        size: pixels per side the models see (``data.image_size``); outputs are resized back to the input grid.
+        align_steps, text_vae_steps: training steps. flow_steps: pair → steps (the regression baseline gets the same).
+        samples, sampler_steps: samples averaged per translated slice, DDIM steps (None = the flow's, 10).
+        batch_size, val_batches, psnr_items: as in ``workflows.demo.DemoSettings``.
+        aanlib_slices: AANLIB slices imported per case (None = all 144 pairs).
+        iu_reports: IU studies kept per split, train and val (None = all: 2,069 train / 296 val in R2Gen's split).
+        text_max_tokens: reports are cut after this many WordPiece tokens in the autoencoder.
+        align_batch_size, align_slices: the alignment batch (the brain cohorts have only 8 training subjects and
+            cases) and the axial slices drawn per volume per item (more slices, more in-batch negatives).
+    """
+
+    size: int = 64
+    align_steps: int = 60
+    flow_steps: dict[str, int] = field(default_factory=lambda: {"t1-t2": 500, "t2+flair-t1": 500, "t2-ct": 500})
+    text_vae_steps: int = 900
+    samples: int = 2
+    sampler_steps: int | None = None
+    batch_size: int | None = None
+    val_batches: int | None = 1
+    psnr_items: int | None = 4
+    aanlib_slices: int | None = None
+    iu_reports: int | None = None
+    text_max_tokens: int = 128
+    align_batch_size: int = 8
+    align_slices: int = 2
+
+
+FULL = RealDemoSettings()
+"""The default: 64² slices, 500 steps per image flow (and its regression), 900 text-autoencoder steps — aims at
+≤ 15 min on 2 unshared cores."""
+
+QUICK = RealDemoSettings(
+    size=32, align_steps=8, flow_steps={"t1-t2": 12, "t2+flair-t1": 12, "t2-ct": 12}, text_vae_steps=10, samples=1,
+    sampler_steps=2, batch_size=8, val_batches=1, psnr_items=1, aanlib_slices=4, iu_reports=24, text_max_tokens=48,
+    align_slices=2,
+)
+"""``--quick``: 32², a few steps, 4 slices per AANLIB case, 24 IU studies per split — every stage runs; the numbers mean little."""
+
+
+@dataclass
+class RealDemoResult:
+    """What ``run_real_demo`` produced.
+
+    Attributes:
+        out_dir, bundle (``OUT/real.m2g``), report_html, summary_json, montage.
+        sets: set key → ``{"licence", "patients", "splits"}`` for the sets found; skipped: set key → the one line
+            saying why it was skipped (folder missing).
+        rows: the measured table, one row per (task, system): ``{"task", "system", "metrics": {...},
+            "budget": {"steps", "seconds"}}``.
+        stages, stage_seconds: as in ``DemoResult``. seconds: wall time of this call.
+    """
+
+    out_dir: Path
+    bundle: Path
+    report_html: Path
+    summary_json: Path
+    montage: Path
+    data_root: Path
+    sets: dict[str, Any]
+    skipped: dict[str, str]
+    rows: list[dict[str, Any]]
+    stages: list[StageRecord]
+    stage_seconds: dict[str, float]
+    quick: bool
+    seconds: float
+
+
+def default_data_root() -> Path:
+    """``../shared/data`` beside the checkout (the folder holding ``medm2g_core``), else beside the working folder."""
+    checkout = Path(__file__).resolve().parents[2]
+    for candidate in (checkout.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return checkout.parent / "shared" / "data"
+
+
+def find_sets(data_root: str | Path | None = None) -> tuple[Path, list[RealSet], dict[str, str]]:
+    """(the data root, the sets found under it, set key → the one line saying why a set is skipped)."""
+    root = Path(data_root) if data_root is not None else default_data_root()
+    found = [s for s in SETS if (root / s.folder).is_dir()]
+    skipped = {s.key: f"skipped {s.key}: {root / s.folder} not found" for s in SETS if s not in found}
+    return root, found, skipped
+
+
+def run_real_demo(
+    out_dir: str | Path = "medm2g-real",
+    *,
+    data_root: str | Path | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    settings: RealDemoSettings | None = None,
+    register_default: bool = True,
+    progress: ProgressFn = no_progress,
+) -> RealDemoResult:
+    """Import the real sets found under ``data_root``, train, evaluate, report (see the module docstring).
+
+    Args:
+        out_dir: the demo folder (created). Rerunning in the same folder reuses finished stages.
+        data_root: the folder holding ``brain_mri_brats/``, ``ct_mri_brain_aanlib/``, ``iu_xray/`` (default
+            ``default_data_root()``); each missing one is skipped.
+        quick: ``QUICK`` settings; settings: explicit ones (tests), overriding ``quick``.
+        register_default: make ``OUT/real.m2g`` the default model.
+
+    Raises:
+        InputError: none of the sets is under ``data_root`` (the message names the folders looked for).
+    """
+    from medm2g_core.bundle import set_default_bundle
+    from medm2g_core.errors import InputError
+
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    root, found, _ = find_sets(data_root)
+    if not found:
+        raise InputError(root, f"holds none of the real sets ({', '.join(s.folder + '/' for s in SETS)})",
+                         "pass --data-root DIR naming the shared data folder (its README lists the sets)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _RealRun(out_dir=out_dir, root=root, found=found, settings=settings or (QUICK if quick else FULL), seed=seed,
+                   quick=quick, progress=progress)
+    for stage in run.plan():
+        run.do(stage)
+    run.progress(ProgressEvent(task="demo", completed=len(run.records), total=len(run.records), message="done"))
+    if register_default and (run.bundle / "bundle.json").is_file():
+        set_default_bundle(run.bundle)
+    report = run.results.get("report", {})
+    return RealDemoResult(
+        out_dir=out_dir, bundle=run.bundle, report_html=out_dir / "report.html", summary_json=out_dir / "summary.json",
+        montage=out_dir / "montage.png", data_root=root, sets=run.results["import"]["sets"],
+        skipped=run.skipped, rows=report.get("rows", []), stages=run.records, stage_seconds=run.state.seconds(),
+        quick=quick, seconds=time.monotonic() - started,
+    )
+
+
+class _RealRun(StageRunner):
+    def __init__(self, *, out_dir: Path, root: Path, found: list[RealSet], settings: RealDemoSettings, seed: int, quick: bool,
+                 progress: ProgressFn):
+        super().__init__(out_dir=out_dir, state_file=STATE_FILE, seed=seed, progress=progress)
+        self.root = root
+        self.found = {s.key: s for s in found}
+        self.skipped = find_sets(root)[2]
+        self.settings = settings
+        self.quick = quick
+        self.cohort = out_dir / "cohort"
+        self.bundle = out_dir / BUNDLE_NAME
+        self.predictions = out_dir / "predictions"
+        self.evaluation = out_dir / "evaluation"
+        self.image_tasks = [t for t in IMAGE_TASKS if t.set in self.found]
+        self._recipe: Any = None
+
+    def folder(self, key: str) -> Path:
+        return self.cohort / SET_OF[key].cohort
+
+    def recipe(self) -> Any:
+        """demo-cpu with this demo's sizes, steps and the 8-bit CT window of AANLIB."""
+        if self._recipe is None:
+            from medm2g_core.config import apply_overrides, load_recipe
+            from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS
+
+            s = self.settings
+            recipe = load_recipe(RECIPE)
+            flows = dict(recipe.flows)
+            training = {**dict(flows.get("training") or {}), "val_batches": s.val_batches}
+            if s.batch_size is not None:
+                training["batch_size"] = s.batch_size
+            flows["training"] = training
+            flows["forgetting"] = {**dict(flows.get("forgetting") or {}), "val_batches": s.val_batches, "psnr_samples": s.psnr_items}
+            flows["sample_items"] = s.psnr_items
+            if s.sampler_steps is not None:
+                flows["objective"] = {**dict(flows.get("objective") or {}), "sampling_steps": s.sampler_steps}
+            text_vae = {**dict(recipe.text_vae), "max_tokens": s.text_max_tokens}
+            text_vae["training"] = {**dict(text_vae.get("training") or {}), "steps": s.text_vae_steps, "val_batches": s.val_batches,
+                                    **({"batch_size": s.batch_size} if s.batch_size else {})}
+            self._recipe = apply_overrides(recipe, {
+                "data.image_size": s.size, "data.ct_window": [0, 255], "data.ct_units": CT_WINDOW_8BIT_UNITS,
+                "align.modalities": ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"], "align.max_tokens": s.text_max_tokens,
+                "align.training.steps": s.align_steps, "align.training.val_batches": s.val_batches,
+                "align.training.batch_size": s.align_batch_size, "data.slices_per_volume": s.align_slices,
+                "training.val_batches": s.val_batches,
+                "flows": flows, "text_vae": text_vae,
+            })
+        return self._recipe
+
+    def held_out(self, key: str) -> list[str]:
+        from medm2g_core.serialization import read_json
+
+        splits = read_json(self.folder(key) / "splits.json")
+        return sorted(pid for split in HELD_OUT for pid in splits.get(split, []))
+
+    # -- the plan --------------------------------------------------------------------------------
+    def plan(self) -> list[Stage]:
+        from medm2g_core.config import recipe_to_dict
+
+        s = self.settings
+        recipe = recipe_to_dict(self.recipe())
+        found = sorted(self.found)
+        stages = [Stage("import", {"sets": found, "root": str(self.root.resolve()), "aanlib_slices": s.aanlib_slices,
+                                   "iu_reports": s.iu_reports, "version": 1}, (), self.import_sets, clean=(self.cohort,))]
+        brain = [k for k in found if k in ("brats", "aanlib")]
+        if not brain and "iu" not in self.found:
+            return stages
+        stages.append(Stage("align", {"recipe": recipe["align"], "data": recipe["data"], "training": recipe["training"]},
+                            ("import",), self.align, clean=(self.bundle,), resumable=True))
+        previous = "align"
+        for task in self.image_tasks:
+            name = f"flow {task.pair}"
+            stages.append(Stage(name, {"flows": recipe["flows"], "steps": s.flow_steps.get(task.pair)}, (previous,),
+                                self.flow_action(task), resumable=True))
+            previous = name
+        if "iu" in self.found:
+            stages.append(Stage("text-vae", {"text_vae": recipe["text_vae"], "max_tokens": s.text_max_tokens}, (previous,),
+                                self.text_vae, resumable=True))
+            previous = "text-vae"
+        stages += [
+            Stage("predict", {"samples": s.samples, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT}, (previous,),
+                  self.predict, clean=(self.predictions,)),
+            Stage("evaluate", {"version": 1}, ("predict",), self.evaluate, clean=(self.evaluation,)),
+            Stage("report", {"version": 1}, ("evaluate",), self.report),
+        ]
+        self.total = len(stages)
+        return stages
+
+    # -- stages ----------------------------------------------------------------------------------
+    def import_sets(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.data.importers import import_dataset
+        from medm2g_core.serialization import read_json, write_json
+
+        s = self.settings
+        sets: dict[str, Any] = {}
+        for key, real in sorted(self.found.items()):
+            limit = s.aanlib_slices if key == "aanlib" else None
+            result = import_dataset(real.importer, self.root / real.folder, out=self.folder(key), limit=limit,
+                                    progress=self.stage_progress(f"import {key}"))
+            splits = read_json(self.folder(key) / "splits.json")
+            if key == "iu":
+                splits = _trim_reports(self.folder(key), splits, keep=s.iu_reports)
+            sets[key] = {"licence": real.licence, "source": real.folder, "patients": int(result.patients),
+                         "splits": {name: len(ids) for name, ids in splits.items()}, "notes": list(result.notes)}
+        brain = [k for k in ("brats", "aanlib") if k in self.found]
+        if brain:  # the align cohort: the importers' own splits, by subject and by case, under nested ids
+            nested: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+            for key in brain:
+                for split, ids in read_json(self.folder(key) / "splits.json").items():
+                    nested.setdefault(split, []).extend(f"{key}/{pid}" for pid in ids)
+            write_json(self.cohort / "brain" / "splits.json", nested)
+        return {"sets": sets, "skipped": self.skipped}
+
+    def align(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.workflows.align import align
+
+        from medm2g_core.config import apply_overrides
+        from medm2g_core.serialization import read_json
+
+        data = self.cohort / "brain" if (self.cohort / "brain").is_dir() else self.folder("iu")
+        # A batch no larger than the training split (AANLIB alone has 6 training cases).
+        train = len(read_json(data / "splits.json").get("train", []))
+        recipe = apply_overrides(self.recipe(), {"align.training.batch_size": max(1, min(self.settings.align_batch_size, train))})
+        result = align(data, self.bundle, recipe=recipe, seed=self.seed, resume=resume, progress=self.stage_progress("align"))
+        self.mark_bundle()
+        return {"steps": result.steps, "patients": result.patients, "modalities": result.modalities, "hub": result.hub,
+                "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
+
+    def mark_bundle(self) -> None:
+        from medm2g_core.bundle import Bundle
+
+        bundle = Bundle.open(self.bundle)
+        bundle.set_real_sets({key: real.licence for key, real in sorted(self.found.items())})
+        bundle.save()
+
+    def flow_action(self, task: ImageTask) -> Callable[[bool], dict[str, Any]]:
+        def action(resume: bool) -> dict[str, Any]:
+            from medm2g_core.workflows.train_flow import train_flow
+
+            result = train_flow(self.folder(task.set), self.bundle, pair=task.pair, recipe=self.recipe(),
+                                steps=self.settings.flow_steps.get(task.pair), resume=resume, seed=self.seed, baselines=True,
+                                progress=self.stage_progress(f"flow {task.pair}"))
+            flow = next(r for r in result.stages if r.name.startswith("flows/"))
+            regression = result.baselines.get("regression", {})
+            return {"pair": result.pair, "metrics": result.metrics, "forgetting": result.forgetting,
+                    "budget": {"model": {"steps": flow.steps, "seconds": round(flow.seconds, 1)},
+                               "regression": {"steps": regression.get("steps"), "seconds": regression.get("seconds")},
+                               "identity": {"steps": 0, "seconds": None}}}
+
+        return action
+
+    def text_vae(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.workflows.train_flow import train_flow
+
+        result = train_flow(self.folder("iu"), self.bundle, stage="text-vae", recipe=self.recipe(), steps=self.settings.text_vae_steps,
+                            resume=resume, seed=self.seed, progress=self.stage_progress("text-vae"))
+        self.mark_bundle()
+        report = result.stages[0]
+        return {"steps": report.steps, "seconds": round(report.seconds, 1), "val_end": report.val_end}
+
+    def predict(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.jobs.translate import translate_batch
+        from medm2g_core.modalities import parse_modality
+        from medm2g_core.workflows.baselines import predict_baselines
+
+        s = self.settings
+        done: dict[str, Any] = {}
+        for task in self.image_tasks:
+            patients = self.held_out(task.set)
+            folder = self.folder(task.set)
+            if len(task.sources) == 1:
+                inputs = [str(folder / pid / f"{task.sources[0]}.nii.gz") for pid in patients]
+                sources = None
+            else:
+                inputs = [str(folder / pid) for pid in patients]
+                sources = tuple(parse_modality(m) for m in task.sources)
+            out = self.predictions / task.pair
+            started = time.monotonic()
+            batch = translate_batch(inputs, to=parse_modality(task.target), sources=sources, out=out / "model", model=self.bundle,
+                                    samples=s.samples, seed=self.seed, steps=s.sampler_steps, device="cpu", overwrite=True,
+                                    progress=self.stage_progress(f"predict {task.pair}"))
+            seconds = round(time.monotonic() - started, 1)
+            if batch.counts.get("failed"):
+                from medm2g_core.errors import MedM2GError
+
+                raise MedM2GError(f"translating the held-out {task.set} patients failed ({batch.counts}); see {out / 'model' / 'run.json'}")
+            predict_baselines(self.bundle, pair=task.pair, inputs=folder, out_dir=out, patients=patients,
+                              progress=self.stage_progress(f"predict {task.pair} baselines"))
+            done[task.pair] = {"patients": len(patients), "seconds": seconds}
+        if "iu" in self.found:
+            done[TEXT_TASK] = self.reconstruct_reports()
+        return done
+
+    def reconstruct_reports(self) -> dict[str, Any]:
+        """decode(encode(report)) of every R2Gen val report → ``OUT/predictions/report-autoencoder/reports.json``
+        (study id → text; the reports are public, and no patient name or id is in them)."""
+        import torch
+
+        from medm2g_core import io
+        from medm2g_core.flows.model import load_text_vae
+        from medm2g_core.models.text_vae import ids_to_texts, texts_to_ids
+        from medm2g_core.serialization import read_json, write_json
+
+        folder = self.folder("iu")
+        ids = read_json(folder / "splits.json").get("val", [])
+        references = {pid: io.read_report(folder / pid / "report.txt").text for pid in ids if (folder / pid / "report.txt").is_file()}
+        vae, tokenizer = load_text_vae(self.bundle, device="cpu")
+        started = time.monotonic()
+        decoded: dict[str, str] = {}
+        keys = sorted(references)
+        with torch.no_grad():
+            for first in range(0, len(keys), 64):
+                chunk = keys[first:first + 64]
+                tokens, mask = texts_to_ids(tokenizer, [references[k] for k in chunk], max_tokens=vae.config.max_tokens,
+                                            pad_id=vae.config.pad_id)
+                out = vae.decode(vae.encode(tokens, mask), max_tokens=vae.config.max_tokens)
+                decoded.update(zip(chunk, ids_to_texts(tokenizer, out, eos_id=vae.config.eos_id, pad_id=vae.config.pad_id)))
+        write_json(self.predictions / TEXT_TASK / "reports.json", {"predictions": decoded, "references": references})
+        return {"reports": len(keys), "seconds": round(time.monotonic() - started, 1)}
+
+    def evaluate(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.serialization import read_json, write_json
+        from medm2g_core.workflows.evaluate import evaluate
+
+        tables: dict[str, Any] = {}
+        for task in self.image_tasks:
+            folder = self.predictions / task.pair
+            evaluation = evaluate("translation", pred_dir=folder / "model", ref_dir=self.folder(task.set),
+                                  html=self.evaluation / f"{task.pair}.html",
+                                  baselines={name: folder / name for name in ("identity", "regression")},
+                                  progress=self.stage_progress(f"evaluate {task.pair}"))
+            table = table_json(evaluation)
+            write_json(self.evaluation / f"{task.pair}.json", {"task": "translation", "pair": task.pair, "real": True, **table})
+            tables[task.pair] = table
+        if "iu" in self.found:
+            from medm2g_core.metrics.text import score_reports
+
+            pairs = read_json(self.predictions / TEXT_TASK / "reports.json")
+            scores = score_reports(pairs["predictions"], pairs["references"], cleaning="iu_xray", meteor=False)
+            values = {name: value for name, value in scores.corpus.items() if value is not None}
+            write_json(self.evaluation / f"{TEXT_TASK}.json", {"task": TEXT_TASK, "split": "R2Gen val", "n": len(pairs["predictions"]),
+                                                               "values": {"model": values}, "notes": scores.notes})
+            tables[TEXT_TASK] = {"values": {"model": values}, "n": len(pairs["predictions"])}
+        return {"tables": tables}
+
+    def report(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.serialization import write_json, write_text
+
+        tables = self.results["evaluate"]["tables"]
+        rows = self.rows(tables)
+        summary = {
+            "real": True, "synthetic": False, "quick": self.quick, "settings": asdict(self.settings), "seed": self.seed,
+            "data_root": str(self.root.resolve()), "bundle": str(self.bundle.resolve()),
+            "sets": self.results["import"]["sets"], "skipped": self.skipped, "rows": rows,
+            "stage_seconds": self.state.seconds(),
+            "stage_cpu_seconds": {n: e.get("cpu_seconds") for n, e in self.state.data["stages"].items()},
+            "held_out": {task.pair: self.held_out(task.set) for task in self.image_tasks},
+            "files": {"report": str(self.out_dir / "report.html"), "montage": str(self.out_dir / "montage.png"),
+                      "bundle": str(self.bundle), "evaluation": str(self.evaluation), "predictions": str(self.predictions)},
+        }
+        write_json(self.out_dir / "summary.json", summary)
+        write_real_montage(self.out_dir / "montage.png", tasks=self.image_tasks, cohort_of=self.folder,
+                           predictions=self.predictions, held_out={t.pair: self.held_out(t.set) for t in self.image_tasks})
+        pages = {task.pair: self.evaluation / f"{task.pair}.html" for task in self.image_tasks}
+        write_text(self.out_dir / "report.html", render_real_report(summary, pages=pages, montage=self.out_dir / "montage.png"))
+        return {"rows": rows}
+
+    def rows(self, tables: dict[str, Any]) -> list[dict[str, Any]]:
+        """The measured table: one row per (task, system) with its headline metrics and its budget."""
+        rows: list[dict[str, Any]] = []
+        for task in self.image_tasks:
+            budgets = self.results[f"flow {task.pair}"]["budget"]
+            target = task.target
+            patterns = {"MAE": rf"^{target}: MAE", "PSNR dB": rf"^{target}: PSNR", "SSIM": rf"^{target}: SSIM"}
+            for system, values in (tables.get(task.pair) or {}).get("values", {}).items():
+                metrics = {label: pick(values, pattern) for label, pattern in patterns.items()}
+                convention = next((name.split(": ", 1)[1] for name in values if name.startswith(f"{target}: PSNR")), None)
+                rows.append({"task": task.pair, "title": task.title, "set": task.set, "system": system,
+                             "metrics": {k: v for k, v in metrics.items() if v is not None}, "convention": convention,
+                             "budget": budgets.get(system, {}), "held_out": len(self.held_out(task.set))})
+        if TEXT_TASK in tables:
+            values = tables[TEXT_TASK]["values"]["model"]
+            text = self.results.get("text-vae", {})
+            rows.append({"task": TEXT_TASK, "title": "IU X-ray report autoencoder (R2Gen val)", "set": "iu", "system": "model",
+                         "metrics": {"ROUGE-L": pick(values, r"^ROUGE-L"), "BLEU-4": pick(values, r"^BLEU-4")},
+                         "convention": "R2Gen cleaning, pycocoevalcap", "budget": {"steps": text.get("steps"), "seconds": text.get("seconds")},
+                         "held_out": tables[TEXT_TASK]["n"]})
+        return rows
+
+
+def _trim_reports(folder: Path, splits: dict[str, list[str]], *, keep: int | None) -> dict[str, list[str]]:
+    """IU: R2Gen's train and val studies only (the studies outside its split — no findings — go nowhere, so they
+    are neither trained on nor scored), at most ``keep`` per split (``--quick``). Folders left out are removed
+    from the imported cohort (they are the importer's own output: links and report text, never the data)."""
+    from medm2g_core.serialization import write_json
+    from medm2g_core.workflows.stages import remove_path
+
+    kept = {name: sorted(ids)[:keep] if keep else sorted(ids) for name, ids in splits.items() if name in ("train", "val")}
+    wanted = {pid for ids in kept.values() for pid in ids}
+    for child in folder.iterdir():
+        if child.is_dir() and child.name not in wanted:
+            remove_path(child)
+    write_json(folder / "splits.json", kept)
+    return kept
+
+
+# --------------------------------------------------------------------------- montage
+MONTAGE_TILE = 112
+
+
+def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: Callable[[str], Path], predictions: Path,
+                       held_out: dict[str, list[str]]) -> Path:
+    """A grey PNG: per image task, the first held-out patient's middle slice (AANLIB: two held-out cases) —
+    real inputs | model | regression | identity | real reference. MRI tiles 0..99.5th percentile of the
+    reference; CT tiles 0..255 (its 8-bit window)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from medm2g_core.data.synth.preview import window_uint8 as window
+    from medm2g_core.serialization import atomic_path
+
+    def axial(file: Path, k: int | None = None):
+        """The axial slice of a volume, oriented as displayed (RAS canonical, rotated; AANLIB is stored as shown)."""
+        import nibabel
+
+        if not file.is_file():
+            return None
+        image = nibabel.as_closest_canonical(nibabel.load(str(file)))
+        volume = np.asarray(image.dataobj, dtype=np.float32)
+        k = volume.shape[2] // 2 if k is None else k
+        return np.rot90(volume[:, :, k])
+
+    rows: list[tuple[str, list[tuple[str, Any]]]] = []
+    for task in tasks:
+        folder = cohort_of(task.set)
+        for pid in held_out.get(task.pair, [])[: 2 if task.set == "aanlib" else 1]:
+            reference = axial(folder / pid / f"{task.target}.nii.gz")
+            if reference is None:
+                continue
+            high = 255.0 if task.target == "ct" else max(float(np.percentile(reference, 99.5)), 1.0)
+            tiles = []
+            for source in task.sources:
+                image = axial(folder / pid / f"{source}.nii.gz")
+                tiles.append((f"{source} (input)", None if image is None else window(image, 0, max(float(np.percentile(image, 99.5)), 1.0))))
+            for system in ("model", "regression", "identity"):
+                image = axial(predictions / task.pair / system / pid / f"{task.target}.nii.gz")
+                tiles.append((system, None if image is None else window(image, 0, high)))
+            tiles.append((f"{task.target} (real)", window(reference, 0, high)))
+            rows.append((f"{task.pair}\n{task.set}\nheld-out\n#{len(rows) + 1}", tiles))
+    columns = max((len(tiles) for _, tiles in rows), default=1)
+    header, left, tile = 16, 84, MONTAGE_TILE
+    canvas = Image.new("L", (left + tile * columns, max(len(rows), 1) * (tile + header) + 18), 0)
+    draw = ImageDraw.Draw(canvas)
+    for row, (name, tiles) in enumerate(rows):
+        top = row * (tile + header)
+        draw.text((4, top + header + 4), name, fill=255)
+        for column, (title, image) in enumerate(tiles):
+            draw.text((left + column * tile + 3, top + 2), title, fill=220)
+            if image is not None:
+                canvas.paste(Image.fromarray(image).resize((tile, tile), Image.BILINEAR), (left + column * tile, top + header))
+    draw.text((4, canvas.height - 15), "REAL held-out scans (public research samples) and medm2g outputs - not for diagnosis", fill=200)
+    with atomic_path(path, suffix=".png") as tmp:
+        canvas.save(tmp, format="PNG", optimize=True)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- page
+def budget_text(budget: dict[str, Any]) -> str:
+    """``600 steps, 212 s`` (identity: ``fitted, no steps``)."""
+    steps, seconds = budget.get("steps"), budget.get("seconds")
+    if not steps:
+        return "fitted, no steps"
+    return f"{steps} steps" + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
+
+
+def render_real_report(summary: dict[str, Any], *, pages: dict[str, Path], montage: Path | None) -> str:
+    """``report.html``: what was trained on which real set (with licences), the measured table, the montage,
+    each task's evaluate page, stage times."""
+    from medm2g_core.metrics.report import _STYLE
+
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>medm2g demo --real</title>',
+           f"<style>{_STYLE}.banner{{background:#e8f4ff;border:1px solid #80b0e0;padding:8px 12px;font-size:14px}}"
+           ".preview img{max-width:100%}</style></head><body>",
+           "<h1>medm2g demo --real — MedM2G on small real public sets</h1>",
+           '<p class="banner"><b>REAL DATA, TINY SAMPLES.</b> A few subjects per set (held-out subjects and cases never '
+           "trained on), CPU budgets of minutes: the numbers show how the method behaves on real scans at this scale, "
+           "not paper-scale performance. Not for diagnosis.</p>"]
+    out.append('<h2 id="sets">Data (read in place, never copied)</h2><table><thead><tr><th>set</th><th>patients</th>'
+               "<th>splits</th><th>licence and attribution</th></tr></thead><tbody>")
+    for key, info in summary["sets"].items():
+        out.append(f"<tr><td>{e(key)}</td><td>{info['patients']}</td><td>{e(str(info['splits']))}</td><td>{e(info['licence'])}</td></tr>")
+    for key, line in summary["skipped"].items():
+        out.append(f"<tr><td>{e(key)}</td><td>—</td><td>—</td><td>{e(line)}</td></tr>")
+    out.append("</tbody></table>")
+    out.append('<h2 id="summary">Measured (held-out), each number beside its budget</h2><table><thead><tr><th>task</th>'
+               "<th>system</th><th>metrics</th><th>budget</th><th>convention</th></tr></thead><tbody>")
+    for row in summary["rows"]:
+        metrics = ", ".join(f"{k} {fmt(v)}" for k, v in row["metrics"].items()) or "—"
+        out.append(f"<tr><td>{e(row['title'])}</td><td>{e(row['system'])}</td><td>{metrics}</td>"
+                   f"<td>{e(budget_text(row['budget']))}</td><td>{e(str(row.get('convention') or ''))}</td></tr>")
+    out.append("</tbody></table>")
+    if montage is not None and montage.is_file():
+        out.append('<h2 id="montage">Real inputs | outputs | real references (held-out)</h2>'
+                   f'<div class="preview">{embedded_png(montage, "real-data montage")}</div>')
+    for pair, page in pages.items():
+        out.append(f'<h2 id="{e(pair)}">{e(pair)}</h2><p class="notes">Full page: <a href="evaluation/{e(page.name)}">'
+                   f"evaluation/{e(page.name)}</a></p>")
+        out.append(body_of(page, pair))
+    out.append('<h2 id="stages">Stages (wall seconds when each last ran; CPU seconds of this process)</h2><table><thead>'
+               "<tr><th>stage</th><th>seconds</th><th>CPU s</th></tr></thead><tbody>")
+    for name, seconds in summary["stage_seconds"].items():
+        out.append(f"<tr><td>{e(name)}</td><td>{seconds:.1f}</td><td>{fmt(summary['stage_cpu_seconds'].get(name))}</td></tr>")
+    out.append("</tbody></table></body></html>")
+    return "\n".join(out)
