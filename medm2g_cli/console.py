@@ -166,7 +166,10 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         result.add_column(column)
     for row in rows:
         result.add_row(*("" if v is None else str(v) for v in row))
-    err.print(result)
+    # The width the environment asks for now (COLUMNS), not the one the console saw when it was imported: a
+    # long-lived process (a test session, a notebook) runs commands under different terminal widths.
+    columns = os.environ.get("COLUMNS", "")
+    err.print(result, width=int(columns) if columns.isdigit() else None)
 
 
 def batch_item_reporter(json_out: bool) -> Callable[[Any], None]:

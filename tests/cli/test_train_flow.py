@@ -86,7 +86,7 @@ def test_train_flow_fits_the_baselines_evaluate_uses(tmp_path):
     assert "identity" in record and "regression" not in record
     # inference normalises with what training used (the recipe's data section), recorded with the flow
     flow_config = json.loads((bundle / "flows" / "mri-t1__ct" / "config.json").read_text())
-    assert flow_config["normalisation"] == {"ct_window": [-1024.0, 3000.0], "mri_percentiles": [0.5, 99.5]}
+    assert flow_config["normalisation"] == {"ct_window": [-1024.0, 3000.0], "mri_percentiles": [0.5, 99.5], "ct_units": "HU"}
 
     pred = _stand_in_predictions(head, tmp_path / "pred")
     evaluate = ["evaluate", "--task", "translation", "--pred", str(pred), "--ref", str(head), "--model", str(bundle), "--json"]

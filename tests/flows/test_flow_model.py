@@ -98,5 +98,5 @@ def test_a_flow_saved_before_normalisation_was_recorded_loads_with_the_defaults(
         config.pop(key)
     (tmp_path / "config.json").write_text(json.dumps(config))
     reloaded = FlowNetwork.from_pretrained(tmp_path, shared=network.shared)
-    assert reloaded.config.normalise_options == {"ct_window": (-1024.0, 3000.0), "mri_percentiles": (0.5, 99.5)}
+    assert reloaded.config.normalise_options == {"ct_window": (-1024.0, 3000.0), "mri_percentiles": (0.5, 99.5), "ct_units": "HU"}
     assert reloaded.config.ct_source_windows == []
