@@ -53,7 +53,9 @@ from typing import Any, Callable
 
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 from medm2g_core.workflows.stages import Stage as _Stage
-from medm2g_core.workflows.stages import StageRecord, StageRunner, body_of, embedded_png, pick, table_json
+from medm2g_core.workflows.stages import (
+    StageRecord, StageRunner, body_of, budget_text, embedded_png, pick, table_json, write_tile_grid,
+)
 from medm2g_core.workflows.stages import fmt as _fmt
 
 STATE_FILE = "demo-state.json"
@@ -506,11 +508,9 @@ def write_montage(path: str | Path, *, cohort: Path, predictions: Path, head: li
     MRI T1 | generated CT (mean) | reference CT | std over samples | generated T2 | reference T2 (mid-upper
     axial slice, radiological view); then chest DRRs beside X-rays generated from their reports."""
     import numpy as np
-    from PIL import Image, ImageDraw
 
     from medm2g_core import io
     from medm2g_core.data.synth.preview import AXIAL_FRACTION, window_uint8 as window
-    from medm2g_core.serialization import atomic_path
 
     def axial(volume, k):
         return volume[:, :, k].T
@@ -544,21 +544,8 @@ def write_montage(path: str | Path, *, cohort: Path, predictions: Path, head: li
                         (f"{pid} from report", None if fake is None else window(fake, 0, 65535))]
     if chest_tiles:
         rows.append(("chest X-ray", chest_tiles))
-    columns = max((len(tiles) for _, tiles in rows), default=1)
-    header, left, tile = 16, 92, MONTAGE_TILE
-    canvas = Image.new("L", (left + tile * columns, len(rows) * (tile + header) + 18), 0)
-    draw = ImageDraw.Draw(canvas)
-    for row, (name, tiles) in enumerate(rows):
-        top = row * (tile + header)
-        draw.text((4, top + header + 4), name, fill=255)
-        for column, (title, image) in enumerate(tiles):
-            draw.text((left + column * tile + 3, top + 2), title, fill=220)
-            if image is not None:
-                canvas.paste(Image.fromarray(image).resize((tile, tile), Image.BILINEAR), (left + column * tile, top + header))
-    draw.text((4, canvas.height - 15), "SYNTHETIC phantoms and outputs of the medm2g demo model - not for diagnosis", fill=200)
-    with atomic_path(path, suffix=".png") as tmp:
-        canvas.save(tmp, format="PNG", optimize=True)
-    return Path(path)
+    return write_tile_grid(path, rows, tile=MONTAGE_TILE, left=92,
+                           footer="SYNTHETIC phantoms and outputs of the medm2g demo model - not for diagnosis")
 
 
 # --------------------------------------------------------------------------- summary and page
@@ -566,16 +553,6 @@ NO_TRAINING = {"identity": "an intensity map fitted on the training voxels (no g
                "retrieval": "nearest training X-ray's report (no gradient steps)",
                "most-frequent": "the most frequent training report (no gradient steps)"}
 """What the budget column says for baselines that do not train."""
-
-
-def budget_text(budget: dict[str, Any] | None) -> str:
-    """``"1000 steps, 209 s"`` or the reason a system has no training budget."""
-    if not budget:
-        return "—"
-    if "steps" in budget:
-        seconds = budget.get("seconds")
-        return f"{budget['steps']} steps" + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
-    return str(budget.get("training", "—"))
 
 
 HEADLINES = {

@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
-from medm2g_core.workflows.stages import Stage, StageRecord, StageRunner, body_of, embedded_png, fmt, pick, table_json
+from medm2g_core.workflows.stages import (
+    Stage, StageRecord, StageRunner, body_of, budget_text, embedded_png, fmt, pick, table_json, write_tile_grid,
+)
 
 STATE_FILE = "real-state.json"
 BUNDLE_NAME = "real.m2g"
@@ -555,10 +557,8 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
     real inputs | model | regression | identity | real reference. MRI tiles 0..99.5th percentile of the
     reference; CT tiles 0..255 (its 8-bit window)."""
     import numpy as np
-    from PIL import Image, ImageDraw
 
     from medm2g_core.data.synth.preview import window_uint8 as window
-    from medm2g_core.serialization import atomic_path
 
     def axial(file: Path, k: int | None = None):
         """The axial slice of a volume, oriented as displayed (RAS canonical, rotated; AANLIB is stored as shown)."""
@@ -588,32 +588,11 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
                 tiles.append((system, None if image is None else window(image, 0, high)))
             tiles.append((f"{task.target} (real)", window(reference, 0, high)))
             rows.append((f"{task.pair}\n{task.set}\nheld-out\n#{len(rows) + 1}", tiles))
-    columns = max((len(tiles) for _, tiles in rows), default=1)
-    header, left, tile = 16, 84, MONTAGE_TILE
-    canvas = Image.new("L", (left + tile * columns, max(len(rows), 1) * (tile + header) + 18), 0)
-    draw = ImageDraw.Draw(canvas)
-    for row, (name, tiles) in enumerate(rows):
-        top = row * (tile + header)
-        draw.text((4, top + header + 4), name, fill=255)
-        for column, (title, image) in enumerate(tiles):
-            draw.text((left + column * tile + 3, top + 2), title, fill=220)
-            if image is not None:
-                canvas.paste(Image.fromarray(image).resize((tile, tile), Image.BILINEAR), (left + column * tile, top + header))
-    draw.text((4, canvas.height - 15), "REAL held-out scans (public research samples) and medm2g outputs - not for diagnosis", fill=200)
-    with atomic_path(path, suffix=".png") as tmp:
-        canvas.save(tmp, format="PNG", optimize=True)
-    return Path(path)
+    return write_tile_grid(path, rows, tile=MONTAGE_TILE, left=84,
+                           footer="REAL held-out scans (public research samples) and medm2g outputs - not for diagnosis")
 
 
 # --------------------------------------------------------------------------- page
-def budget_text(budget: dict[str, Any]) -> str:
-    """``600 steps, 212 s`` (identity: ``fitted, no steps``)."""
-    steps, seconds = budget.get("steps"), budget.get("seconds")
-    if not steps:
-        return "fitted, no steps"
-    return f"{steps} steps" + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
-
-
 def render_real_report(summary: dict[str, Any], *, pages: dict[str, Path], montage: Path | None) -> str:
     """``report.html``: what was trained on which real set (with licences), the measured table, the montage,
     each task's evaluate page, stage times."""

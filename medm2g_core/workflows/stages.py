@@ -192,3 +192,39 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
+
+
+def budget_text(budget: dict[str, Any] | None) -> str:
+    """``"1000 steps, 209 s"``; the reason a system trains nothing (``{"training": why}``); ``fitted, no steps``."""
+    if budget is None:
+        return "—"
+    if budget.get("steps"):
+        seconds = budget.get("seconds")
+        return f"{budget['steps']} steps" + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
+    if "training" in budget:
+        return str(budget["training"])
+    return "fitted, no steps"
+
+
+def write_tile_grid(path: str | Path, rows: list[tuple[str, list[tuple[str, Any]]]], *, tile: int, left: int, footer: str) -> Path:
+    """A grey PNG montage: one row per ``(label, [(title, uint8 image or None), ...])``, tiles resized to ``tile``
+    pixels under their titles, the row label in a ``left``-pixel margin, ``footer`` along the bottom (atomic)."""
+    from PIL import Image, ImageDraw
+
+    from medm2g_core.serialization import atomic_path
+
+    columns = max((len(tiles) for _, tiles in rows), default=1)
+    header = 16
+    canvas = Image.new("L", (left + tile * columns, max(len(rows), 1) * (tile + header) + 18), 0)
+    draw = ImageDraw.Draw(canvas)
+    for row, (name, tiles) in enumerate(rows):
+        top = row * (tile + header)
+        draw.text((4, top + header + 4), name, fill=255)
+        for column, (title, image) in enumerate(tiles):
+            draw.text((left + column * tile + 3, top + 2), title, fill=220)
+            if image is not None:
+                canvas.paste(Image.fromarray(image).resize((tile, tile), Image.BILINEAR), (left + column * tile, top + header))
+    draw.text((4, canvas.height - 15), footer, fill=200)
+    with atomic_path(path, suffix=".png") as tmp:
+        canvas.save(tmp, format="PNG", optimize=True)
+    return Path(path)
