@@ -78,7 +78,7 @@ def _print_summary(result: Any) -> None:
     )
     rows = []
     for direction, values in metrics.get("retrieval", {}).items():
-        rows.append([f"retrieval {direction}", "model", f"R@1 {_number(values.get('R@1'))} (chance {_number(values.get('chance_R@1'))})"])
+        rows.append([f"retrieval {direction}", "model", f"R@1 {_number(values.get('R@1'))} (chance {_number(values.get('chance_R@1'))})", "align stage"])
     titles = {"mri-ct": "MRI→CT", "t1-t2": "T1→T2", "xray-report": "X-ray→report", "report-xray": "report→X-ray"}
     for pair, title in titles.items():
         for system, values in metrics.get(pair, {}).items():

@@ -549,9 +549,9 @@ def write_montage(path: str | Path, *, cohort: Path, predictions: Path, head: li
 
 
 # --------------------------------------------------------------------------- summary and page
-NO_TRAINING = {"identity": "an intensity map fitted on the training voxels (no gradient steps)",
-               "retrieval": "nearest training X-ray's report (no gradient steps)",
-               "most-frequent": "the most frequent training report (no gradient steps)"}
+NO_TRAINING = {"identity": "intensity map, no gradient steps",
+               "retrieval": "nearest training report, no gradient steps",
+               "most-frequent": "one constant report, no gradient steps"}
 """What the budget column says for baselines that do not train."""
 
 
