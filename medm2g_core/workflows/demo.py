@@ -207,14 +207,10 @@ def run_demo(
 
 class _Run(StageRunner):
     def __init__(self, *, out_dir: Path, settings: DemoSettings, seed: int, quick: bool, progress: ProgressFn, device: str = "auto"):
-        super().__init__(out_dir=out_dir, state_file=STATE_FILE, seed=seed, progress=progress)
+        super().__init__(out_dir=out_dir, state_file=STATE_FILE, bundle_name=BUNDLE_NAME, seed=seed, progress=progress)
         self.device = device
         self.settings = settings
         self.quick = quick
-        self.cohort = out_dir / "cohort"
-        self.bundle = out_dir / BUNDLE_NAME
-        self.predictions = out_dir / "predictions"
-        self.evaluation = out_dir / "evaluation"
         self._recipe: Any = None
 
     # -- plumbing --------------------------------------------------------------------------------

@@ -244,16 +244,12 @@ def run_real_demo(
 class _RealRun(StageRunner):
     def __init__(self, *, out_dir: Path, root: Path, found: list[RealSet], settings: RealDemoSettings, seed: int, quick: bool,
                  progress: ProgressFn):
-        super().__init__(out_dir=out_dir, state_file=STATE_FILE, seed=seed, progress=progress)
+        super().__init__(out_dir=out_dir, state_file=STATE_FILE, bundle_name=BUNDLE_NAME, seed=seed, progress=progress)
         self.root = root
         self.found = {s.key: s for s in found}
         self.skipped = find_sets(root)[2]
         self.settings = settings
         self.quick = quick
-        self.cohort = out_dir / "cohort"
-        self.bundle = out_dir / BUNDLE_NAME
-        self.predictions = out_dir / "predictions"
-        self.evaluation = out_dir / "evaluation"
         self.image_tasks = [t for t in IMAGE_TASKS if t.set in self.found]
         self._recipe: Any = None
 

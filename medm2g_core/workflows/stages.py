@@ -106,8 +106,13 @@ class StageRunner:
     events are forwarded with the stage name prefixed (``stage_progress``).
     """
 
-    def __init__(self, *, out_dir: Path, state_file: str, seed: int, progress: ProgressFn, task: str = "demo"):
+    def __init__(self, *, out_dir: Path, state_file: str, bundle_name: str, seed: int, progress: ProgressFn, task: str = "demo"):
         self.out_dir = out_dir
+        # The demo folder layout both demos share: OUT/cohort, OUT/<bundle>, OUT/predictions, OUT/evaluation.
+        self.cohort = out_dir / "cohort"
+        self.bundle = out_dir / bundle_name
+        self.predictions = out_dir / "predictions"
+        self.evaluation = out_dir / "evaluation"
         self.seed = seed
         self.outer_progress = progress
         self.task = task
