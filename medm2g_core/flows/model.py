@@ -477,11 +477,11 @@ def encode_channels(autoencoder: Any, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_texts(text_vae: Any, tokenizer: Any, latents: torch.Tensor) -> list[list[str]]:
-    """Text latents (K, B, T, d) → B × K report strings."""
+    """Flow-space text latents (K, B, T, d) (``TextVAE.to_flow``) → B × K report strings."""
     from medm2g_core.models.text_vae import ids_to_texts
 
     samples, batch = latents.shape[:2]
-    ids = text_vae.decode(latents.flatten(0, 1), max_tokens=text_vae.config.max_tokens)
+    ids = text_vae.decode(text_vae.from_flow(latents.flatten(0, 1)), max_tokens=text_vae.config.max_tokens)
     flat = ids_to_texts(tokenizer, ids, eos_id=text_vae.config.eos_id, pad_id=text_vae.config.pad_id)
     return [[flat[k * batch + b] for k in range(samples)] for b in range(batch)]
 

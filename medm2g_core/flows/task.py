@@ -121,6 +121,18 @@ class TextVAETask:
     def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
         return self.vae.loss(*self.ids(batch["text"]))
 
+    @torch.no_grad()
+    def fit_flow_space(self, texts: Sequence[str], *, weights: dict[str, torch.Tensor] | None = None, batch_size: int = 64) -> None:
+        """Record the flow space (``TextVAE.fit_flow_space``) from ``texts`` (the training reports), encoded
+        with ``weights`` (the EMA weights inference will load) when given, else the current ones."""
+        import copy
+
+        encoder = copy.deepcopy(self.vae).eval()
+        if weights is not None:
+            encoder.load_own_state(weights, where="text_vae EMA weights")
+        latents = [encoder.encode(*self.ids(texts[start:start + batch_size])) for start in range(0, len(texts), batch_size)]
+        self.vae.fit_flow_space(torch.cat(latents))
+
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         ids, mask = self.ids(batch["text"])
         losses = self.vae.loss(ids, mask)
@@ -258,7 +270,7 @@ class FlowTask:
 
             ids, mask = texts_to_ids(self.tokenizer, batch["text"], max_tokens=self.text_vae.config.max_tokens,
                                      pad_id=self.text_vae.config.pad_id)
-            return self.text_vae.encode(ids.to(self.device), mask.to(self.device))
+            return self.text_vae.to_flow(self.text_vae.encode(ids.to(self.device), mask.to(self.device)))
         image = (batch["target"] if "target" in batch else batch["image"]).to(self.device)
         if self.config.latent:
             return self.autoencoders[self.pair.target].encode(image)

@@ -9,6 +9,13 @@ What worked at small scale (§8), not the Optimus KL-VAE: a plain noise-regulari
 - Decoder: a 2-layer GPT-2 (``transformers.GPT2LMHeadModel``, ``add_cross_attention=True``) that
   attends to the (projected) latent tokens by **cross-attention**, not as a prefix.
 
+**Flow space.** A report flow does not diffuse the raw latent: most of each latent token is the same for
+every report (the template), and what tells reports apart was measured at a fifth of the unit RMS — below
+the training noise σ. ``fit_flow_space`` records, after training, the per-element mean of the training
+reports' latents (``latent_shift``) and the RMS of what is left (``latent_scale``), as Stable Diffusion
+records its autoencoder's shift and scaling factors; ``to_flow``/``from_flow`` map between the two spaces.
+A config without them (saved before they existed) is the identity.
+
 Token ids are content tokens without BOS/EOS (``texts_to_ids`` makes them from a ``tokenizers``
 Tokenizer or a Hugging Face fast tokenizer); the decoder is fed ``[bos] + ids`` and predicts
 ``ids + [eos]``.
@@ -42,6 +49,8 @@ class TextVAEConfig:
     latent_tokens: int = 8
     latent_dim: int = 32
     latent_noise: float = 0.2
+    latent_shift: list[list[float]] | None = None  # flow space (``fit_flow_space``): per-element mean of training latents
+    latent_scale: float = 1.0                      # RMS of the training latents around that mean
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **changes: Any) -> "TextVAEConfig":
@@ -128,6 +137,29 @@ class TextVAE(PretrainedModule):
         states = self.encoder_norm(self.encoder(states, src_key_padding_mask=~mask))
         pooled, _ = self.pool(self.queries.expand(ids.shape[0], -1, -1), states, states, key_padding_mask=~mask, need_weights=False)
         return self.latent_norm(self.to_latent(pooled))
+
+    def to_flow(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw latents (B, T, d) → the flow's space: centred on the training reports' mean, unit RMS."""
+        if self.config.latent_shift is None:
+            return latents
+        shift = torch.tensor(self.config.latent_shift, dtype=latents.dtype, device=latents.device)
+        return (latents - shift) / self.config.latent_scale
+
+    def from_flow(self, values: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``to_flow``: flow-space values (…, T, d) → latents the decoder reads."""
+        if self.config.latent_shift is None:
+            return values
+        shift = torch.tensor(self.config.latent_shift, dtype=values.dtype, device=values.device)
+        return values * self.config.latent_scale + shift
+
+    @torch.no_grad()
+    def fit_flow_space(self, latents: torch.Tensor) -> None:
+        """Record ``latent_shift``/``latent_scale`` from clean latents (N, T, d) of the training reports."""
+        if latents.shape[0] < 2:
+            raise ValueError("fit_flow_space needs the latents of at least 2 reports")
+        shift = latents.float().mean(0)
+        self.config.latent_shift = [[round(float(v), 6) for v in row] for row in shift.tolist()]
+        self.config.latent_scale = max(float((latents.float() - shift).pow(2).mean().sqrt()), 1e-3)
 
     def _decoder_logits(self, latents: torch.Tensor, inputs: torch.Tensor, input_mask: torch.Tensor | None) -> torch.Tensor:
         return self.decoder(input_ids=inputs, attention_mask=input_mask, encoder_hidden_states=self.from_latent(latents),

@@ -308,7 +308,9 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
                              config=config, name="text_vae")
     report = StageReport("text_vae", result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
     if context.is_main:
-        _save_component(context.bundle.component_dir(TEXT_VAE), vae.eval(), _own_ema(result, vae, "text_vae"),
+        ema = _own_ema(result, vae, "text_vae")
+        task.fit_flow_space([text for _, text in train_dataset.items], weights=ema)
+        _save_component(context.bundle.component_dir(TEXT_VAE), vae.eval(), ema,
                         extra=lambda tmp: _save_tokenizer(tokenizer, tmp / TOKENIZER))
         context.bundle.record_component(TEXT_VAE)
         context.bundle.record_stage("text_vae", recipe=context.recipe.text_vae, steps=result.steps, seconds=round(result.seconds, 1),

@@ -77,3 +77,23 @@ def test_overfits_a_handful_of_sentences(tokenizer):
     decoded = vae.decode(vae.encode(ids, mask), max_tokens=16)
     assert ids_to_texts(tokenizer, decoded, eos_id=config.eos_id, pad_id=config.pad_id) == SENTENCES
     assert time.perf_counter() - start < 30
+
+
+def test_flow_space_centres_and_scales_the_training_latents_and_round_trips(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    vae = TextVAE(tiny_config(tokenizer)).eval()
+    ids, mask = texts_to_ids(tokenizer, SENTENCES, max_tokens=16, pad_id=0)
+    latents = vae.encode(ids, mask)
+    assert torch.equal(vae.to_flow(latents), latents)  # no flow space recorded: identity (configs saved before it)
+    vae.fit_flow_space(latents)
+    flow = vae.to_flow(latents)
+    torch.testing.assert_close(flow.mean(0), torch.zeros_like(flow[0]), atol=1e-4, rtol=0)
+    assert abs(float(flow.pow(2).mean().sqrt()) - 1.0) < 1e-3
+    # The spread between reports is a fraction of the raw unit RMS, so the flow space enlarges it.
+    assert float(latents.std(0).mean()) < float(flow.std(0).mean())
+    torch.testing.assert_close(vae.from_flow(flow), latents, atol=1e-4, rtol=0)
+    vae.save_pretrained(tmp_path / "text_vae")
+    again = TextVAE.from_pretrained(tmp_path / "text_vae").eval()
+    torch.testing.assert_close(again.to_flow(latents), flow, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        vae.fit_flow_space(latents[:1])
