@@ -38,7 +38,8 @@ def demo(
 
         raise ConfigError("--data-root applies to --real only; add --real (medm2g demo --real --data-root DIR)")
     if real:
-        _demo_real(out if out is not None else DEFAULT_REAL_OUT, data_root=data_root, quick=quick, seed=seed, json_out=json_out)
+        _demo_real(out if out is not None else DEFAULT_REAL_OUT, data_root=data_root, quick=quick, seed=seed, device=device,
+                   json_out=json_out)
         return
     from medm2g_core.workflows.demo import run_demo
 
@@ -95,7 +96,7 @@ def _print_summary(result: Any) -> None:
     console.info(f"next:    medm2g translate {patient} --to ct --out {Path(result.out_dir) / 'my-ct'}")
 
 
-def _demo_real(out_dir: Path, *, data_root: Optional[Path], quick: bool, seed: int, json_out: bool) -> None:
+def _demo_real(out_dir: Path, *, data_root: Optional[Path], quick: bool, seed: int, device: str, json_out: bool) -> None:
     from medm2g_core.workflows.demo_real import find_sets, run_real_demo
 
     root, found, skipped = find_sets(data_root)
@@ -103,7 +104,7 @@ def _demo_real(out_dir: Path, *, data_root: Optional[Path], quick: bool, seed: i
         console.info(line)
     console.info(f"medm2g demo --real{' --quick' if quick else ''}: {', '.join(s.key for s in found) or 'no set'} from {root} → {out_dir}")
     with console.progress("demo --real") as progress:
-        result = run_real_demo(out_dir, data_root=root, quick=quick, seed=seed, progress=progress)
+        result = run_real_demo(out_dir, data_root=root, quick=quick, seed=seed, device=device, progress=progress)
     if json_out:
         console.emit_json({"real": True, "quick": result.quick, "out": str(result.out_dir), "bundle": str(result.bundle),
                            "report_html": str(result.report_html), "summary_json": str(result.summary_json),

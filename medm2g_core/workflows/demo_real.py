@@ -201,6 +201,7 @@ def run_real_demo(
     seed: int = 0,
     settings: RealDemoSettings | None = None,
     register_default: bool = True,
+    device: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> RealDemoResult:
     """Import the real sets found under ``data_root``, train, evaluate, report (see the module docstring).
@@ -211,6 +212,8 @@ def run_real_demo(
             ``default_data_root()``); each missing one is skipped.
         quick: ``QUICK`` settings; settings: explicit ones (tests), overriding ``quick``.
         register_default: make ``OUT/real.m2g`` the default model.
+        device: ``auto|cpu|cuda[:N]|mps`` where every stage trains and predicts (the rules of ``--device``
+            everywhere); a requested device that is missing is a ``ConfigError`` before anything is imported.
 
     Raises:
         InputError: none of the sets is under ``data_root`` (the message names the folders looked for).
@@ -218,7 +221,10 @@ def run_real_demo(
     from medm2g_core.bundle import set_default_bundle
     from medm2g_core.errors import InputError
 
+    from medm2g_core.training.devices import resolve_device
+
     started = time.monotonic()
+    resolve_device(device)  # a missing device fails before any set is imported
     out_dir = Path(out_dir)
     root, found, _ = find_sets(data_root)
     if not found:
@@ -226,7 +232,7 @@ def run_real_demo(
                          "pass --data-root DIR naming the shared data folder (its README lists the sets)")
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _RealRun(out_dir=out_dir, root=root, found=found, settings=settings or (QUICK if quick else FULL), seed=seed,
-                   quick=quick, progress=progress)
+                   quick=quick, progress=progress, device=device)
     for stage in run.plan():
         run.do(stage)
     run.progress(ProgressEvent(task="demo", completed=len(run.records), total=len(run.records), message="done"))
@@ -243,8 +249,9 @@ def run_real_demo(
 
 class _RealRun(StageRunner):
     def __init__(self, *, out_dir: Path, root: Path, found: list[RealSet], settings: RealDemoSettings, seed: int, quick: bool,
-                 progress: ProgressFn):
+                 progress: ProgressFn, device: str = "auto"):
         super().__init__(out_dir=out_dir, state_file=STATE_FILE, bundle_name=BUNDLE_NAME, seed=seed, progress=progress)
+        self.device = device
         self.root = root
         self.found = {s.key: s for s in found}
         self.skipped = find_sets(root)[2]
@@ -360,7 +367,8 @@ class _RealRun(StageRunner):
         # A batch no larger than the training split (AANLIB alone has 6 training cases).
         train = len(read_json(data / "splits.json").get("train", []))
         recipe = apply_overrides(self.recipe(), {"align.training.batch_size": max(1, min(self.settings.align_batch_size, train))})
-        result = align(data, self.bundle, recipe=recipe, seed=self.seed, resume=resume, progress=self.stage_progress("align"))
+        result = align(data, self.bundle, recipe=recipe, seed=self.seed, resume=resume, device=self.device,
+                       progress=self.stage_progress("align"))
         self.mark_bundle()
         return {"steps": result.steps, "patients": result.patients, "modalities": result.modalities, "hub": result.hub,
                 "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
@@ -378,7 +386,7 @@ class _RealRun(StageRunner):
 
             result = train_flow(self.folder(task.set), self.bundle, pair=task.pair, recipe=self.recipe(),
                                 steps=self.settings.flow_steps.get(task.pair), resume=resume, seed=self.seed, baselines=True,
-                                progress=self.stage_progress(f"flow {task.pair}"))
+                                device=self.device, progress=self.stage_progress(f"flow {task.pair}"))
             flow = next(r for r in result.stages if r.name.startswith("flows/"))
             regression = result.baselines.get("regression", {})
             return {"pair": result.pair, "metrics": result.metrics, "forgetting": result.forgetting,
@@ -392,7 +400,7 @@ class _RealRun(StageRunner):
         from medm2g_core.workflows.train_flow import train_flow
 
         result = train_flow(self.folder("iu"), self.bundle, stage="text-vae", recipe=self.recipe(), steps=self.settings.text_vae_steps,
-                            resume=resume, seed=self.seed, progress=self.stage_progress("text-vae"))
+                            resume=resume, seed=self.seed, device=self.device, progress=self.stage_progress("text-vae"))
         self.mark_bundle()
         report = result.stages[0]
         return {"steps": report.steps, "seconds": round(report.seconds, 1), "val_end": report.val_end}
@@ -416,14 +424,14 @@ class _RealRun(StageRunner):
             out = self.predictions / task.pair
             started = time.monotonic()
             batch = translate_batch(inputs, to=parse_modality(task.target), sources=sources, out=out / "model", model=self.bundle,
-                                    samples=s.samples, seed=self.seed, steps=s.sampler_steps, device="cpu", overwrite=True,
+                                    samples=s.samples, seed=self.seed, steps=s.sampler_steps, device=self.device, overwrite=True,
                                     progress=self.stage_progress(f"predict {task.pair}"))
             seconds = round(time.monotonic() - started, 1)
             if batch.counts.get("failed"):
                 from medm2g_core.errors import MedM2GError
 
                 raise MedM2GError(f"translating the held-out {task.set} patients failed ({batch.counts}); see {out / 'model' / 'run.json'}")
-            predict_baselines(self.bundle, pair=task.pair, inputs=folder, out_dir=out, patients=patients,
+            predict_baselines(self.bundle, pair=task.pair, inputs=folder, out_dir=out, patients=patients, device=self.device,
                               progress=self.stage_progress(f"predict {task.pair} baselines"))
             done[task.pair] = {"patients": len(patients), "seconds": seconds}
         if "iu" in self.found:
@@ -443,7 +451,10 @@ class _RealRun(StageRunner):
         folder = self.folder("iu")
         ids = read_json(folder / "splits.json").get("val", [])
         references = {pid: io.read_report(folder / pid / "report.txt").text for pid in ids if (folder / pid / "report.txt").is_file()}
-        vae, tokenizer = load_text_vae(self.bundle, device="cpu")
+        from medm2g_core.training.devices import resolve_device
+
+        device = resolve_device(self.device)
+        vae, tokenizer = load_text_vae(self.bundle, device=device)
         started = time.monotonic()
         decoded: dict[str, str] = {}
         keys = sorted(references)
@@ -452,7 +463,7 @@ class _RealRun(StageRunner):
                 chunk = keys[first:first + 64]
                 tokens, mask = texts_to_ids(tokenizer, [references[k] for k in chunk], max_tokens=vae.config.max_tokens,
                                             pad_id=vae.config.pad_id)
-                out = vae.decode(vae.encode(tokens, mask), max_tokens=vae.config.max_tokens)
+                out = vae.decode(vae.encode(tokens.to(device), mask.to(device)), max_tokens=vae.config.max_tokens).cpu()
                 decoded.update(zip(chunk, ids_to_texts(tokenizer, out, eos_id=vae.config.eos_id, pad_id=vae.config.pad_id)))
         write_json(self.predictions / TEXT_TASK / "reports.json", {"predictions": decoded, "references": references})
         return {"reports": len(keys), "seconds": round(time.monotonic() - started, 1)}

@@ -89,3 +89,13 @@ def test_no_set_under_the_root_is_a_usage_error(tmp_path: Path) -> None:
 def test_data_root_needs_real(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--data-root", str(tmp_path)])
     assert result.exit_code == 2 and "--real" in result.output
+
+
+def test_a_missing_device_is_refused_before_any_set_is_imported(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    result = runner.invoke(app, ["demo", "--real", "--device", "cuda", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "cuda" in result.output.lower()
+    assert not (tmp_path / "out").exists()
