@@ -43,7 +43,7 @@ def image_of(path: Path, size: int) -> torch.Tensor:
 
     array = np.asarray(io.read(path)[0], dtype=np.float32)
     low, high = np.percentile(array, (0.5, 99.5))
-    unit = np.clip((array - low) / max(high - low, 1e-6) * 2 - 1, -1, 1)
+    unit = np.clip((array - low) / max(high - low, 1e-6) * 2 - 1, -1, 1).astype(np.float32)
     return F.interpolate(torch.from_numpy(unit)[None, None], size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
