@@ -41,3 +41,21 @@ def tiny_recipe(name: str, **sections: Any) -> str:
     recipe = {"name": name, **copy.deepcopy(BASE)}
     _merge(recipe, sections)
     return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=200)  # leaf mappings inline, as hand-written
+
+
+def aligned_phantoms(root, recipe_text: str, *, anatomy: str, patients: int, seed: int, size: int = 32):
+    """A phantom cohort ``root/<anatomy>`` and a bundle ``root/b.m2g`` aligned with ``recipe_text`` (written to
+    ``root/recipe.yaml``), on one thread: ``(cohort, recipe path, bundle)``, for the learning tests."""
+    import torch
+
+    from medm2g_core.data.synth import synthesize_cohort
+    from medm2g_core.workflows.align import align
+
+    torch.set_num_threads(1)
+    cohort = root / anatomy
+    synthesize_cohort(cohort, patients=patients, anatomy=anatomy, seed=seed, size=size, workers=0)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    bundle = root / "b.m2g"
+    align(cohort, bundle, recipe=recipe)
+    return cohort, recipe, bundle

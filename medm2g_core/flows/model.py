@@ -71,6 +71,8 @@ class FlowNetworkConfig:
         condition_encoders: image encoder family → ``ImageEncoderConfig`` fields of the flow's OWN copy of
             that aligned encoder (``FlowRecipe.condition_encoder: finetune``), initialised from ``align/`` and
             trained with the flow; empty = the frozen aligned encoders condition the flow.
+        condition_norm: ``FlowRecipe.condition_norm`` — ``batch`` standardises each source family's pooled
+            embedding and tokens per channel (``BatchNorm1d``, no affine); ``none`` (flows saved before it).
         ct_source_windows: extra HU windows of a CT source on the spatial path (``FlowRecipe``): each
             adds ``1 + 2·context_slices`` channels, computed from the normalised CT by ``window_channels``.
         normalisation: how images were mapped to [-1, 1] in training (the recipe's ``data.ct_window`` and
@@ -90,6 +92,7 @@ class FlowNetworkConfig:
     denoiser: dict[str, Any] = field(default_factory=dict)
     ct_source_windows: list[list[float]] = field(default_factory=list)
     condition_encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    condition_norm: str = "none"
     normalisation: dict[str, Any] = field(
         default_factory=lambda: {"ct_window": list(CT_HU_RANGE), "mri_percentiles": list(MRI_PERCENTILES), "ct_units": "HU"})
 
@@ -137,6 +140,11 @@ class FlowNetwork(UsesSharedCrossAttention):
             {family: nn.Sequential(nn.Linear(dim, width), nn.LayerNorm(width)) for family, dim in config.token_dims.items()}
         )
         self.pooled_projection = nn.Linear(config.embed_dim, width)
+        if config.condition_norm == "batch":
+            self.pooled_norms = nn.ModuleDict({family: nn.BatchNorm1d(config.embed_dim, affine=False) for family in config.token_dims})
+            self.token_norms = nn.ModuleDict({family: nn.BatchNorm1d(dim, affine=False) for family, dim in config.token_dims.items()})
+        elif config.condition_norm != "none":
+            raise ConfigError(f"condition_norm {config.condition_norm!r}; valid: none, batch")
         self.source_embedding = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(width) * 0.02) for name in config.sources}
         )
@@ -164,15 +172,30 @@ class FlowNetwork(UsesSharedCrossAttention):
         for family, encoder in self.condition_encoders.items():
             encoder.load_state_dict(align.images[family].state_dict())
 
+    @staticmethod
+    def _standardised(norm: nn.BatchNorm1d, values: torch.Tensor) -> torch.Tensor:
+        """Per-channel standardisation of (N, C) values: batch statistics in training (a batch of one, which
+        has none, uses the running ones), running statistics in evaluation."""
+        if norm.training and values.shape[0] < 2:
+            return F.batch_norm(values, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+        return norm(values)
+
     def semantic_source(self, modality: Modality, *, pooled: torch.Tensor, tokens: torch.Tensor | None,
                         mask: torch.Tensor | None, weight: float = 1.0) -> SemanticSource:
         """Condition tokens of one source from its aligned encoder outputs (see the module docstring)."""
-        scale = math.sqrt(pooled.shape[-1])
-        projected = self.pooled_projection(F.normalize(pooled.float(), dim=-1) * scale)
-        parts, masks = [projected[:, None]], [torch.ones(pooled.shape[0], 1, dtype=torch.bool, device=pooled.device)]
         family = family_of(modality)
+        scale = math.sqrt(pooled.shape[-1])
+        unit = F.normalize(pooled.float(), dim=-1) * scale
+        standardise = self.config.condition_norm == "batch" and family in self.pooled_norms
+        if standardise:
+            unit = self._standardised(self.pooled_norms[family], unit)
+        projected = self.pooled_projection(unit)
+        parts, masks = [projected[:, None]], [torch.ones(pooled.shape[0], 1, dtype=torch.bool, device=pooled.device)]
         if tokens is not None and family in self.adapters:
-            parts.append(self.adapters[family](tokens.float()))
+            tokens = tokens.float()
+            if standardise:
+                tokens = self._standardised(self.token_norms[family], tokens.flatten(0, 1)).view_as(tokens)
+            parts.append(self.adapters[family](tokens))
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else mask.bool())
         condition_tokens = torch.cat(parts, 1)
         if modality.value in self.source_embedding:

@@ -32,6 +32,7 @@ from medm2g_core.modalities import Pair, parse_pair
 
 SHARED_MODES = ("frozen", "finetune")
 CONDITION_ENCODER_MODES = ("frozen", "finetune")
+CONDITION_NORMS = ("none", "batch")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class FlowRecipe:
     ``condition_encoder``: ``frozen`` — image sources are encoded by the bundle's aligned encoders as they are;
     ``finetune`` — the flow trains its own copy of each source's aligned image encoder (initialised from
     ``align/``, saved with the flow), for sources whose findings the contrastive encoder does not separate.
+
+    ``condition_norm``: ``none`` — the aligned pooled embedding enters L2-normalised (every X-ray's points
+    almost the same way: the spread between 16 chest X-rays measured 2 % of its RMS); ``batch`` — each
+    source's pooled embedding and encoder tokens are standardised per channel with batch statistics
+    (``BatchNorm1d`` without affine; running statistics at inference, saved with the flow), so what tells
+    the sources apart reaches the adaptive parameters and the cross-attention at unit scale.
     """
 
     shared: str = "frozen"
@@ -68,6 +75,7 @@ class FlowRecipe:
     context_slices: int = 0
     ct_source_windows: tuple[tuple[float, float], ...] = ()
     condition_encoder: str = "frozen"
+    condition_norm: str = "none"
     source_dropout: float = 0.15
     val_items: int = 64
     sample_items: int = 4
@@ -83,6 +91,8 @@ class FlowRecipe:
         if self.condition_encoder not in CONDITION_ENCODER_MODES:
             raise ConfigError(f"flows.condition_encoder must be one of {', '.join(CONDITION_ENCODER_MODES)}, "
                               f"not {self.condition_encoder!r}")
+        if self.condition_norm not in CONDITION_NORMS:
+            raise ConfigError(f"flows.condition_norm must be one of {', '.join(CONDITION_NORMS)}, not {self.condition_norm!r}")
         if self.context_slices < 0:
             raise ConfigError("flows.context_slices must be ≥ 0")
         for window in self.ct_source_windows:

@@ -497,6 +497,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
         ct_source_windows=windows,
         condition_encoders={family_of(s): to_jsonable(align.images[family_of(s)].config) for s in pair.sources
                             if s.is_image and flows.condition_encoder == "finetune"},
+        condition_norm=flows.condition_norm,
     )
 
 

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny_recipe import tiny_recipe  # noqa: E402
+from tiny_recipe import aligned_phantoms, tiny_recipe  # noqa: E402
 
 from medm2g_cli.main import app
 
@@ -33,16 +32,7 @@ RECIPE = tiny_recipe(
 
 @pytest.mark.slow
 def test_tiny_mri_to_ct_flow_beats_the_identity_baseline(tmp_path):
-    from medm2g_core.data.synth import synthesize_cohort
-    from medm2g_core.workflows.align import align
-
-    torch.set_num_threads(1)
-    head = tmp_path / "head"
-    synthesize_cohort(head, patients=8, anatomy="head", seed=1, size=32, workers=0)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    bundle = tmp_path / "b.m2g"
-    align(head, bundle, recipe=recipe)
+    head, recipe, bundle = aligned_phantoms(tmp_path, RECIPE, anatomy="head", patients=8, seed=1)
     runner = CliRunner()
     trained = runner.invoke(app, ["train-flow", "--data", str(head), "--bundle", str(bundle), "--pair", "mri-ct",
                                   "--recipe", str(recipe), "--json", "-q"])

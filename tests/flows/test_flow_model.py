@@ -100,3 +100,45 @@ def test_a_flow_saved_before_normalisation_was_recorded_loads_with_the_defaults(
     reloaded = FlowNetwork.from_pretrained(tmp_path, shared=network.shared)
     assert reloaded.config.normalise_options == {"ct_window": (-1024.0, 3000.0), "mri_percentiles": (0.5, 99.5), "ct_units": "HU"}
     assert reloaded.config.ct_source_windows == []
+
+
+def test_batch_condition_norm_spreads_nearly_identical_sources_and_round_trips(tmp_path):
+    """Pooled embeddings that differ by 2 % of their length (as the aligned X-ray embeddings do) reach the
+    projection at unit spread under ``condition_norm: batch``; the running statistics are saved with the flow."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    plain = tiny()
+    network = FlowNetwork(replace(plain.config, condition_norm="batch"), shared=plain.shared)
+    generator = torch.Generator().manual_seed(1)
+    pooled = torch.ones(16, 8) + 0.02 * torch.randn(16, 8, generator=generator)
+    tokens = torch.randn(16, 5, 12, generator=generator)
+
+    network.pooled_projection.load_state_dict(plain.pooled_projection.state_dict())  # the same projection in both
+
+    def spread(net):
+        out = net.semantic_source(Modality.MRI_T2, pooled=pooled, tokens=tokens, mask=None).pooled
+        return float((out - out.mean(0)).pow(2).mean().sqrt())
+
+    network.train()
+    with torch.no_grad():
+        standardised, raw = spread(network), spread(plain.train())
+    assert standardised > 10 * raw, (standardised, raw)
+    assert float(network.pooled_norms["mri"].running_mean.abs().sum()) > 0  # statistics were collected
+    network.eval().save_pretrained(tmp_path)
+    reloaded = FlowNetwork.from_pretrained(tmp_path, shared=network.shared).eval()
+    assert reloaded.config.condition_norm == "batch"
+    with torch.no_grad():
+        a = network.semantic_source(Modality.MRI_T2, pooled=pooled[:1], tokens=tokens[:1], mask=None)
+        b = reloaded.semantic_source(Modality.MRI_T2, pooled=pooled[:1], tokens=tokens[:1], mask=None)
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_unknown_condition_norm_is_refused():
+    import pytest
+
+    from medm2g_core.errors import ConfigError
+    from medm2g_core.flows.recipe import FlowRecipe
+
+    with pytest.raises(ConfigError, match="condition_norm"):
+        FlowRecipe(condition_norm="layer")

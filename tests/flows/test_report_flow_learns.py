@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny_recipe import tiny_recipe  # noqa: E402
+from tiny_recipe import aligned_phantoms, tiny_recipe  # noqa: E402
 
 MARGIN = 0.15  # macro CE-F1 above the most-frequent report's, on the same X-rays
 RECIPE = tiny_recipe(
@@ -37,22 +37,14 @@ RECIPE = tiny_recipe(
 def test_tiny_xray_to_report_flow_reads_the_image(tmp_path):
     from medm2g_core import io
     from medm2g_core.data.labeler import RuleBasedLabeler
-    from medm2g_core.data.synth import synthesize_cohort
     from medm2g_core.flows.model import FlowModel
     from medm2g_core.inference.generate import _image_tensor
     from medm2g_core.inference.processing import Processing
     from medm2g_core.metrics.clinical import label_scores
     from medm2g_core.modalities import Modality
-    from medm2g_core.workflows.align import align
     from medm2g_core.workflows.train_flow import train_flow
 
-    torch.set_num_threads(1)
-    chest = tmp_path / "chest"
-    synthesize_cohort(chest, patients=12, anatomy="chest", seed=0, size=32, workers=0)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    bundle = tmp_path / "b.m2g"
-    align(chest, bundle, recipe=recipe)
+    chest, recipe, bundle = aligned_phantoms(tmp_path, RECIPE, anatomy="chest", patients=12, seed=0)
     train_flow(chest, bundle, pair="xray-report", recipe=recipe)
 
     patients = sorted(p.name for p in chest.iterdir() if p.is_dir())
