@@ -75,8 +75,11 @@ class TextVAEConfig:
 
 def texts_to_ids(tokenizer: Any, texts: Sequence[str], *, max_tokens: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Content token ids (no special tokens), right-padded: ``ids`` (B, L) long, ``mask`` (B, L) bool."""
-    if hasattr(tokenizer, "encode_batch"):
-        rows = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    # A Hugging Face fast tokenizer encodes through its ``tokenizers`` backend: the same ids, without the warning
+    # that a report is longer than the align encoder's ``model_max_length`` (the VAE's own limit applies here).
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if hasattr(backend, "encode_batch"):
+        rows = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
     else:
         rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     rows = [row[:max_tokens] for row in rows]
