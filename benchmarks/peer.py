@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, constant (default 1e-3)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ct-window", default=None, help="LOW,HIGH of the CT window in the cohort's units (default -1024,3000 HU)")
     parser.add_argument("--size", type=int, default=None, help="train and predict on SIZE² slices (default: native)")
@@ -133,10 +134,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sources = args.sources.split(",")
     x, y = slices_of(args.cohort, args.train.split(","), sources, args.target)
-    model, steps = train(x, y, seconds=args.seconds, seed=args.seed)
+    model, steps = train(x, y, seconds=args.seconds, seed=args.seed, lr=args.lr)
     for patient in args.predict.split(","):
         predict(model, args.cohort, patient, sources, args.target, args.out)
-    print(json.dumps({"steps": steps, "seconds": args.seconds, "slices": int(x.shape[0])}))
+    print(json.dumps({"steps": steps, "seconds": args.seconds, "lr": args.lr, "slices": int(x.shape[0])}))
 
 
 if __name__ == "__main__":
