@@ -41,6 +41,7 @@ from torch import nn
 from medm2g_core.bundle import EMA_WEIGHTS, SHARED, TOKENIZER, align_dir, autoencoder_dir, flow_dir, shared_dir, text_vae_dir
 from medm2g_core.errors import BundleError, ConfigError
 from medm2g_core.flows.config import FlowConfig
+from medm2g_core.flows.recipe import CONDITION_NORMS
 from medm2g_core.modalities import CT_HU_RANGE, MRI_PERCENTILES, Modality, Pair, parse_modality, parse_pair
 from medm2g_core.models.conditioning import ConditionInputs, SemanticSource, SharedCrossAttention, UsesSharedCrossAttention
 from medm2g_core.models.denoisers import ImageDenoiser, ImageDenoiserConfig, TextLatentDenoiser, TextLatentDenoiserConfig
@@ -143,8 +144,8 @@ class FlowNetwork(UsesSharedCrossAttention):
         if config.condition_norm == "batch":
             self.pooled_norms = nn.ModuleDict({family: nn.BatchNorm1d(config.embed_dim, affine=False) for family in config.token_dims})
             self.token_norms = nn.ModuleDict({family: nn.BatchNorm1d(dim, affine=False) for family, dim in config.token_dims.items()})
-        elif config.condition_norm != "none":
-            raise ConfigError(f"condition_norm {config.condition_norm!r}; valid: none, batch")
+        elif config.condition_norm not in CONDITION_NORMS:
+            raise ConfigError(f"condition_norm {config.condition_norm!r}; valid: {', '.join(CONDITION_NORMS)}")
         self.source_embedding = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(width) * 0.02) for name in config.sources}
         )

@@ -127,8 +127,9 @@ class TextVAETask:
         with ``weights`` (the EMA weights inference will load) when given, else the current ones."""
         import copy
 
-        encoder = copy.deepcopy(self.vae).eval()
-        if weights is not None:
+        encoder = self.vae.eval()
+        if weights is not None:  # a copy: the module itself keeps (and saves) its raw weights beside the EMA file
+            encoder = copy.deepcopy(encoder)
             encoder.load_own_state(weights, where="text_vae EMA weights")
         latents = [encoder.encode(*self.ids(texts[start:start + batch_size])) for start in range(0, len(texts), batch_size)]
         self.vae.fit_flow_space(torch.cat(latents))

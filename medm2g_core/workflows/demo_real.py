@@ -220,7 +220,6 @@ def run_real_demo(
     """
     from medm2g_core.bundle import set_default_bundle
     from medm2g_core.errors import InputError
-
     from medm2g_core.training.devices import resolve_device
 
     started = time.monotonic()
