@@ -22,3 +22,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_set(shared_data: Path):
+    """``shared_set(name)`` → ``../shared/data/<name>``; the test skips when that one set is absent."""
+    def find(name: str) -> Path:
+        source = shared_data / name
+        if not source.is_dir():
+            pytest.skip(f"no {name} in shared data")
+        return source
+
+    return find

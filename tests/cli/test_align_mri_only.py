@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -43,21 +42,14 @@ flows:
 """
 
 
-def _source(shared_data: Path, name: str) -> Path:
-    source = shared_data / name
-    if not source.is_dir():
-        pytest.skip(f"no {name} in shared data")
-    return source
-
-
 def _run(*args: str) -> dict:
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip())
 
 
-def test_brats_aligns_contrasts_then_trains_t2_flair_to_t1(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "brain_mri_brats")
+def test_brats_aligns_contrasts_then_trains_t2_flair_to_t1(shared_set, tmp_path: Path) -> None:
+    source = shared_set("brain_mri_brats")
     (tmp_path / "tiny.yaml").write_text(RECIPE)
     cohort, bundle = tmp_path / "brats", tmp_path / "b"
     _run("data", "import", "brats", str(source), "--out", str(cohort))
@@ -73,8 +65,8 @@ def test_brats_aligns_contrasts_then_trains_t2_flair_to_t1(shared_data: Path, tm
     assert flow["stages"][0]["val_end"]["loss"] < flow["stages"][0]["val_start"]["loss"]  # it learns on the held-out subject
 
 
-def test_unregistered_ixi_is_refused_with_the_fix_registered_ixi_aligns(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "brain_mri_ixi002")
+def test_unregistered_ixi_is_refused_with_the_fix_registered_ixi_aligns(shared_set, tmp_path: Path) -> None:
+    source = shared_set("brain_mri_ixi002")
     one_subject = RECIPE.replace("[mri-t1, mri-t2, mri-flair, mri-t1c]", "[mri-t1, mri-t2]").replace("batch_size: 2", "batch_size: 1")
     (tmp_path / "tiny.yaml").write_text(one_subject)
     _run("data", "import", "ixi", str(source), "--out", str(tmp_path / "plain"))

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from medm2g_cli.main import app
@@ -16,13 +15,6 @@ from medm2g_core import io
 from medm2g_core.modalities import CT_WINDOW_8BIT_UNITS
 
 runner = CliRunner()
-
-
-def _source(shared_data: Path, name: str) -> Path:
-    source = shared_data / name
-    if not source.is_dir():
-        pytest.skip(f"no {name} in shared data")
-    return source
 
 
 def _import(*args: str) -> dict:
@@ -42,8 +34,8 @@ def _splits(cohort: Path) -> dict[str, str]:
     return {pid: name for name, ids in data.items() for pid in ids}
 
 
-def test_brats_real_four_contrasts_on_one_grid(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "brain_mri_brats")
+def test_brats_real_four_contrasts_on_one_grid(shared_set, tmp_path: Path) -> None:
+    source = shared_set("brain_mri_brats")
     summary = _import("brats", str(source), "--out", str(tmp_path / "c"))
     assert summary["patients"] == 3 and summary["problems"] == []
     assert summary["files"] == {f"mri-{c}.nii.gz": 3 for c in ("flair", "t1", "t1c", "t2")}
@@ -54,8 +46,8 @@ def test_brats_real_four_contrasts_on_one_grid(shared_data: Path, tmp_path: Path
     assert os.readlink(tmp_path / "c" / "TCGA-DU-7294" / "mri-t1c.nii.gz").endswith("TCGA-DU-7294/t1c.nii.gz")
 
 
-def test_aanlib_real_cases_split_by_case_ct_never_hu(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "ct_mri_brain_aanlib")
+def test_aanlib_real_cases_split_by_case_ct_never_hu(shared_set, tmp_path: Path) -> None:
+    source = shared_set("ct_mri_brain_aanlib")
     summary = _import("aanlib", str(source), "--out", str(tmp_path / "c"), "--limit", "2")
     assert summary["patients"] == 8 and summary["problems"] == [] and summary["mode"] == "converted"
     assert summary["splits"] == {"train": 6, "val": 1, "test": 1}
@@ -70,8 +62,8 @@ def test_aanlib_real_cases_split_by_case_ct_never_hu(shared_data: Path, tmp_path
     assert all(r["problems"] == [] for r in _index(tmp_path / "c"))
 
 
-def test_kermany_real_split_by_child_with_label_text(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "cxr_pediatric_pneumonia")
+def test_kermany_real_split_by_child_with_label_text(shared_set, tmp_path: Path) -> None:
+    source = shared_set("cxr_pediatric_pneumonia")
     summary = _import("kermany", str(source), "--out", str(tmp_path / "c"), "--limit", "4", "--seed", "1")
     assert summary["problems"] == [] and summary["files"]["xray.jpeg"] == summary["patients"] >= 12
     cohort = tmp_path / "c"
@@ -89,8 +81,8 @@ def test_kermany_real_split_by_child_with_label_text(shared_data: Path, tmp_path
     assert all(r["problems"] == [] and set(r["files"]) == {"xray", "report"} for r in records)
 
 
-def test_ixi_register_puts_t2_on_the_t1_grid(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "brain_mri_ixi002")
+def test_ixi_register_puts_t2_on_the_t1_grid(shared_set, tmp_path: Path) -> None:
+    source = shared_set("brain_mri_ixi002")
     plain = _import("ixi", str(source), "--out", str(tmp_path / "plain"))
     assert plain["problems"] == []
     assert any("different grids" in p for p in _index(tmp_path / "plain")[0]["problems"])
@@ -110,8 +102,8 @@ def test_ixi_register_puts_t2_on_the_t1_grid(shared_data: Path, tmp_path: Path) 
     assert _import("ixi", str(source), "--out", str(tmp_path / "c"), "--register")["written"] == 0  # re-run: unchanged
 
 
-def test_aanlib_ct_is_evaluated_in_grey_levels_never_hu(shared_data: Path, tmp_path: Path) -> None:
-    source = _source(shared_data, "ct_mri_brain_aanlib")
+def test_aanlib_ct_is_evaluated_in_grey_levels_never_hu(shared_set, tmp_path: Path) -> None:
+    source = shared_set("ct_mri_brain_aanlib")
     _import("aanlib", str(source), "--out", str(tmp_path / "ref"), "--limit", "2")
     ct, meta = io.read(tmp_path / "ref" / "case16" / "ct.nii.gz")
     noisy = np.clip(ct.astype(np.int16) + np.random.default_rng(0).integers(-4, 5, ct.shape), 0, 255).astype(np.uint8)

@@ -20,13 +20,11 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def real_demo(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    for name in ("ct_mri_brain_aanlib", "iu_xray"):
-        if not (shared_data / name).is_dir():
-            pytest.skip(f"no {name} in shared data")
+def real_demo(shared_set, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    sources = {name: shared_set(name) for name in ("ct_mri_brain_aanlib", "iu_xray")}
     root = tmp_path_factory.mktemp("data-root")
-    for name in ("ct_mri_brain_aanlib", "iu_xray"):
-        (root / name).symlink_to(shared_data / name, target_is_directory=True)
+    for name, source in sources.items():
+        (root / name).symlink_to(source, target_is_directory=True)
     out = tmp_path_factory.mktemp("real") / "demo"
     result = runner.invoke(app, ["demo", "--real", "--quick", "--data-root", str(root), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
