@@ -4,7 +4,8 @@
 noise (stratified timesteps are fixed by ``FlowTask.validation_step``), so the same weights always give
 the same number. ``evaluate_flow`` loads a flow from a bundle exactly as inference does (EMA weights,
 the bundle's shared cross-attention) and measures its validation loss and, for image targets, the PSNR
-of DDIM samples against the reference slices (in normalised units [-1, 1], data range 2).
+of DDIM samples against the reference slices (in normalised units [-1, 1], data range 2; latent flows'
+samples decoded, beside their autoencoder's own reconstruction PSNR/SSIM of the same references).
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def validation_loss(task: Any, dataset: Dataset, *, batch_size: int, batches: in
 
 
 def sample_psnr(task: Any, dataset: Dataset, *, items: int, seed: int = 0, samples: int = 1) -> float | None:
-    """PSNR (dB, [-1, 1] units, data range 2) of the mean of ``samples`` DDIM samples vs the reference,
-    over the first ``items`` items (image targets only)."""
+    """PSNR (dB, [-1, 1] units, data range 2) of the mean of ``samples`` DDIM samples vs the reference image,
+    over the first ``items`` items (image targets only). A latent flow's samples are decoded and compared with the
+    real image, never with its autoencoder's reconstruction (``autoencoder_fidelity`` measures that gap)."""
     from medm2g_core.metrics.image import psnr
     from medm2g_core.modalities import Modality
 
@@ -93,13 +95,38 @@ def sample_psnr(task: Any, dataset: Dataset, *, items: int, seed: int = 0, sampl
     if batch is None:
         return None
     drawn = task.generate(batch, seed=seed, samples=samples)
-    target = task.target_of(batch)
     if task.config.latent:
         autoencoder = task.autoencoders[task.pair.target]
         drawn = torch.stack([autoencoder.decode(s).clamp(-1, 1) for s in drawn])
-        target = autoencoder.decode(target).clamp(-1, 1)
+    reference = reference_images(batch)
     mean = drawn.mean(0)
-    return float(psnr(mean.cpu().numpy(), target.cpu().numpy(), data_range=2.0))
+    return float(psnr(mean.cpu().numpy(), reference.numpy(), data_range=2.0))
+
+
+def reference_images(batch: dict[str, Any]) -> torch.Tensor:
+    """The real target images (B, 1, H, W) in [-1, 1] of a slice or X-ray batch."""
+    return (batch["target"] if "target" in batch else batch["image"]).float().cpu()
+
+
+@torch.no_grad()
+def autoencoder_fidelity(task: Any, dataset: Dataset, *, items: int) -> dict[str, float]:
+    """A latent flow's ceiling: PSNR and SSIM ([-1, 1] units, data range 2) of its target autoencoder's
+    reconstruction of the first ``items`` reference images (``{}`` for pixel or report flows)."""
+    from medm2g_core.flows.task import reconstruction_ssim
+    from medm2g_core.metrics.image import psnr
+    from medm2g_core.modalities import Modality
+
+    if not task.config.latent or task.pair.target is Modality.REPORT or items <= 0:
+        return {}
+    batch = first_batch(dataset, items=items)
+    if batch is None:
+        return {}
+    autoencoder = task.autoencoders[task.pair.target]
+    reference = reference_images(batch)
+    device = next(autoencoder.parameters()).device
+    reconstruction = autoencoder(reference.to(device)).clamp(-1, 1).cpu().numpy()
+    return {"autoencoder_psnr": float(psnr(reconstruction, reference.numpy(), data_range=2.0)),
+            "autoencoder_ssim": reconstruction_ssim(reconstruction, reference.numpy())}
 
 
 def evaluate_flow(bundle: str | Path, pair: Any, *, dataset: Dataset, batch_size: int, val_batches: int, psnr_items: int,
@@ -115,4 +142,4 @@ def evaluate_flow(bundle: str | Path, pair: Any, *, dataset: Dataset, batch_size
     value = sample_psnr(task, dataset, items=psnr_items, seed=seed)
     if value is not None:
         metrics["psnr"] = value
-    return metrics
+    return {**metrics, **autoencoder_fidelity(task, dataset, items=psnr_items)}

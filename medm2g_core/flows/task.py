@@ -1,6 +1,6 @@
 """Training tasks of the generative stage, each implementing the loop's ``Task`` protocol.
 
-- ``ImageAutoencoderTask``: the KL autoencoder of one imaging modality (L1 reconstruction + KL).
+- ``ImageAutoencoderTask``: the KL autoencoder of one imaging modality (L1 [+ SSIM] + KL [+ patch critic]).
 - ``TextVAETask``: the report autoencoder (cross-entropy, token accuracy; validation adds the ROUGE-L of
   decode(encode(report)) on held-out reports).
 - ``FlowTask``: one cross-guided diffusion flow (``FlowNetwork``) in pixel or latent space. Its condition
@@ -77,28 +77,48 @@ def _images_of(batch: dict[str, Any]) -> torch.Tensor:
 
 
 class ImageAutoencoderTask:
-    """Train an ``ImageAutoencoder`` on slices (``PairSliceDataset`` target) or X-rays (``ImageTextDataset``)."""
+    """Train an ``ImageAutoencoder`` on slices (``PairSliceDataset`` target) or X-rays (``ImageTextDataset``).
+
+    With ``adversarial_weight`` > 0 in its config a ``PatchCritic`` trains beside it (a second trainable module,
+    checkpointed for ``--resume`` but not saved with the autoencoder), used from ``adversarial_start`` on.
+    Validation reports the loss terms and the reconstruction's PSNR and SSIM ([-1, 1] units, data range 2).
+    """
 
     def __init__(self, autoencoder: nn.Module):
+        from medm2g_core.models.autoencoders import PatchCritic
+
         self.autoencoder = autoencoder
+        self.critic = PatchCritic(autoencoder.config) if autoencoder.config.adversarial_weight > 0 else None
 
     def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"autoencoder": self.autoencoder}
+        modules: dict[str, nn.Module] = {"autoencoder": self.autoencoder}
+        if self.critic is not None:
+            modules["critic"] = self.critic
+        return modules
 
     def training_step(self, batch: dict[str, Any], *, step: int) -> dict[str, torch.Tensor]:
-        return self.autoencoder.loss(_images_of(batch).to(self._device()))
+        critic = self.critic if step >= self.autoencoder.config.adversarial_start else None
+        return self.autoencoder.loss(_images_of(batch).to(self._device()), critic=critic)
 
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         from medm2g_core.metrics.image import psnr
 
         images = _images_of(batch).to(self._device())
         losses = self.autoencoder.loss(images)
-        reconstruction = self.autoencoder(images).detach().clamp(-1, 1)
-        value = psnr(reconstruction.cpu().numpy(), images.cpu().numpy(), data_range=2.0)
-        return {"loss": float(losses["loss"]), "recon": float(losses["recon"]), "psnr": value}
+        reconstruction = self.autoencoder(images).detach().clamp(-1, 1).cpu().numpy()
+        reference = images.cpu().numpy()
+        return {"loss": float(losses["loss"]), "recon": float(losses["recon"]),
+                "psnr": psnr(reconstruction, reference, data_range=2.0), "ssim": reconstruction_ssim(reconstruction, reference)}
 
     def _device(self) -> torch.device:
         return next(self.autoencoder.parameters()).device
+
+
+def reconstruction_ssim(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Mean SSIM over the images of a batch (B, C, *S) in [-1, 1] (data range 2, skimage's 7-pixel window)."""
+    from medm2g_core.metrics.image import ssim
+
+    return float(np.mean([ssim(p, r, data_range=2.0) for p, r in zip(prediction[:, 0], reference[:, 0])]))
 
 
 class TextVAETask:

@@ -41,3 +41,38 @@ def test_sampled_latent_is_seeded():
     a = model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
     b = model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, model.encode(x))
+
+
+def test_ssim_and_critic_terms_train_each_side_on_its_own_objective():
+    """One backward pass of the summed loss gives the critic the gradient of its own loss only, and the autoencoder
+    the gradient of reconstruction + SSIM + KL + the generator term only (the critic's parameters detached there)."""
+    from dataclasses import replace
+
+    from medm2g_core.models.autoencoders import PatchCritic
+
+    config = replace(tiny(2), ssim_weight=0.5, adversarial_weight=0.1, critic_channels=4, critic_layers=1)
+    torch.manual_seed(0)
+    model, critic = ImageAutoencoder(config), PatchCritic(config)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    generator = torch.Generator().manual_seed(1)
+    losses = model.loss(x, critic=critic, generator=generator)
+    assert {"ssim", "adversarial", "critic"} <= set(losses) and 0 < float(losses["ssim"].detach()) <= 1
+    losses["loss"].backward()
+    joint = {n: p.grad.clone() for n, p in [*model.named_parameters(), *critic.named_parameters()] if p.grad is not None}
+
+    model.zero_grad(), critic.zero_grad()
+    reconstruction = model.network.decode(model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+                                          / config.scaling_factor)
+    _, critic_only = critic.losses(real=x, fake=reconstruction)
+    critic_only.backward()
+    for name, parameter in critic.named_parameters():
+        torch.testing.assert_close(joint[name], parameter.grad)
+
+    model.zero_grad(), critic.zero_grad()
+    own = model.loss(x, generator=torch.Generator().manual_seed(1))["loss"]  # L1 + SSIM + KL, no critic
+    reconstruction = model.network.decode(model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+                                          / config.scaling_factor)
+    generator_term, _ = critic.losses(real=x, fake=reconstruction)
+    (own + config.adversarial_weight * generator_term).backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(joint[name], parameter.grad, rtol=1e-4, atol=1e-7)
