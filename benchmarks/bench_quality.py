@@ -104,10 +104,16 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
             "systems": {name: metrics_of(evaluation, name) for name in evaluation["systems"]}}
 
 
-def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int | None = None) -> tuple[list[str], list[str]]:
-    """demo-cpu with the image size and (AANLIB) the 8-bit CT window → ``OUT/recipe.yaml``; returns the
-    ``--recipe`` arguments of the medm2g commands and the matching peer options."""
-    if size is None and not ct_8bit and align_batch is None:
+LATENT_AUTOENCODER = {"channels": [32, 64, 64], "attention_levels": [False, False, False], "latent_channels": 4,
+                      "ssim_weight": 0.5, "training": {"steps": 600, "batch_size": 16, "lr": 2.0e-3, "warmup_steps": 20}}
+"""--latent: the autoencoder of each image modality (64² → 16² × 4), trained before the flow (its seconds not in the flow's)."""
+
+
+def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int | None = None, latent: bool = False
+                 ) -> tuple[list[str], list[str]]:
+    """demo-cpu with the image size, (AANLIB) the 8-bit CT window and (``latent``) latent flows → ``OUT/recipe.yaml``;
+    returns the ``--recipe`` arguments of the medm2g commands and the matching peer options."""
+    if size is None and not ct_8bit and align_batch is None and not latent:
         return [], []
     import yaml
 
@@ -123,8 +129,10 @@ def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int
         overrides.update({"data.ct_window": [0, 255], "data.ct_units": CT_WINDOW_8BIT_UNITS,
                           "align.modalities": ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"]})
         peer += ["--ct-window", "0,255"]
-    else:
+    elif size is not None or align_batch is not None:  # a real cohort's contrasts (the phantom default is left alone)
         overrides["align.modalities"] = ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"]
+    if latent:
+        overrides.update({"flows.objective.latent": True, "autoencoders": LATENT_AUTOENCODER})
     recipe = recipe_to_dict(apply_overrides(load_recipe("demo-cpu"), overrides))
     path = out / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -157,6 +165,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image size of flow and peer (data.image_size; default: the recipe's 64)")
     parser.add_argument("--align-batch", type=int, default=None, help="alignment batch (small real cohorts: ≤ the training patients)")
     parser.add_argument("--ct-8bit", action="store_true", help="the cohort's CT is an 8-bit display window (AANLIB)")
+    parser.add_argument("--latent", action="store_true", help="latent flows (autoencoders trained first; see LATENT_AUTOENCODER)")
+    parser.add_argument("--aligned", type=Path, default=None, help="reuse this aligned bundle (same cohort) instead of aligning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -168,8 +178,8 @@ def main() -> None:
         if not (cohort / "splits.json").is_file():
             subprocess.run([sys.executable, str(HERE / "make_cohort.py"), str(cohort), "--anatomy", "head", "--patients", "32",
                             "--seed", "1"], check=True)
-    recipe, peer_options = write_recipe(out, size=args.size, ct_8bit=args.ct_8bit, align_batch=args.align_batch)
-    aligned = out / "aligned.m2g"
+    recipe, peer_options = write_recipe(out, size=args.size, ct_8bit=args.ct_8bit, align_batch=args.align_batch, latent=args.latent)
+    aligned = args.aligned or out / "aligned.m2g"
     if not (aligned / "bundle.json").is_file():
         medm2g("align", "--data", str(cohort), "--out", str(aligned), "--steps", str(args.align_steps), "--seed", str(args.seed),
                *recipe, log=out / "align-log.txt")
