@@ -37,6 +37,16 @@ CONFIG_FILE, WEIGHTS_FILE, EMA_WEIGHTS = "config.json", "model.safetensors", "em
 COMPONENT_KINDS = (ALIGN, AUTOENCODERS, TEXT_VAE, FLOWS)
 
 
+def component_key(kind: str, name: str | None = None) -> str:
+    """The key of a component in ``bundle.json`` (``components``, ``stages``, ``metrics``): its folder relative to
+    the bundle — ``align``, ``text_vae``, ``autoencoders/<modality>``, ``flows/<pair>``."""
+    return kind if name is None else f"{kind}/{name}"
+
+
+SHARED_KEY = component_key(FLOWS, SHARED)
+"""``flows/shared``: the shared cross-attention's component and stage key."""
+
+
 def align_dir(root: str | Path) -> Path:
     """``align/`` (aligned encoders; its tokenizer in ``align/tokenizer``)."""
     return Path(root) / ALIGN
@@ -177,11 +187,41 @@ class Bundle:
 
     # -- records -------------------------------------------------------------------------------
     def record_component(self, kind: str, name: str | None = None) -> None:
-        """Note that a component was (re)written; flows are kept in training order."""
-        key = kind if name is None else f"{kind}/{name}"
-        self.data["components"][key] = str(self.component_dir(kind, name).relative_to(self.path))
-        if kind == FLOWS and name not in self.data["flows"]:
+        """Note that a component was (re)written; flows are kept in training order (the shared cross-attention,
+        ``FLOWS``/``SHARED``, is a component but not a flow)."""
+        key = component_key(kind, name)
+        folder = shared_dir(self.path) if key == SHARED_KEY else self.component_dir(kind, name)
+        self.data["components"][key] = str(folder.relative_to(self.path))
+        if kind == FLOWS and name != SHARED and name not in self.data["flows"]:
             self.data["flows"].append(name)
+
+    def stage(self, key: str) -> dict[str, Any]:
+        """The record of stage ``key`` (``component_key(...)``; ``{}`` when it never ran): a copy."""
+        return dict(self.data["stages"].get(key, {}))
+
+    def metrics(self, key: str) -> dict[str, Any] | None:
+        """The metrics stored for stage ``key`` (None when none were)."""
+        return self.data["metrics"].get(key)
+
+    @property
+    def align_hub(self) -> str | None:
+        """Why the align stage had no text hub (an MRI-only or CT–MRI cohort), or None."""
+        return self.data.get("align_hub")
+
+    def set_align_hub(self, note: str) -> None:
+        self.data["align_hub"] = note
+
+    def baselines(self, pair: str) -> dict[str, Any]:
+        """The fitted-baselines record of flow ``pair`` (``{}`` when none): a copy."""
+        return dict(self.data.get("baselines", {}).get(pair, {}))
+
+    @property
+    def baseline_pairs(self) -> list[str]:
+        """Flows with a baselines record, in the order they were fitted."""
+        return list(self.data.get("baselines", {}))
+
+    def set_baselines(self, pair: str, record: dict[str, Any]) -> None:
+        self.data.setdefault("baselines", {})[pair] = to_jsonable(record)
 
     def add_modalities(self, names: list[str]) -> None:
         for name in names:

@@ -211,7 +211,7 @@ def align(
     )
     if not reports:
         out.hub = hub_note(modalities, has_ct=any(Modality.CT in r.files for r in train_records))
-        bundle.data["align_hub"] = out.hub
+        bundle.set_align_hub(out.hub)
     bundle.record_stage(
         STAGE, recipe=recipe_to_dict(recipe), steps=result.steps, seconds=round(result.seconds, 1),
         processes=result.num_processes, device=result.device, resumed_from=result.resumed_from,

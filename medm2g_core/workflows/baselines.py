@@ -25,14 +25,13 @@ baseline is a ``BundleError`` naming that command (``fit_command``).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from medm2g_core.baselines import REPORT_BASELINES, TRANSLATION_BASELINES
-from medm2g_core.bundle import ALIGN, align_dir, baselines_dir
+from medm2g_core.bundle import ALIGN, BASELINES, FLOWS, align_dir, baselines_dir, component_key
 from medm2g_core.bundle import flow_dir as bundle_flow_dir
 from medm2g_core.bundle import shared_dir as bundle_shared_dir
 from medm2g_core.errors import BundleError, ConfigError, InputError
@@ -82,7 +81,7 @@ def fit_command(pair: Pair, bundle: str | Path) -> str:
 
     data = "DATA"
     try:
-        recorded = Bundle.open(bundle).data.get("stages", {}).get(f"flows/{pair.name}", {}).get("data")
+        recorded = Bundle.open(bundle).stage(component_key(FLOWS, pair.name)).get("data")
     except (BundleError, OSError, ValueError):
         recorded = None
     if recorded:
@@ -179,13 +178,13 @@ def fit_baselines(
     if not is_main:
         return {"pair": pair.name, "baselines": fitted}
     handle = Bundle.open(bundle_dir)  # the regression stage may have rewritten bundle.json
-    record = dict(handle.data.get("baselines", {}).get(pair.name, {}))
+    record = handle.baselines(pair.name)
     record["split"] = {"seed": recipe.data.split_seed, "fractions": list(recipe.data.split_fractions),
                        "train_patients": len(train_records), "data": str(data_dir.resolve())}
     record["normalisation"] = {**Processing.from_data(recipe.data).record(), "image_size": recipe.data.image_size}
     for name, details in fitted.items():
         record[name] = {**details, "path": str(Path(details["path"]).relative_to(bundle_dir))}
-    handle.data.setdefault("baselines", {})[pair.name] = record
+    handle.set_baselines(pair.name, record)
     handle.save()
     return {"pair": pair.name, "baselines": fitted}
 
@@ -233,7 +232,7 @@ def _fit_identity(records: list, bundle_dir: Path, pair: Pair, recipe: Any, prog
                 continue
             mask = _body(source, target, source_array, target_array, target_values)
             used.append(record.patient_id)
-            progress(ProgressEvent(task=f"baselines/{pair.name} identity", completed=index + 1, total=len(usable)))
+            progress(ProgressEvent(task=f"{BASELINES}/{pair.name} identity", completed=index + 1, total=len(usable)))
             yield source_values[mask], target_values[mask]
 
     try:
@@ -257,7 +256,7 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     from medm2g_core.baselines.regression import RegressionModel, build_regression_network
     from medm2g_core.config import merge_training
     from medm2g_core.data.datasets import PairSliceDataset
-    from medm2g_core.flows.model import SHARED_NAME, FlowNetworkConfig
+    from medm2g_core.flows.model import FlowNetworkConfig
     from medm2g_core.flows.recipe import parse_flow_recipe
     from medm2g_core.flows.task import FlowTask
     from medm2g_core.models.conditioning import SharedCrossAttentionConfig
@@ -272,7 +271,7 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
                           f"run `medm2g train-flow --pair {pair.name} --bundle {bundle_dir} --data DATA` first")
     flow_config = load_config(flow_dir, FlowNetworkConfig)
     shared_config = load_config(shared_dir, SharedCrossAttentionConfig)
-    stage = handle.data.get("stages", {}).get(f"flows/{pair.name}", {})
+    stage = handle.stage(component_key(FLOWS, pair.name))
     flows = parse_flow_recipe(recipe.flows).resolve(pair)
     budget = steps if steps is not None else stage.get("steps")
     # Same loop settings as train-flow gave the flow: recipe training + flows.training, and the EMA decay the
@@ -294,7 +293,7 @@ def _fit_regression(records: list, handle: Any, pair: Pair, recipe: Any, *, step
     task = FlowTask(network, align, warm_start_steps=config.steps, source_dropout=0.0, shared_trainable=True,
                     regression=True)
     losses: list[float] = []
-    name = f"baselines/{pair.name}-regression"
+    name = f"{BASELINES}/{pair.name}-regression"
 
     def record_loss(event: ProgressEvent) -> None:
         if "loss" in event.metrics:
@@ -358,7 +357,7 @@ def pairs_with_baselines(bundle: str | Path) -> list[str]:
     """Flow names with a ``bundle.json["baselines"]`` record, in the order they were fitted."""
     from medm2g_core.bundle import Bundle
 
-    return list(Bundle.open(bundle).data.get("baselines", {}))
+    return Bundle.open(bundle).baseline_pairs
 
 
 def predict_baselines(
@@ -403,7 +402,7 @@ def predict_baselines(
     missing = [n for n in wanted if n not in fitted_baselines(bundle_dir, pair)]
     if missing:
         raise BundleError(f"{bundle_dir} has no fitted {', '.join(missing)} baseline for {pair}; run `{fit_command(pair, bundle_dir)}` first")
-    record = handle.data.get("baselines", {}).get(pair.name, {})
+    record = handle.baselines(pair.name)
     records = scan_cohort(inputs)
     if patients is not None:
         keep = set(patients)

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from medm2g_core.bundle import FLOWS as FLOW_COMPONENTS
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 from medm2g_core.workflows.stages import Stage as _Stage
 from medm2g_core.workflows.stages import (
@@ -310,7 +311,7 @@ class _Run(StageRunner):
             if pair == "retrieval":
                 continue
             flow = next((stage for stage in (self.results.get(f"flow {pair}") or {}).get("stages", [])
-                         if stage["name"].startswith("flows/")), None)
+                         if stage["name"].startswith(f"{FLOW_COMPONENTS}/")), None)
             out[pair] = {}
             for system in systems:
                 if system == "model" and flow is not None:

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from medm2g_core.bundle import FLOWS
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 from medm2g_core.workflows.stages import (
     Stage, StageRecord, StageRunner, body_of, budget_text, embedded_png, fmt, pick, table_json, write_tile_grid,
@@ -386,7 +387,7 @@ class _RealRun(StageRunner):
             result = train_flow(self.folder(task.set), self.bundle, pair=task.pair, recipe=self.recipe(),
                                 steps=self.settings.flow_steps.get(task.pair), resume=resume, seed=self.seed, baselines=True,
                                 device=self.device, progress=self.stage_progress(f"flow {task.pair}"))
-            flow = next(r for r in result.stages if r.name.startswith("flows/"))
+            flow = next(r for r in result.stages if r.name.startswith(f"{FLOWS}/"))
             regression = result.baselines.get("regression", {})
             return {"pair": result.pair, "metrics": result.metrics, "forgetting": result.forgetting,
                     "budget": {"model": {"steps": flow.steps, "seconds": round(flow.seconds, 1)},

@@ -517,13 +517,13 @@ def aligned_xray_extractor(model: str | Path | None, *, device: str = "cpu") -> 
     import torch
 
     from medm2g_core.align.model import AlignModel
-    from medm2g_core.bundle import Bundle, align_dir, bundle_fingerprint, resolve_model
+    from medm2g_core.bundle import ALIGN, Bundle, align_dir, bundle_fingerprint, resolve_model
     from medm2g_core.data.transforms import resize_image
     from medm2g_core.errors import BundleError
     from medm2g_core.metrics.distribution import CallableExtractor
 
     path = resolve_model(model)
-    stage = Bundle.open(path).data.get("stages", {}).get("align", {})
+    stage = Bundle.open(path).stage(ALIGN)
     size = ((stage.get("recipe") or {}).get("data") or {}).get("image_size")
     if not (align_dir(path) / "config.json").is_file() or size is None:
         raise BundleError(f"{path} has no align stage; train one with `medm2g align --data COHORT --out {path}`, or pass "

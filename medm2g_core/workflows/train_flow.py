@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medm2g_core.bundle import ALIGN, AUTOENCODERS, EMA_WEIGHTS, FLOWS, SHARED, TEXT_VAE, TOKENIZER, align_dir
+from medm2g_core.bundle import ALIGN, AUTOENCODERS, EMA_WEIGHTS, FLOWS, SHARED, SHARED_KEY, TEXT_VAE, TOKENIZER, align_dir, component_key
 from medm2g_core.bundle import shared_dir as bundle_shared_dir
-from medm2g_core.config import Recipe, apply_overrides, load_recipe, merge_training, recipe_to_dict, stage_training
+from medm2g_core.config import Recipe, load_recipe, merge_training
 from medm2g_core.errors import BundleError, ConfigError, InputError
 from medm2g_core.inference.processing import Processing
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
@@ -145,12 +145,12 @@ def train_flow(
     synthetic = any(getattr(r, "synthetic", False) for r in records)
     if stage == "text-vae":
         reports = [_train_text_vae(context, final=True)]
-        return TrainFlowResult(bundle=bundle_dir, pair="text_vae", stages=reports, synthetic=synthetic, seconds=time.monotonic() - started)
+        return TrainFlowResult(bundle=bundle_dir, pair=component_key(TEXT_VAE), stages=reports, synthetic=synthetic, seconds=time.monotonic() - started)
     if stage == "autoencoder":
         if modality is None:
             raise ConfigError("--stage autoencoder needs --modality (xray, ct, mri-t1, mri-t2, mri-pd)")
         reports = [_train_autoencoder(context, parse_modality(modality), final=True)]
-        return TrainFlowResult(bundle=bundle_dir, pair=f"autoencoders/{parse_modality(modality).value}", stages=reports,
+        return TrainFlowResult(bundle=bundle_dir, pair=component_key(AUTOENCODERS, parse_modality(modality).value), stages=reports,
                                synthetic=synthetic, seconds=time.monotonic() - started)
     if pair is None:
         raise ConfigError("--pair is required for --stage flow (e.g. xray-report, mri-ct, t2+pd-t1)")
@@ -175,7 +175,7 @@ def check_latent_sections(recipe: Recipe) -> None:
     from medm2g_core.models.autoencoders import ImageAutoencoderConfig
     from medm2g_core.models.text_vae import TextVAEConfig
 
-    for name, cls in (("autoencoders", ImageAutoencoderConfig), ("text_vae", TextVAEConfig)):
+    for name, cls in (("autoencoders", ImageAutoencoderConfig), ("text_vae", TextVAEConfig)):  # recipe sections
         section = dict(getattr(recipe, name) or {})
         merge_training(recipe.training, section.pop("training", None), where=f"{name}.training")
         valid = {f.name for f in fields(cls)}
@@ -291,7 +291,7 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
     val_dataset = DatasetSubset(ReportDataset(context.splits["val"] or context.splits["test"]), limit=32)
     if len(train_dataset) == 0:
         raise InputError(context.data_dir, "no reports in the training split; the text VAE needs report.txt files")
-    if context.bundle.data.get("align_hub"):
+    if context.bundle.align_hub:
         # The align stage saw no reports (an MRI-only or CT–MRI cohort), so its tokenizer knows one word. The
         # text VAE then gets a WordPiece of its own training reports (the align recipe's sizes); it is saved in
         # text_vae/tokenizer/, which is the one inference decodes with.
@@ -305,17 +305,17 @@ def _train_text_vae(context: _Context, *, final: bool) -> StageReport:
     vae = TextVAE(TextVAEConfig.from_tokenizer(tokenizer, **section))
     task = TextVAETask(vae, tokenizer)
     result, val_start = _run(context, task, train_dataset=train_dataset, val_dataset=val_dataset if len(val_dataset) else None,
-                             config=config, name="text_vae")
-    report = StageReport("text_vae", result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
+                             config=config, name=component_key(TEXT_VAE))
+    report = StageReport(component_key(TEXT_VAE), result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
     if context.is_main:
         ema = _own_ema(result, vae, "text_vae")
         task.fit_flow_space([text for _, text in train_dataset.items], weights=ema)
         _save_component(context.bundle.component_dir(TEXT_VAE), vae.eval(), ema,
                         extra=lambda tmp: _save_tokenizer(tokenizer, tmp / TOKENIZER))
         context.bundle.record_component(TEXT_VAE)
-        context.bundle.record_stage("text_vae", recipe=context.recipe.text_vae, steps=result.steps, seconds=round(result.seconds, 1),
+        context.bundle.record_stage(component_key(TEXT_VAE), recipe=context.recipe.text_vae, steps=result.steps, seconds=round(result.seconds, 1),
                                     val_start=val_start, val_end=result.final_val)
-        context.bundle.set_metrics("text_vae", result.final_val)
+        context.bundle.set_metrics(component_key(TEXT_VAE), result.final_val)
         context.bundle.save()
     return report
 
@@ -358,7 +358,7 @@ def _train_autoencoder(context: _Context, modality: Modality, *, final: bool) ->
     val_dataset = DatasetSubset(dataset(context.splits["val"] or context.splits["test"]), limit=context.flows.val_items)
     seed_everything(config.seed)
     autoencoder = ImageAutoencoder(dataclass_from_dict(ImageAutoencoderConfig, section, where="autoencoders"))
-    name = f"autoencoders/{modality.value}"
+    name = component_key(AUTOENCODERS, modality.value)
     result, val_start = _run(context, ImageAutoencoderTask(autoencoder), train_dataset=train_dataset,
                              val_dataset=val_dataset if len(val_dataset) else None, config=config, name=name)
     ema = _own_ema(result, autoencoder, "autoencoder")
@@ -504,7 +504,7 @@ def _network_config(context: _Context, pair: Pair, flows: Any, align: Any, share
 def _train_flow_stage(context: _Context, pair: Pair, *, started: float, synthetic: bool) -> TrainFlowResult:
     from medm2g_core.align.model import AlignModel
     from medm2g_core.flows.forgetting import spread_batch
-    from medm2g_core.flows.model import EMA_NAME, SHARED_NAME, FlowNetwork, _read_shared, load_text_vae
+    from medm2g_core.flows.model import FlowNetwork, _read_shared, load_text_vae
     from medm2g_core.flows.task import FlowTask
     from medm2g_core.models.autoencoders import ImageAutoencoder
     from medm2g_core.models.conditioning import SharedCrossAttention, SharedCrossAttentionConfig
@@ -530,7 +530,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         text_vae, tokenizer = load_text_vae(bundle.path)
 
     earlier = [name for name in bundle.flows if name != pair.name]
-    name = f"flows/{pair.name}"
+    name = component_key(FLOWS, pair.name)
     config = flow_training(context, flows, _flow_config(pair, flows))
     # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
     # the forgetting report compares like with like even when that flow's recipe measures differently.
@@ -541,7 +541,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     # Earlier flows recorded before measured_with existed: their stored metrics may come from other
     # settings, so their "before" is measured now, the way "after" will be (before seeding: training is
     # unaffected).
-    legacy = [p for p in earlier if "measured_with" not in bundle.data["stages"].get(f"flows/{p}", {})]
+    legacy = [p for p in earlier if "measured_with" not in bundle.stage(component_key(FLOWS, p))]
     fresh_before: dict[str, dict[str, float]] = {}
     for index, previous in enumerate(legacy):
         context.progress(ProgressEvent(task="measure flows before training", completed=index, total=len(legacy)))
@@ -551,7 +551,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     align = AlignModel.from_pretrained(align_dir(bundle.path))
     seed_everything(config.seed)
     shared_dir = bundle_shared_dir(bundle.path)
-    trained_by = bundle.data["stages"].get("flows/shared", {}).get("trained_by", [])
+    trained_by = bundle.stage(SHARED_KEY).get("trained_by", [])
     # Resuming the flow that trained the shared layers rebuilds them as that run did (fresh, trainable).
     # No recorded trainer means the run that wrote flows/shared was killed before bundle.json recorded
     # it (bundle.json is saved last), i.e. it was this interrupted run.
@@ -562,7 +562,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
         shared = SharedCrossAttention(dataclass_from_dict(SharedCrossAttentionConfig, dict(flows.shared_attention), where="flows.shared_attention"))
     network = FlowNetwork(_network_config(context, pair, flows, align, shared.config, text_vae=text_vae, autoencoders=autoencoders),
                           shared=shared)
-    layer_trainers = shared_layer_trainers(bundle.data, shared.config.num_layers) if reuse else {}
+    layer_trainers = shared_layer_trainers(bundle.stage(SHARED_KEY), shared.config.num_layers) if reuse else {}
     plan = plan_shared_layers(network.shared_layers_used(), layer_trainers, flow=pair.name, mode=flows.shared,
                               anchor=flows.shared_anchor)
     shared_trainable = bool(plan["trained"])
@@ -601,10 +601,10 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
                 save_weights(tmp / WEIGHTS_NAME, {**load_weights(tmp / WEIGHTS_NAME), **raw})
 
         _save_component(shared_dir, shared.eval(), ema, extra=keep_raw)
-        bundle.data["components"][f"{FLOWS}/{SHARED}"] = f"{FLOWS}/{SHARED}"
+        bundle.record_component(FLOWS, SHARED)
         for index in plan["trained"]:
             layer_trainers[index] = [*[n for n in layer_trainers.get(index, []) if n != pair.name], pair.name]
-        bundle.record_stage("flows/shared", trained_by=[*[n for n in trained_by if n != pair.name], pair.name],
+        bundle.record_stage(SHARED_KEY, trained_by=[*[n for n in trained_by if n != pair.name], pair.name],
                             layers={str(k): v for k, v in sorted(layer_trainers.items())})
     bundle.record_component(FLOWS, pair.name)
     bundle.add_modalities([m.value for m in (*pair.sources, pair.target)])
@@ -620,7 +620,7 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
             report["before"] = fresh_before[previous]
         if report is not None:
             out.forgetting[previous] = report
-            bundle.set_metrics(f"flows/{previous}", report["after"])
+            bundle.set_metrics(component_key(FLOWS, previous), report["after"])
         context.progress(ProgressEvent(task="measure flows", completed=index + 2, total=1 + len(earlier)))
     bundle.set_metrics(name, out.metrics)
     if earlier:
@@ -630,12 +630,11 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     return out
 
 
-def shared_layer_trainers(data: dict[str, Any], num_layers: int) -> dict[int, list[str]]:
+def shared_layer_trainers(record: dict[str, Any], num_layers: int) -> dict[int, list[str]]:
     """Shared layer index → the flows that trained it, first (its initialiser) to last, from bundle.json.
 
     Bundles written before layers were recorded list only ``trained_by``: every layer counts as trained
-    by those flows (what was frozen then stays frozen)."""
-    record = data["stages"].get("flows/shared", {})
+    by those flows (what was frozen then stays frozen). ``record``: the bundle's ``SHARED_KEY`` stage."""
     if "layers" in record:
         return {int(k): list(v) for k, v in record["layers"].items() if v}
     return {k: list(record.get("trained_by", [])) for k in range(num_layers)} if record.get("trained_by") else {}
@@ -677,8 +676,8 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
     from medm2g_core.flows.model import FlowNetworkConfig
 
     bundle = context.bundle
-    stage = bundle.data["stages"].get(f"flows/{name}", {})
-    before = bundle.data["metrics"].get(f"flows/{name}")
+    stage = bundle.stage(component_key(FLOWS, name))
+    before = bundle.metrics(component_key(FLOWS, name))
     data_dir = Path(stage.get("data", ""))
     if before is None or not data_dir.is_dir():
         return {"before": before or {}, "after": {}, "note": f"cohort {data_dir} not available; not re-measured"}

@@ -61,3 +61,30 @@ def test_default_bundle_registry(tmp_path, monkeypatch):
     with pytest.raises(BundleError):
         resolve_model(tmp_path)
     assert bundle_module.medm2g_home() == tmp_path / "home"
+
+
+def test_the_layout_is_spelled_only_in_bundle_py():
+    """No module but ``bundle.py`` writes a bundle folder name as a string (``"flows/..."``, ``"autoencoders/..."``,
+    ``"text_vae"``...) or reaches around the ``Bundle`` API into ``bundle.data[...]``."""
+    import ast
+    from pathlib import Path
+
+    import medm2g_core
+    from medm2g_core.bundle import ALIGN, AUTOENCODERS, BASELINES, FLOWS, SHARED, TEXT_VAE, TRAINING
+
+    names = {AUTOENCODERS, TEXT_VAE, FLOWS, BASELINES, SHARED, TRAINING, ALIGN}
+    root = Path(medm2g_core.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "bundle.py" and path.parent == root:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                head = node.value.split("/")[0]
+                if "/" in node.value and head in names and not node.value.startswith(("flows/objective", "flows/model")):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "data" \
+                    and isinstance(node.value.value, ast.Name) and node.value.value.id in ("bundle", "handle"):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.value.value.id}.data[...]")
+    assert not found, "use medm2g_core.bundle's names and Bundle methods:\n" + "\n".join(found)
