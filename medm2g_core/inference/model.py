@@ -174,6 +174,8 @@ class MedM2G:
             ``TranslationResult(image, std, meta, flow, warnings, seconds)``; ``image`` float32 in HU for
             CT (clipped to [-1024, 3000]).
         """
+        if not isinstance(to, (str, Modality)):
+            raise ConfigError(f"translate makes one target, got {list(to)!r}; translate_jointly(..., to=[...]) makes two in one loop")
         target = _modality(to)
         arrays = self._translation_sources(volume, meta, source=source, additional=additional, targets=[target])
         _check_samples(samples)

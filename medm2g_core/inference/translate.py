@@ -1,7 +1,8 @@
 """Volume translation (MRI ↔ CT, MRI contrasts): slices through a flow and back onto the input's grid.
 
 ``translate_volume`` is the per-volume algorithm (the ``MedM2G.translate`` facade calls it;
-``jobs.translate`` runs it over files, folders and stdin).
+``jobs.translate`` runs it over files, folders and stdin). ``translate_volume_jointly`` is the same algorithm for
+two flows of one source sampled in one loop by their joint stage (``MedM2G.translate_jointly``).
 
 Per volume:
 
