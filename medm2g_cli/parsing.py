@@ -9,7 +9,7 @@ import re
 from typing import Sequence
 
 from medm2g_core.errors import ConfigError
-from medm2g_core.modalities import Modality, parse_modality
+from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
 
 
 def parse_target(text: str) -> Modality:
@@ -18,6 +18,29 @@ def parse_target(text: str) -> Modality:
         return parse_modality(str(text))
     except ValueError as error:
         raise ConfigError(f"--to: {error}") from None
+
+
+def parse_targets(text: str) -> Modality | tuple[Modality, ...]:
+    """``--to``: one modality (``ct``), or several generated together (``ct,mri-t2``) as a tuple."""
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if len(parts) <= 1:
+        return parse_target(text)
+    found = tuple(parse_target(p) for p in parts)
+    if len(set(found)) != len(found):
+        raise ConfigError(f"--to {text!r} names a modality twice")
+    return found
+
+
+def parse_pairs(text: str) -> tuple[Pair, ...]:
+    """``--pair`` of ``--stage joint``: ``"mri-ct,t1-t2"`` → two flow pairs."""
+    parts = [p for p in str(text).split(",") if p.strip()]
+    try:
+        found = tuple(parse_pair(p) for p in parts)
+    except ValueError as error:
+        raise ConfigError(f"--pair: {error}") from None
+    if len(found) != 2 or found[0] == found[1]:
+        raise ConfigError(f"--pair {text!r}: --stage joint takes two different flows of one source, e.g. --pair mri-ct,t1-t2")
+    return found
 
 
 def parse_sources(text: str | Sequence[str] | None) -> tuple[Modality, ...] | None:

@@ -8,6 +8,7 @@ BUNDLE/
   autoencoders/<modality>/{config.json, model.safetensors}
   text_vae/{config.json, model.safetensors}
   flows/<pair>/{config.json, model.safetensors, ema.safetensors}
+  joint/<flowA>+<flowB>/{config.json, model.safetensors, ema.safetensors}   # environment encoders of two flows
   training/<stage>/               # resumable Accelerate state (never needed for inference)
 ```
 
@@ -33,8 +34,9 @@ BUNDLE_JSON = "bundle.json"
 # Every folder and file name of the layout (DESIGN §4); other modules use these, never the strings.
 ALIGN, AUTOENCODERS, TEXT_VAE, FLOWS = "align", "autoencoders", "text_vae", "flows"
 TRAINING, BASELINES, SHARED, TOKENIZER = "training", "baselines", "shared", "tokenizer"
+JOINT = "joint"
 CONFIG_FILE, WEIGHTS_FILE, EMA_WEIGHTS = "config.json", "model.safetensors", "ema.safetensors"
-COMPONENT_KINDS = (ALIGN, AUTOENCODERS, TEXT_VAE, FLOWS)
+COMPONENT_KINDS = (ALIGN, AUTOENCODERS, TEXT_VAE, FLOWS, JOINT)
 
 
 def component_key(kind: str, name: str | None = None) -> str:
@@ -68,6 +70,18 @@ def flow_dir(root: str | Path, pair: str) -> Path:
 def shared_dir(root: str | Path) -> Path:
     """``flows/shared/``: the cross-attention every flow of the bundle shares."""
     return Path(root) / FLOWS / SHARED
+
+
+def joint_name(flow_a: str, flow_b: str) -> str:
+    """``<flowA>+<flowB>``: the joint stage of two flows (``Pair.name``), in sorted order so that either order
+    names the same stage."""
+    first, second = sorted((flow_a, flow_b))
+    return f"{first}+{second}"
+
+
+def joint_dir(root: str | Path, flow_a: str, flow_b: str) -> Path:
+    """``joint/<flowA>+<flowB>/``: the environment encoders and gates of two flows' joint generation."""
+    return Path(root) / JOINT / joint_name(flow_a, flow_b)
 
 
 def training_dir(root: str | Path, stage: str) -> Path:
@@ -169,10 +183,10 @@ class Bundle:
 
     # -- folders -------------------------------------------------------------------------------
     def component_dir(self, kind: str, name: str | None = None) -> Path:
-        """``align``, ``text_vae``, ``autoencoders/<modality>`` or ``flows/<pair>`` (not created)."""
+        """``align``, ``text_vae``, ``autoencoders/<modality>``, ``flows/<pair>`` or ``joint/<name>`` (not created)."""
         if kind not in COMPONENT_KINDS:
             raise ValueError(f"unknown component kind {kind!r}; valid: {', '.join(COMPONENT_KINDS)}")
-        if kind in (AUTOENCODERS, FLOWS):
+        if kind in (AUTOENCODERS, FLOWS, JOINT):
             if not name:
                 raise ValueError(f"{kind} components need a name (modality or pair)")
             return self.path / kind / name

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medm2g_cli import console
+from medm2g_cli import console, parsing
 from medm2g_cli.options import DataDir, Device, JsonOut, MixedPrecision, Recipe, Resume, Seed, Steps
 
 
@@ -18,7 +18,7 @@ def train_flow(
     pair: Annotated[Optional[str], typer.Option("--pair", help="xray-report|report-xray|mri-ct|ct-mri|t1-t2|t2-t1|t2+pd-t1|t2+flair-t1|t1-flair")] = None,
     recipe: Recipe = None,
     steps: Steps = None,
-    stage: Annotated[str, typer.Option("--stage", help="flow|autoencoder|text-vae")] = "flow",
+    stage: Annotated[str, typer.Option("--stage", help="flow|autoencoder|text-vae|joint (--pair A,B: two trained flows of one source)")] = "flow",
     modality: Annotated[Optional[str], typer.Option("--modality", help="For --stage autoencoder.")] = None,
     resume: Resume = False,
     seed: Seed = 0,
@@ -37,9 +37,14 @@ def train_flow(
 
     if stage == "flow" and not pair:
         raise ConfigError("--pair is required (xray-report, report-xray, mri-ct, ct-mri, t1-t2, t2-t1, t2+pd-t1, t2+flair-t1, t1-flair)")
+    pairs = None
+    if stage == "joint":
+        if not pair:
+            raise ConfigError("--stage joint needs --pair with two trained flows of one source, e.g. --pair mri-ct,t1-t2")
+        pairs, pair = parsing.parse_pairs(pair), None
     with console.progress("train-flow") as progress:
         result = run_train_flow(
-            data, bundle, pair=pair, recipe=recipe, steps=steps, stage=stage, modality=modality, resume=resume, seed=seed,
+            data, bundle, pair=pair, pairs=pairs, recipe=recipe, steps=steps, stage=stage, modality=modality, resume=resume, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, baselines=baselines,
             device=device, progress=progress,
         )

@@ -14,7 +14,7 @@ from medm2g_cli.options import BatchSize, Device, Guidance, JsonOut, ModelPath, 
 @console.handle_errors
 def translate(
     inputs: Annotated[List[str], typer.Argument(help="Files, patient folders, cohort folders, DICOM series folders, globs, or - (paths on stdin).")],
-    to: Annotated[str, typer.Option("--to", help="ct|mri-t1|mri-t2|mri-pd|mri-flair|mri-t1c")],
+    to: Annotated[str, typer.Option("--to", help="ct|mri-t1|mri-t2|mri-pd|mri-flair|mri-t1c; two (ct,mri-t2) are generated together by the bundle's joint stage.")],
     source: Annotated[Optional[str], typer.Option("--from", "--from-modality", help="Source modality or modalities (mri-t2,mri-pd); default: from the file name or DICOM header.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder: OUT/<patient>/<modality>.nii.gz (default ./medm2g-output).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file (one input only).")] = None,
@@ -39,7 +39,7 @@ def translate(
     """
     from medm2g_core.jobs.translate import translate_batch
 
-    target = parsing.parse_target(to)
+    target = parsing.parse_targets(to)
     sources = parsing.parse_sources(source)
     console.run_batch(
         "translate",

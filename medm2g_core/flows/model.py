@@ -452,10 +452,23 @@ class FlowModel:
         """
         from medm2g_core.sampling.sample import make_sampling_scheduler, sample_many
 
+        parsed, batch = self.checked_sources(sources)
+        parsed_weights = None if weights is None else {parse_modality(m) if isinstance(m, str) else m: float(w) for m, w in weights.items()}
+        inputs = self.condition(parsed, weights=parsed_weights)
+        config = self.config
+        drawn = sample_many(
+            self.network, make_sampling_scheduler(config), self.target_shape(batch), samples=samples, condition=inputs,
+            steps=steps or config.sampling_steps, guidance=config.guidance if guidance is None else guidance,
+            generator=self.generators(seed, batch), prediction_type=config.prediction_type, clip_sample=config.clip_sample,
+            clip_range=config.clip_range, eta=config.eta, device=self.device,
+        )
+        return self.finish(drawn.samples)
+
+    def checked_sources(self, sources: dict[Modality | str, Any]) -> tuple[dict[Modality, Any], int]:
+        """``sources`` keyed by ``Modality`` (None values dropped), shapes checked (``predict``), and the batch size."""
         parsed = {parse_modality(m) if isinstance(m, str) else m: v for m, v in sources.items() if v is not None}
         if not parsed:
             raise ValueError(f"no source given; the {self.pair} flow takes {', '.join(s.value for s in self.pair.sources)}")
-        parsed_weights = None if weights is None else {parse_modality(m) if isinstance(m, str) else m: float(w) for m, w in weights.items()}
         for modality, value in parsed.items():
             if isinstance(value, torch.Tensor):
                 expected = (1 + 2 * self.context_slices, self.image_size, self.image_size)
@@ -463,31 +476,29 @@ class FlowModel:
                         or (modality not in self.pair.sources and tuple(value.shape[2:]) != expected[1:]):
                     raise ValueError(f"{modality.value} source has shape {tuple(value.shape)}, expected (B, {', '.join(map(str, expected))})")
         batch = next(len(v) if not isinstance(v, torch.Tensor) else v.shape[0] for v in parsed.values())
-        inputs = self.condition(parsed, weights=parsed_weights)
-        config = self.config
+        return parsed, batch
+
+    def generators(self, seed: int | Sequence[int], batch: int) -> torch.Generator | list[torch.Generator]:
+        """One generator for the call (an int seed), or one per batch item (a sequence of B seeds)."""
         if isinstance(seed, numbers.Integral):
-            generator: torch.Generator | list[torch.Generator] = torch.Generator(device=self.device).manual_seed(int(seed))
-        else:
-            seeds = [int(s) for s in seed]
-            if len(seeds) != batch:
-                raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}; give one per input or a single int")
-            generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-        latent_shape = self.target_shape(batch)
-        drawn = sample_many(
-            self.network, make_sampling_scheduler(config), latent_shape, samples=samples, condition=inputs,
-            steps=steps or config.sampling_steps, guidance=config.guidance if guidance is None else guidance,
-            generator=generator, prediction_type=config.prediction_type, clip_sample=config.clip_sample,
-            clip_range=config.clip_range, eta=config.eta, device=self.device,
-        )
+            return torch.Generator(device=self.device).manual_seed(int(seed))
+        seeds = [int(s) for s in seed]
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}; give one per input or a single int")
+        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def finish(self, drawn: torch.Tensor) -> Prediction:
+        """Samples (K, B, ...) of the flow's x0 space → ``Prediction``: decoded images (latent flows) or report texts."""
+        samples = drawn.shape[0]
         if self.pair.target is Modality.REPORT:
-            texts = decode_texts(self.text_vae, self.tokenizer, drawn.samples)
-            return Prediction(mean=drawn.mean, std=None, samples=drawn.samples, texts=texts)
-        images = drawn.samples
+            texts = decode_texts(self.text_vae, self.tokenizer, drawn)
+            return Prediction(mean=drawn.mean(0), std=None, samples=drawn, texts=texts)
+        images = drawn
         autoencoder = self.autoencoders.get(self.pair.target)
-        if config.latent and autoencoder is None:  # never hand back raw latents as if they were an image
+        if self.config.latent and autoencoder is None:  # never hand back raw latents as if they were an image
             raise BundleError(f"the latent flow {self.pair.name} has no {self.pair.target.value} autoencoder to decode its samples; "
                               "load it with FlowModel.load (which reads autoencoders/ from the bundle)")
-        if config.latent:
+        if self.config.latent:
             images = torch.stack([autoencoder.decode(s).clamp(-1, 1) for s in images])
         std = images.std(0, unbiased=False) if samples > 1 else None
         return Prediction(mean=images.mean(0), std=std, samples=images)

@@ -14,6 +14,7 @@ flows:
   source_dropout: 0.15        # per-source dropout of multi-source flows (missing-source robustness)
   forgetting: {val_batches: 2, psnr_samples: 8}
   training: {steps: 300}      # TrainingConfig overrides for every flow (not ema_decay: objective.ema_decay)
+  joint: {steps: 200, lr: 0.001, patch_size: 4}   # the joint stage of two flows (train-flow --stage joint)
   pairs:                      # per-pair overrides of any key above (except pairs/shared*)
     xray-report: {training: {steps: 250}, objective: {clip_sample: false}}
 ```
@@ -42,6 +43,29 @@ class ForgettingConfig:
 
     val_batches: int = 2
     psnr_samples: int = 8
+
+
+@dataclass(frozen=True)
+class JointRecipe:
+    """The joint stage of two flows with one source (``train-flow --stage joint --pair A,B``): ``steps`` and ``lr``
+    of its training (``None``: the flows' own), ``patch_size`` of its environment encoders (a partner's latent
+    (B, c, H, W) becomes (H/p)·(W/p) tokens; H must be divisible by it)."""
+
+    steps: int | None = None
+    lr: float | None = None
+    patch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1:
+            raise ConfigError(f"flows.joint.patch_size must be ≥ 1, not {self.patch_size!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"flows.joint.steps must be ≥ 1, not {self.steps!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"flows.joint.lr must be > 0, not {self.lr!r}")
+
+    def training_overrides(self) -> dict[str, Any]:
+        """The ``TrainingConfig`` keys this section sets (over the flows' ``training``)."""
+        return {k: v for k, v in (("steps", self.steps), ("lr", self.lr)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,7 @@ class FlowRecipe:
     sample_items: int = 4
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     training: dict[str, Any] = field(default_factory=dict)
+    joint: JointRecipe = field(default_factory=JointRecipe)
     pairs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,7 +125,7 @@ class FlowRecipe:
                 raise ConfigError(f"flows.ct_source_windows: {list(window)} is not a [low, high] HU window with low < high, e.g. [0, 80]")
         if not 0.0 <= self.source_dropout < 1.0:
             raise ConfigError("flows.source_dropout must be in [0, 1)")
-        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_anchor", "shared_attention"}
+        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_anchor", "shared_attention", "joint"}
         for key, value in self.pairs.items():
             try:
                 parse_pair(key)
@@ -130,7 +155,7 @@ class FlowRecipe:
                 overrides = dict(value or {})
         if not overrides:
             return self
-        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_anchor", "shared_attention"}
+        valid = {f.name for f in fields(self)} - {"pairs", "shared", "shared_anchor", "shared_attention", "joint"}
         unknown = sorted(set(overrides) - valid)
         if unknown:
             raise ConfigError(f"flows.pairs.{pair}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")

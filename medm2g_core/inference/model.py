@@ -30,7 +30,7 @@ import numpy as np
 from medm2g_core.errors import BundleError, ConfigError, InputError
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
 from medm2g_core.inference.generate import TARGETS, GenerationResult, generate_one, source_modality
-from medm2g_core.inference.translate import TranslationResult, translate_volume
+from medm2g_core.inference.translate import TranslationResult, translate_volume, translate_volume_jointly
 from medm2g_core.types import ImageMeta, ProgressFn, no_progress
 
 ModalityLike = Modality | str
@@ -53,6 +53,7 @@ class MedM2G:
         self.device = device
         self.bundle = bundle
         self._flows: dict[str, Any] = {}
+        self._joints: dict[tuple[Pair, ...], Any] = {}
         self._align: Any = None
         self._shared: Any = None
         from medm2g_core.bundle import bundle_fingerprint
@@ -173,20 +174,10 @@ class MedM2G:
             ``TranslationResult(image, std, meta, flow, warnings, seconds)``; ``image`` float32 in HU for
             CT (clipped to [-1024, 3000]).
         """
+        if not isinstance(to, (str, Modality)):
+            raise ConfigError(f"translate makes one target, got {list(to)!r}; translate_jointly(..., to=[...]) makes two in one loop")
         target = _modality(to)
-        primary = _modality(source) if source is not None else (_modality(meta.modality) if meta.modality else None)
-        if primary is None:
-            raise InputError(None, "the volume's modality is unknown (meta.modality is empty)", "pass source='mri-t1' (CLI: --from)")
-        if not primary.is_volume or not target.is_volume:
-            raise ConfigError(f"translate maps volumes to volumes (ct and the MRI contrasts); got {primary.value} → {target.value}")
-        arrays: dict[Modality, np.ndarray] = {primary: np.asarray(volume)}
-        for modality, (array, other) in (additional or {}).items():
-            modality = _modality(modality)
-            if not other.same_grid(meta, tolerance_mm=1e-2):
-                raise InputError(None, f"the {modality.value} source is not on the volume's grid", "register the sources to one grid first")
-            arrays[modality] = np.asarray(array)
-        if target in arrays:
-            raise ConfigError(f"the target {target.value} is also a source")
+        arrays = self._translation_sources(volume, meta, source=source, additional=additional, targets=[target])
         _check_samples(samples)
         pair = self.select_flow(target=target, available=list(arrays))
         weight_map = _weights(weights, list(arrays))
@@ -195,6 +186,104 @@ class MedM2G:
         if self.synthetic:
             result.warnings.append(self.synthetic_warning)
         return result
+
+    # -- joint translation ------------------------------------------------------------------------
+    def joint_pairs(self, targets: Sequence[ModalityLike], *, available: Sequence[ModalityLike] | None = None) -> tuple[Pair, ...]:
+        """The flows that make ``targets`` together from one source, which the bundle has a joint stage for.
+
+        ``available``: the sources at hand (each target's flow is then ``select_flow``'s choice); None = any source
+        two of the bundle's flows share (a pair with a trained joint stage first).
+
+        Raises:
+            BundleError: no joint stage for those flows — the message names ``medm2g train-flow --stage joint ...``.
+            ConfigError: fewer than two targets, or no flows to them from one source.
+        """
+        from itertools import product
+
+        from medm2g_core.bundle import JOINT, joint_name
+        from medm2g_core.flows.joint import missing_joint_message
+
+        wanted = [_modality(t) for t in targets]
+        if len(wanted) != 2 or wanted[0] is wanted[1]:
+            raise ConfigError(f"joint generation makes two different targets, got {', '.join(t.value for t in wanted)}")
+        if available is not None:
+            options = [tuple(self.select_flow(target=t, available=available) for t in wanted)]
+        else:
+            candidates = [[p for p in self.flows if p.target is t] for t in wanted]
+            options = [combo for combo in product(*candidates) if len({c.sources for c in combo}) == 1]
+        if not options:
+            raise ConfigError(f"{self.path}: no two flows make {' and '.join(t.value for t in wanted)} from one source "
+                              f"(flows: {', '.join(p.name for p in self.flows) or 'none'}); joint generation needs them")
+        for combo in options:
+            if self.bundle.has_component(JOINT, joint_name(combo[0].name, combo[1].name)):
+                return combo
+        raise BundleError(missing_joint_message(self.path, options[0]))
+
+    def joint(self, pairs: Sequence[Pair]) -> Any:
+        """The loaded ``flows.joint.JointFlowModel`` of ``pairs`` (loaded on first use, then cached)."""
+        from medm2g_core.flows.joint import JointFlowModel
+
+        key = tuple(pairs)
+        if key not in self._joints:
+            self._joints[key] = JointFlowModel.load(self.path, key, device=self.device, flows=[self.flow(p) for p in key])
+        return self._joints[key]
+
+    def translate_jointly(
+        self,
+        volume: np.ndarray,
+        meta: ImageMeta,
+        *,
+        to: Sequence[ModalityLike],
+        source: ModalityLike | None = None,
+        additional: Mapping[ModalityLike, tuple[np.ndarray, ImageMeta]] | None = None,
+        samples: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        batch_size: int | None = None,
+        progress: ProgressFn = no_progress,
+    ) -> dict[Modality, TranslationResult]:
+        """Translate a volume to two targets in ONE sampling loop (the bundle's joint stage of their flows).
+
+        Arguments as ``translate`` (``to``: the two targets, e.g. ``["ct", "mri-t2"]``). Never falls back to separate
+        generation: without a joint stage for those flows it raises ``BundleError`` naming
+        ``medm2g train-flow --stage joint --pair ...``.
+
+        Returns:
+            target → ``TranslationResult`` on the input's grid, in ``to``'s order.
+        """
+        wanted = [_modality(t) for t in to]
+        arrays = self._translation_sources(volume, meta, source=source, additional=additional, targets=wanted)
+        _check_samples(samples)
+        pairs = self.joint_pairs(wanted, available=list(arrays))
+        results = translate_volume_jointly(self.joint(pairs), arrays, meta, samples=samples, seed=seed, steps=steps,
+                                           guidance=guidance, batch_size=batch_size, bundle_name=self.path.name, progress=progress)
+        by_target = {_modality(r.meta.modality): r for r in results}
+        if self.synthetic:
+            for result in results:
+                result.warnings.append(self.synthetic_warning)
+        return {target: by_target[target] for target in wanted}
+
+    def _translation_sources(self, volume: np.ndarray, meta: ImageMeta, *, source: ModalityLike | None,
+                             additional: Mapping[ModalityLike, tuple[np.ndarray, ImageMeta]] | None,
+                             targets: Sequence[Modality]) -> dict[Modality, np.ndarray]:
+        """The registered source arrays by modality (the volume first), checked as ``translate`` checks them."""
+        primary = _modality(source) if source is not None else (_modality(meta.modality) if meta.modality else None)
+        if primary is None:
+            raise InputError(None, "the volume's modality is unknown (meta.modality is empty)", "pass source='mri-t1' (CLI: --from)")
+        for target in targets:
+            if not primary.is_volume or not target.is_volume:
+                raise ConfigError(f"translate maps volumes to volumes (ct and the MRI contrasts); got {primary.value} → {target.value}")
+        arrays: dict[Modality, np.ndarray] = {primary: np.asarray(volume)}
+        for modality, (array, other) in (additional or {}).items():
+            modality = _modality(modality)
+            if not other.same_grid(meta, tolerance_mm=1e-2):
+                raise InputError(None, f"the {modality.value} source is not on the volume's grid", "register the sources to one grid first")
+            arrays[modality] = np.asarray(array)
+        for target in targets:
+            if target in arrays:
+                raise ConfigError(f"the target {target.value} is also a source")
+        return arrays
 
     # -- generate ------------------------------------------------------------------------------
     def generate(

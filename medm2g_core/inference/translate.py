@@ -1,7 +1,8 @@
 """Volume translation (MRI ↔ CT, MRI contrasts): slices through a flow and back onto the input's grid.
 
 ``translate_volume`` is the per-volume algorithm (the ``MedM2G.translate`` facade calls it;
-``jobs.translate`` runs it over files, folders and stdin).
+``jobs.translate`` runs it over files, folders and stdin). ``translate_volume_jointly`` is the same algorithm for
+two flows of one source sampled in one loop by their joint stage (``MedM2G.translate_jointly``).
 
 Per volume:
 
@@ -121,16 +122,56 @@ def translate_volume(
         seed: one seed for the whole volume; slice k uses ``slice_seed(seed, k)``.
         batch_size: slices per ``predict`` call (default 8); does not change the result.
     """
+    def predict(inputs: dict[Modality, Any], seeds: list[int]) -> list[Any]:
+        return [_predict(flow, inputs, samples=samples, seeds=seeds, steps=steps, guidance=guidance, weights=weights)]
+
+    (result,) = _translate(flow, [flow], predict, sources, meta, samples=samples, seed=seed, batch_size=batch_size,
+                           bundle_name=bundle_name, progress=progress)
+    return result
+
+
+def translate_volume_jointly(
+    joint: Any,
+    sources: Mapping[Modality, np.ndarray],
+    meta: ImageMeta,
+    *,
+    samples: int = 1,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int | None = None,
+    bundle_name: str = "",
+    progress: ProgressFn = no_progress,
+) -> list[TranslationResult]:
+    """Translate registered source volumes to every target of a ``flows.joint.JointFlowModel`` in ONE sampling loop
+    per slice batch (the flows' joint stage couples them), one ``TranslationResult`` per flow in ``joint.flows`` order.
+
+    Slicing, seeds, reassembly and output geometry are ``translate_volume``'s: slice k of every target uses
+    ``slice_seed(seed, k)``, so with the joint stage's gates at 0 each output equals ``translate_volume`` with that flow.
+    """
+    def predict(inputs: dict[Modality, Any], seeds: list[int]) -> list[Any]:
+        return joint.predict(inputs, seed=list(seeds), samples=samples, steps=steps, guidance=guidance)
+
+    results = _translate(joint, joint.flows, predict, sources, meta, samples=samples, seed=seed, batch_size=batch_size,
+                         bundle_name=bundle_name, progress=progress)
+    for result in results:
+        result.meta = result.meta.replace(extra={**result.meta.extra, "medm2g_joint": joint.name})
+    return results
+
+
+def _translate(model: Any, flows: Sequence[Any], predict: Any, sources: Mapping[Modality, np.ndarray], meta: ImageMeta, *,
+               samples: int, seed: int, batch_size: int | None, bundle_name: str, progress: ProgressFn) -> list[TranslationResult]:
+    """The per-volume algorithm (module docstring) for ``flows`` that share one slicing (``model``'s image size, 2.5D
+    context and normalisation); ``predict(inputs, seeds)`` returns one ``Prediction`` per flow for a slice batch."""
     import torch
 
     from medm2g_core.data.transforms import resize_back, resize_image
 
-    target: Modality = flow.pair.target
     shape = tuple(int(s) for s in meta.shape)
     if len(shape) != 3:
         raise InputError(None, f"translation needs a 3D volume, got shape {shape}", "pass a CT/MRI volume (2D images: use generate)")
     started = time.monotonic()
-    processing = Processing.of(flow)  # the recipe's normalisation, as in training
+    processing = Processing.of(model)  # the recipe's normalisation, as in training
     ornt = canonical_orientation(meta)
     normalised: dict[Modality, np.ndarray] = {}
     states: dict[Modality, Any] = {}
@@ -145,12 +186,12 @@ def translate_volume(
     canonical_shape = next(iter(normalised.values())).shape
     depth = canonical_shape[2]
     plane = canonical_shape[:2]
-    context = int(getattr(flow, "context_slices", 0) or 0)
-    size = int(flow.image_size)
+    context = int(getattr(model, "context_slices", 0) or 0)
+    size = int(model.image_size)
     batch_size = max(1, int(batch_size or 8))
-    mean = np.empty(canonical_shape, dtype=np.float32)
-    spread = np.empty(canonical_shape, dtype=np.float32) if samples > 1 else None
-    flow_sources = [m for m in flow.pair.sources if m in normalised]
+    means = [np.empty(canonical_shape, dtype=np.float32) for _ in flows]
+    spreads = [np.empty(canonical_shape, dtype=np.float32) if samples > 1 else None for _ in flows]
+    flow_sources = [m for m in flows[0].pair.sources if m in normalised]
     for first in range(0, depth, batch_size):
         indices = list(range(first, min(first + batch_size, depth)))
         batch_inputs: dict[Modality, torch.Tensor] = {}
@@ -161,21 +202,30 @@ def translate_volume(
                 channels = [volume[:, :, min(max(k + offset, 0), depth - 1)] for offset in range(-context, context + 1)]
                 stacks.append(resize_image(np.stack(channels), size))
             batch_inputs[modality] = torch.stack(stacks)
-        prediction = _predict(flow, batch_inputs, samples=samples, seeds=[slice_seed(seed, k) for k in indices],
-                              steps=steps, guidance=guidance, weights=weights)
-        predicted_mean = prediction.mean.detach().float().cpu()
-        predicted_std = None if prediction.std is None else prediction.std.detach().float().cpu()
-        for row, k in enumerate(indices):
-            mean[:, :, k] = resize_back(predicted_mean[row], plane)[0].numpy()
-            if spread is not None and predicted_std is not None:
-                spread[:, :, k] = resize_back(predicted_std[row], plane)[0].numpy()
+        predictions = predict(batch_inputs, [slice_seed(seed, k) for k in indices])
+        for prediction, mean, spread in zip(predictions, means, spreads):
+            predicted_mean = prediction.mean.detach().float().cpu()
+            predicted_std = None if prediction.std is None else prediction.std.detach().float().cpu()
+            for row, k in enumerate(indices):
+                mean[:, :, k] = resize_back(predicted_mean[row], plane)[0].numpy()
+                if spread is not None and predicted_std is not None:
+                    spread[:, :, k] = resize_back(predicted_std[row], plane)[0].numpy()
         progress(ProgressEvent(task="slices", completed=indices[-1] + 1, total=depth))
-    state = processing.target_state(target, states)
-    image = from_canonical(processing.postprocess(mean, target, state), ornt)
-    std = None if spread is None else from_canonical(processing.spread(spread, state), ornt)
+    seconds = time.monotonic() - started
+    return [_result(flow, processing, mean, spread, states, ornt, meta, samples=samples, seed=seed, bundle_name=bundle_name,
+                    seconds=seconds) for flow, mean, spread in zip(flows, means, spreads)]
+
+
+def _result(flow: Any, processing: Processing, mean: np.ndarray, spread: np.ndarray | None, states: Mapping[Modality, Any],
+            ornt: np.ndarray, meta: ImageMeta, *, samples: int, seed: int, bundle_name: str, seconds: float) -> TranslationResult:
+    """One flow's reassembled canonical mean/std → physical units on the input grid, with its output ``ImageMeta``."""
     from medm2g_core._version import __version__
     from medm2g_core.io.meta import units_for
 
+    target: Modality = flow.pair.target
+    state = processing.target_state(target, states)
+    image = from_canonical(processing.postprocess(mean, target, state), ornt)
+    std = None if spread is None else from_canonical(processing.spread(spread, state), ornt)
     derivation = f"medm2g {__version__} {flow.pair.name} translation" + (f" with bundle {bundle_name}" if bundle_name else "")
     out_meta = meta.replace(
         modality=target.value,
@@ -183,7 +233,7 @@ def translate_volume(
         synthetic=True,
         extra={**meta.extra, "derivation": derivation, "medm2g_flow": flow.pair.name, "samples": samples, "seed": seed},
     )
-    return TranslationResult(image=image, std=std, meta=out_meta, flow=flow.pair.name, seconds=time.monotonic() - started)
+    return TranslationResult(image=image, std=std, meta=out_meta, flow=flow.pair.name, seconds=seconds)
 
 
 def _predict(flow: Any, inputs: dict[Modality, Any], *, samples: int, seeds: list[int], steps: int | None,

@@ -1,5 +1,8 @@
 """``medm2g translate`` over files, folders and stdin: every input → ``OUT/<patient>/<target>.nii.gz``.
 
+With two targets (``--to ct,mri-t2``) every input gives both files from ONE sampling loop, through the bundle's joint
+stage of the two flows; without that stage the run is refused before any work (never generated separately).
+
 Planning resolves each input to its source files and output path without reading pixels (a problem
 with one input becomes that job's failure); ``runs.run_batch`` does the rest. Values arrive typed
 (the CLI parses flag syntax): ``sources`` a tuple of modalities, ``weights`` floats, ``shard`` (k, N),
@@ -99,7 +102,7 @@ def _job_sources(path: Path, *, model: Any, target: Modality, sources: tuple[Mod
 def translate_batch(
     inputs: Sequence[str | Path],
     *,
-    to: Modality,
+    to: Modality | tuple[Modality, ...],
     sources: tuple[Modality, ...] | None = None,
     out: Path | None = None,
     output: Path | None = None,
@@ -123,6 +126,9 @@ def translate_batch(
 ) -> runs.BatchResult:
     """Every input → ``OUT/<patient>/<target>.nii.gz`` (+ std map, sidecar) and ``OUT/run.json``.
 
+    ``to``: one target, or two generated together by the bundle's joint stage of their flows (one file each;
+    a ``BundleError`` naming ``medm2g train-flow --stage joint`` when the bundle has none).
+
     Usage errors raise (exit 2) before any work; per-input errors become ``failed`` results and the rest
     finish. ``max_memory`` None: half the RAM (or ``MEDM2G_MAX_ARRAY_BYTES``).
     """
@@ -131,9 +137,14 @@ def translate_batch(
     from medm2g_core.io.meta import memory_limit_bytes
 
     started = time.monotonic()
-    target = to
-    if not target.is_volume:
-        raise ConfigError(f"--to {target.value}: translate makes volumes (ct, mri-t1, mri-t2, mri-pd, mri-flair, mri-t1c); use `medm2g generate --to {target.value}`")
+    targets = (to,) if isinstance(to, Modality) else tuple(to)
+    target = targets[0]
+    for wanted in targets:
+        if not wanted.is_volume:
+            raise ConfigError(f"--to {wanted.value}: translate makes volumes (ct, mri-t1, mri-t2, mri-pd, mri-flair, mri-t1c); use `medm2g generate --to {wanted.value}`")
+    jointly = len(targets) > 1
+    if jointly and output is not None:
+        raise ConfigError(f"-o/--output names one file but --to {','.join(t.value for t in targets)} writes one per target; use --out DIR")
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"--format {output_format!r}: use nifti or dicom")
     if out is not None and output is not None:
@@ -143,11 +154,15 @@ def translate_batch(
     memory_limit = memory_limit_bytes() if max_memory is None else int(max_memory)
     paths = batch_inputs.expand_folders(batch_inputs.expand_inputs(inputs, stdin=stdin))
     loaded = MedM2G.from_pretrained(model, device=device)
+    if jointly:
+        if weights is not None:
+            raise ConfigError("--weights composes sources into one flow; joint generation (--to with two targets) does not take it")
+        loaded.joint_pairs(targets, available=sources)  # no joint stage: refused here, before any input is read
     weight_values = None if weights is None else [float(w) for w in weights]
     out_dir = Path(out) if out is not None else (None if output is not None else Path("medm2g-output"))
     jobs = plan_translate(paths, model=loaded, target=target, sources=sources, out=out_dir,
                           output=Path(output) if output is not None else None, output_format=output_format)
-    arguments = {"to": target.value, "from": [m.value for m in sources] if sources else None,
+    arguments = {"to": [t.value for t in targets] if jointly else target.value, "from": [m.value for m in sources] if sources else None,
                  "format": output_format, "samples": samples, "seed": seed, "steps": steps, "guidance": guidance,
                  "weights": weight_values}  # not the batch size: each slice has its own seed, so it cannot change an output
 
@@ -166,19 +181,22 @@ def translate_batch(
                 raise InputError(path, f"is not on the grid of {Path(primary_path).name} (shape {other.shape} vs {meta.shape})",
                                  "register the sources to one grid first (e.g. with ANTs or SimpleITK)")
             additional[modality] = (array, other)
-        result = loaded.translate(volume, meta, to=target, source=primary_modality, additional=additional,
-                                  samples=samples, seed=seed, steps=steps, guidance=guidance, weights=weight_values,
-                                  batch_size=batch_size, progress=progress)
-        runs.remove_stale_sidecar(job.output)
-        written = [str(write_volume(job.output, result.image, result.meta, output_format))]
-        if result.std is not None:
-            std_meta = result.meta.replace(extra={**result.meta.extra, "map": "per-voxel standard deviation over samples"})
-            written.append(str(io.write(runs.std_path(job.output), result.std.astype(np.float32), std_meta)))
-        runs.write_sidecar(job.output, kind="translate", fingerprint_value=expected, model=loaded, flow=result.flow,
-                           arguments=arguments, seed=seed, outputs=written,
-                           extra={"source_modalities": [m.value for m in job.sources], "seconds": round(result.seconds, 3)})
+        options = dict(source=primary_modality, additional=additional, samples=samples, seed=seed, steps=steps, guidance=guidance,
+                       batch_size=batch_size, progress=progress)
+        if jointly:
+            results = loaded.translate_jointly(volume, meta, to=targets, **options)
+            outputs = {t: (job.output if t is target else sibling_output(job.output, t, output_format)) for t in targets}
+        else:
+            results = {target: loaded.translate(volume, meta, to=target, weights=weight_values, **options)}
+            outputs = {target: job.output}
+        written: list[str] = []
+        for wanted, result in results.items():
+            written += write_translation(outputs[wanted], result, output_format=output_format, fingerprint_value=expected,
+                                         model=loaded, arguments=arguments, seed=seed, sources=list(job.sources))
+        flow = "+".join(r.flow for r in results.values())
+        first = results[target]
         return runs.ItemResult(job.input, runs.STATUS_OK, output=written[0], outputs=written,
-                               details={"flow": result.flow, "shape": list(result.meta.shape)})
+                               details={"flow": flow, "shape": list(first.meta.shape)})
 
     shard_text = None if shard is None else f"{shard[0]}/{shard[1]}"
     memory_text = None if max_memory is None else int(max_memory)
@@ -186,6 +204,27 @@ def translate_batch(
                           record_arguments={"batch_size": batch_size or 8, "shard": shard_text, "max_memory": memory_text},
                           shard=shard, overwrite=overwrite, skip_existing=skip_existing, started=started,
                           on_result=on_result, on_warning=on_warning)
+
+
+def sibling_output(path: Path, target: Modality, output_format: str) -> Path:
+    """Where ``target`` goes beside ``path`` (another target of the same input, same naming)."""
+    return path.parent / (target.value if output_format == "dicom" or not path.suffix else f"{target.value}.nii.gz")
+
+
+def write_translation(path: Path, result: Any, *, output_format: str, fingerprint_value: str, model: Any,
+                      arguments: dict[str, Any], seed: int, sources: Sequence[Modality]) -> list[str]:
+    """Write one ``TranslationResult`` (its volume, its std map when sampled K > 1, its sidecar); the paths written."""
+    from medm2g_core import io
+
+    runs.remove_stale_sidecar(path)
+    written = [str(write_volume(path, result.image, result.meta, output_format))]
+    if result.std is not None:
+        std_meta = result.meta.replace(extra={**result.meta.extra, "map": "per-voxel standard deviation over samples"})
+        written.append(str(io.write(runs.std_path(path), result.std.astype(np.float32), std_meta)))
+    runs.write_sidecar(path, kind="translate", fingerprint_value=fingerprint_value, model=model, flow=result.flow,
+                       arguments=arguments, seed=seed, outputs=written,
+                       extra={"source_modalities": [m.value for m in sources], "seconds": round(result.seconds, 3)})
+    return written
 
 
 def write_volume(path: Path, image: np.ndarray, meta: ImageMeta, output_format: str) -> Path:

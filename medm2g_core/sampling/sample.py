@@ -123,6 +123,64 @@ def _step_kwargs(scheduler, *, eta: float, generator: torch.Generator | list[tor
     return kwargs
 
 
+@dataclass
+class GuidancePlan:
+    """How one denoiser call per step becomes a guided prediction: the guidance branches' conditions stacked
+    along the batch (``stacked``, built once) and their coefficients (``guidance_branches``)."""
+
+    stacked: Condition
+    branches: list[list[bool]]
+    coefficients: list[float]
+
+    @property
+    def conditional_only(self) -> bool:
+        """One branch keeping every source: the guided prediction is the plain conditional one."""
+        return len(self.branches) == 1 and all(self.branches[0])
+
+
+def plan_guidance(inputs: ConditionInputs, *, guidance: float | Sequence[float], batch: int, device: torch.device,
+                  condition_dim: int | None, unconditional_spatial: bool = True) -> GuidancePlan:
+    """The ``GuidancePlan`` of a batch of ``batch`` items conditioned on ``inputs`` (see ``sample``)."""
+    always = [False] * len(inputs.semantic) + [unconditional_spatial] * len(inputs.spatial)
+    branches, coefficients = guidance_branches(inputs.present(), guidance=guidance, always=always)
+    keeps = [torch.tensor(keep, dtype=torch.bool, device=device).expand(batch, len(keep)) for keep in branches]
+    stacked = Condition.cat([assemble_condition(inputs, keep=k, condition_dim=condition_dim, batch_size=batch) for k in keeps])
+    return GuidancePlan(stacked=stacked, branches=branches, coefficients=coefficients)
+
+
+def guided_prediction(denoiser: Denoiser, model_input: torch.Tensor, t: torch.Tensor, plan: GuidancePlan) -> torch.Tensor:
+    """Σ_i coefficient_i · denoiser(model_input, t, branch_i), every branch in one forward pass."""
+    if len(plan.branches) == 1:
+        return denoiser(model_input, t, condition=plan.stacked)
+    count = len(plan.branches)
+    outputs = denoiser(model_input.repeat(count, *([1] * (model_input.ndim - 1))), t, condition=plan.stacked)
+    return sum(c * out for c, out in zip(plan.coefficients, outputs.chunk(count)))
+
+
+def x0_scheduler(scheduler):
+    """``scheduler`` set to take x0 (``prediction_type="sample"``), which is what the sampling loops hand it."""
+    if scheduler.config.prediction_type != "sample":
+        return type(scheduler).from_config(scheduler.config, prediction_type="sample")
+    return scheduler
+
+
+def denoise_step(scheduler, prediction: torch.Tensor, latents: torch.Tensor, t: torch.Tensor, *, prediction_type: str,
+                 clip_sample: bool, clip_range: float, step_kwargs: dict) -> torch.Tensor:
+    """x_{t-1} from the prediction at x_t: x0 from it, clipped to [−clip_range, clip_range], then the scheduler's step."""
+    x0 = predicted_x0(prediction, latents, t, alphas_cumprod=scheduler.alphas_cumprod, prediction_type=prediction_type)
+    if clip_sample:
+        x0 = x0.clamp(-clip_range, clip_range)
+    return scheduler.step(x0, t, latents, **step_kwargs).prev_sample
+
+
+def default_device(denoiser: Denoiser, device: torch.device | str | None) -> torch.device:
+    """``device`` if given, else that of the denoiser's first parameter, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    parameter = next(iter(getattr(denoiser, "parameters", lambda: iter(()))()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: ConditionInputs | None, steps: int,
            guidance: float | Sequence[float] = 1.0, generator: Generators = None, prediction_type: str,
@@ -147,33 +205,22 @@ def sample(denoiser: Denoiser, scheduler, shape: Sequence[int], *, condition: Co
     Returns:
         x0 samples of ``shape`` (clipped when ``clip_sample``).
     """
-    if scheduler.config.prediction_type != "sample":  # x0 is what this loop hands the scheduler
-        scheduler = type(scheduler).from_config(scheduler.config, prediction_type="sample")
-    parameter = next(iter(getattr(denoiser, "parameters", lambda: iter(()))()), None)
-    device = torch.device(device) if device is not None else (parameter.device if parameter is not None else torch.device("cpu"))
+    scheduler = x0_scheduler(scheduler)
+    device = default_device(denoiser, device)
     inputs = condition if condition is not None else ConditionInputs()
     if condition_dim is None and hasattr(denoiser, "config"):
         condition_dim = getattr(denoiser.config, "condition_dim", None)
-    always = [False] * len(inputs.semantic) + [unconditional_spatial] * len(inputs.spatial)
-    branches, coefficients = guidance_branches(inputs.present(), guidance=guidance, always=always)
-    batch = shape[0]
-    keeps = [torch.tensor(keep, dtype=torch.bool, device=device).expand(batch, len(keep)) for keep in branches]
-    stacked = Condition.cat([assemble_condition(inputs, keep=k, condition_dim=condition_dim, batch_size=batch) for k in keeps])
-    generator = _checked_generators(generator, batch=batch)
+    plan = plan_guidance(inputs, guidance=guidance, batch=shape[0], device=device, condition_dim=condition_dim,
+                         unconditional_spatial=unconditional_spatial)
+    generator = _checked_generators(generator, batch=shape[0])
     scheduler.set_timesteps(steps, device=device)
     latents = initial_noise(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, eta=eta, generator=generator)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(latents, t)
-        if len(branches) == 1:
-            prediction = denoiser(model_input, t, condition=stacked)
-        else:
-            outputs = denoiser(model_input.repeat(len(branches), *([1] * (latents.ndim - 1))), t, condition=stacked)
-            prediction = sum(c * out for c, out in zip(coefficients, outputs.chunk(len(branches))))
-        x0 = predicted_x0(prediction, latents, t, alphas_cumprod=scheduler.alphas_cumprod, prediction_type=prediction_type)
-        if clip_sample:
-            x0 = x0.clamp(-clip_range, clip_range)
-        latents = scheduler.step(x0, t, latents, **step_kwargs).prev_sample
+        prediction = guided_prediction(denoiser, model_input, t, plan)
+        latents = denoise_step(scheduler, prediction, latents, t, prediction_type=prediction_type, clip_sample=clip_sample,
+                               clip_range=clip_range, step_kwargs=step_kwargs)
     return latents
 
 
@@ -230,6 +277,11 @@ def sample_many(denoiser: Denoiser, scheduler, shape: Sequence[int], *, samples:
         generator = sample_generators(generator, samples)
     inputs = repeat_inputs(condition, samples) if condition is not None else None
     drawn = sample(denoiser, scheduler, (batch * samples, *shape[1:]), condition=inputs, generator=generator, **options)
-    drawn = drawn.reshape(batch, samples, *shape[1:]).transpose(0, 1)
+    return sample_set(drawn, batch=batch, samples=samples)
+
+
+def sample_set(drawn: torch.Tensor, *, batch: int, samples: int) -> SampleSet:
+    """(B·K, ...) samples drawn item-major (``repeat_inputs``, ``sample_generators``) → ``SampleSet`` (K, B, ...)."""
+    drawn = drawn.reshape(batch, samples, *drawn.shape[1:]).transpose(0, 1)
     std = drawn.std(0, unbiased=False) if samples > 1 else torch.zeros_like(drawn[0])
     return SampleSet(mean=drawn.mean(0), std=std, samples=drawn)

@@ -15,6 +15,9 @@ One call = one ``medm2g train-flow`` run, through the one training loop (``train
   Then the flow's baselines are fitted on its training split (``workflows.baselines``, EVALUATION.md):
   the cheap ones always (identity intensity map for image pairs; retrieval and most-frequent for
   report targets; seconds), the L1 regression (the flow's step budget and recipe) with ``baselines=True``.
+- ``stage="joint"``: the joint stage of two trained flows with one source (``pairs``, e.g. ``mri-ct`` and
+  ``t1-t2``) → ``joint/<flowA>+<flowB>/``: their environment encoders and gates (``flows.joint``), trained on
+  the patients that have the source and both targets; the flows themselves stay frozen (``flows/joint.py``).
 
 On several processes every rank calls it; only rank 0 writes the bundle.
 """
@@ -24,9 +27,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from medm2g_core.bundle import ALIGN, AUTOENCODERS, EMA_WEIGHTS, FLOWS, SHARED, SHARED_KEY, TEXT_VAE, TOKENIZER, align_dir, component_key
+from medm2g_core.bundle import (ALIGN, AUTOENCODERS, EMA_WEIGHTS, FLOWS, JOINT, SHARED, SHARED_KEY, TEXT_VAE, TOKENIZER, align_dir,
+                                component_key, joint_name)
 from medm2g_core.bundle import shared_dir as bundle_shared_dir
 from medm2g_core.config import Recipe, load_recipe, merge_training
 from medm2g_core.errors import BundleError, ConfigError, InputError
@@ -34,7 +38,7 @@ from medm2g_core.inference.processing import Processing
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
 
-STAGES = ("flow", "autoencoder", "text-vae")
+STAGES = ("flow", "autoencoder", "text-vae", "joint")
 
 
 @dataclass
@@ -81,6 +85,7 @@ def train_flow(
     bundle_dir: str | Path,
     *,
     pair: str | Pair | None = None,
+    pairs: Sequence[Pair] | None = None,
     recipe: Recipe | str | Path | None = None,
     steps: int | None = None,
     stage: str = "flow",
@@ -98,9 +103,10 @@ def train_flow(
     Args:
         pair: ``xray-report``, ``report-xray``, ``mri-ct``, ``ct-mri``, ``t1-t2``, ``t2-t1``, ``t2+pd-t1``...
             (required for ``stage="flow"``).
+        pairs: the two flows of ``stage="joint"`` (already trained into the bundle, one source).
         recipe: a ``Recipe``, YAML path or recipe name (None = demo-cpu); ``steps`` overrides the
             stage's training steps; ``seed``/``mixed_precision`` likewise.
-        stage: ``flow``, ``autoencoder`` (with ``modality``) or ``text-vae``.
+        stage: ``flow``, ``autoencoder`` (with ``modality``), ``text-vae`` or ``joint`` (with ``pairs``).
         resume: continue the stage from ``BUNDLE/training/<name>/`` exactly.
         gradient_checkpointing: recompute UNet activations in backward (less memory).
         baselines: also fit the regression baseline (the flow's step budget, batch size and learning
@@ -121,6 +127,8 @@ def train_flow(
     state = process_state(device)  # a missing --device fails here, before any file is read
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, not {mixed_precision!r}")
+    if stage == "joint" and (pairs is None or len(pairs) != 2):
+        raise ConfigError("--stage joint needs --pair with two flows of one source, e.g. --pair mri-ct,t1-t2")
     if baselines and stage != "flow":
         raise ConfigError(f"--baselines fits a flow's baselines; it does not apply to --stage {stage}")
     data_dir, bundle_dir = Path(data_dir), Path(bundle_dir)
@@ -152,6 +160,8 @@ def train_flow(
         reports = [_train_autoencoder(context, parse_modality(modality), final=True)]
         return TrainFlowResult(bundle=bundle_dir, pair=component_key(AUTOENCODERS, parse_modality(modality).value), stages=reports,
                                synthetic=synthetic, seconds=time.monotonic() - started)
+    if stage == "joint":
+        return _train_joint_stage(context, tuple(pairs), started=started, synthetic=synthetic)
     if pair is None:
         raise ConfigError("--pair is required for --stage flow (e.g. xray-report, mri-ct, t2+pd-t1)")
     pair = parse_pair(pair) if isinstance(pair, str) else pair
@@ -704,3 +714,71 @@ def _evaluate_as(bundle_dir: Path, pair: Pair, dataset: Any, how: dict[str, Any]
 
     return evaluate_flow(bundle_dir, pair, dataset=dataset, batch_size=how["batch_size"], val_batches=how["val_batches"],
                          psnr_items=how["psnr_items"], seed=how["seed"])
+
+
+# --------------------------------------------------------------------------- joint stage
+def _train_joint_stage(context: _Context, pairs: tuple[Pair, Pair], *, started: float, synthetic: bool) -> TrainFlowResult:
+    """Train ``joint/<flowA>+<flowB>/``: the environment encoders and gates of two trained flows (their EMA weights,
+    as inference loads them, frozen) on the patients holding the source and both targets."""
+    from medm2g_core.flows.forgetting import DatasetSubset
+    from medm2g_core.flows.joint import JointNetwork, JointTask, spelled
+    from medm2g_core.flows.model import FlowModel
+    from medm2g_core.flows.task import FlowTask
+    from medm2g_core.training.loop import seed_everything
+
+    bundle = context.bundle
+    for pair in pairs:
+        if not pair.is_paired_image:
+            raise ConfigError(f"--stage joint pairs registered volume flows (mri-ct, t1-t2, ...); {pair} is not one")
+        if not bundle.has_component(FLOWS, pair.name):
+            raise BundleError(f"{bundle.path} has no flow {pair}; train it first with `medm2g train-flow --pair {spelled(pair)} "
+                              f"--data {context.data_dir} --bundle {bundle.path}`")
+    models = [FlowModel.load(bundle.path, pair, device="cpu") for pair in pairs]
+    name = joint_name(pairs[0].name, pairs[1].name)
+    joint = context.flows.joint
+    config = context.training({**context.flows.training, **joint.training_overrides()}, final=True,
+                              extra={"ema_decay": models[0].config.ema_decay})
+    seed_everything(config.seed)
+    network = JointNetwork.for_flows([m.network for m in models], patch_size=joint.patch_size)
+    models = [models[[m.pair for m in models].index(pair)] for pair in network.pairs]
+    tasks = [FlowTask(m.network, m.align, autoencoders=m.autoencoders, shared_trainable=False) for m in models]
+    task = JointTask(network, tasks)
+    train_dataset = _joint_dataset(context, models, context.splits["train"])
+    val_dataset = DatasetSubset(_joint_dataset(context, models, context.splits["val"] or context.splits["test"]),
+                                limit=context.flows.val_items)
+    if len(train_dataset) == 0:
+        raise InputError(context.data_dir, f"no training patient has {models[0].pair.sources[0].value} and both "
+                         f"{' and '.join(m.pair.target.value for m in models)}", "check the cohort with `medm2g data index`")
+    stage_name = f"{JOINT}/{name}"
+    result, val_start = _run(context, task, train_dataset=train_dataset, val_dataset=val_dataset if len(val_dataset) else None,
+                             config=config, name=stage_name)
+    report = StageReport(stage_name, result.steps, result.seconds, result.resumed_from, val_start, result.final_val, result.val_history)
+    out = TrainFlowResult(bundle=bundle.path, pair=stage_name, stages=[report], metrics=dict(result.final_val), synthetic=synthetic)
+    if context.is_main:
+        _save_component(bundle.component_dir(JOINT, name), network.eval(), _own_ema(result, network, "joint"))
+        bundle.record_component(JOINT, name)
+        bundle.record_stage(stage_name, recipe=joint, flows=list(network.config.flows), steps=result.steps,
+                            seconds=round(result.seconds, 1), data=str(context.data_dir.resolve()), device=result.device,
+                            ema_decay=config.ema_decay, val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from)
+        bundle.set_metrics(stage_name, result.final_val)
+        bundle.save()
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _joint_dataset(context: _Context, models: Sequence[Any], records: Sequence[Any]) -> Any:
+    """One ``PairSliceDataset`` per flow over the same records (those holding the source and every target), each
+    normalised and sized as its flow recorded at training, zipped item by item."""
+    from medm2g_core.data.datasets import PairSliceDataset
+    from medm2g_core.flows.joint import JointSliceDataset
+
+    needed = {*models[0].pair.sources, *(m.pair.target for m in models)}
+    kept = [r for r in records if needed <= set(r.files)]
+    datasets = []
+    for model in models:
+        processing = Processing.of(model)
+        datasets.append(PairSliceDataset(kept, sources=list(model.pair.sources), target=model.pair.target, slices=context.flows.slices,
+                                         context_slices=model.context_slices, image_size=model.image_size,
+                                         preprocess=processing.preprocess,
+                                         cache_items=min(max(context.recipe.data.cache_items, 2 * len(needed) * max(len(kept), 1)), 256)))
+    return JointSliceDataset(datasets)
