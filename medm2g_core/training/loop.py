@@ -191,7 +191,7 @@ class _TaskModule(nn.Module):
 
 
 def build_optimizer(modules: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on 0/1-D parameters (biases, norms, temperatures)."""
+    """AdamW (fused where torch has the kernel); no weight decay on 0/1-D parameters (biases, norms, temperatures)."""
     decay, no_decay = [], []
     for parameter in modules.parameters():
         if parameter.requires_grad:
@@ -199,7 +199,11 @@ def build_optimizer(modules: nn.Module, config: TrainingConfig) -> torch.optim.O
     if not decay and not no_decay:
         raise ConfigError("the task has no trainable parameters")
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
+    # The fused kernel (CPU and CUDA) updates every tensor in one pass: on 2 CPU cores the per-tensor loop took ~9x
+    # longer (6.5 vs 0.7 ms a step for a 0.5 M-parameter UNet) — time a short CPU budget would not train.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                for p in (*decay, *no_decay))
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999), fused=fused or None)
 
 
 def process_state(device: str | None = None) -> Any:
