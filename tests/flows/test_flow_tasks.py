@@ -54,7 +54,7 @@ def test_image_autoencoder_task_learns(setup):
     task = ImageAutoencoderTask(autoencoder)
     start, end = fit(task, batch, 25)
     assert end < 0.7 * start
-    assert set(task.validation_step(batch)) == {"loss", "recon", "psnr"}
+    assert set(task.validation_step(batch)) == {"loss", "recon", "psnr", "ssim"}
 
 
 def test_text_vae_task_learns_and_reports_rouge(setup):
