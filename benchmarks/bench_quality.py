@@ -71,7 +71,7 @@ def metrics_of(evaluation: dict, system: str) -> dict[str, float]:
 
 
 def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path, patients: int, seed: int,
-             recipe: list[str], peer_options: list[str], steps: int | None = None) -> dict:
+             recipe: list[str], peer_options: list[str], steps: int | None = None, regression: bool = True) -> dict:
     target = TARGET[pair][0]
     sources = SOURCES[pair]
     steps = int(round((steps or demo_steps(pair)) * budget))
@@ -82,7 +82,7 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
     subprocess.run(["rm", "-rf", str(bundle)], check=True)
     subprocess.run(["cp", "-r", str(aligned), str(bundle)], check=True)
     trained = medm2g("train-flow", "--data", str(cohort), "--bundle", str(bundle), "--pair", pair, "--steps", str(steps),
-                     "--seed", str(seed), "--baselines", *recipe, log=log)
+                     "--seed", str(seed), *(["--baselines"] if regression else []), *recipe, log=log)
     seconds = next(s["seconds"] for s in trained["stages"] if s["name"].startswith("flows/"))
     train, held = held_out(cohort, patients)
     if len(sources) == 1:
@@ -97,7 +97,7 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
                     "--out", str(work / "peer"), *peer_options], check=True, stdout=open(work / "peer.json", "w"), stderr=open(log, "a"))
     peer_seconds = time.monotonic() - started
     evaluation = medm2g("evaluate", "--task", "translation", "--pred", str(work / "model"), "--ref", str(cohort),
-                        "--model", str(bundle), "--pair", pair, "--baseline", "identity", "--baseline", "regression",
+                        "--model", str(bundle), "--pair", pair, "--baseline", "identity", *(["--baseline", "regression"] if regression else []),
                         "--baseline", f"peer={work / 'peer'}", log=log)
     return {"pair": pair, "budget": budget, "steps": steps, "seconds": seconds, "peer_seconds_total": round(peer_seconds, 1),
             "peer": json.loads((work / "peer.json").read_text()),
@@ -191,7 +191,8 @@ def main() -> None:
     for pair in args.pairs.split(","):
         for budget in (float(b) for b in args.budgets.split(",")):
             results.append(run_pair(pair, budget, cohort=cohort, aligned=aligned, out=out, patients=args.patients, seed=args.seed,
-                                    recipe=recipe, peer_options=peer_options, steps=args.steps))
+                                    recipe=recipe, peer_options=peer_options, steps=args.steps,
+                                    regression=not args.latent))  # the regression baseline is pixel-space only
             (out / "results.json").write_text(json.dumps(results, indent=1))
             print(table(results[-1:]), flush=True)
     print(f"\nmachine: {os.cpu_count()} CPU threads visible, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
