@@ -10,11 +10,44 @@ samples decoded, beside their autoencoder's own reconstruction PSNR/SSIM of the 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How a flow's metrics were measured, stored with them (``bundle.json`` stage ``measured_with``), so that a later
+    flow re-measures it the same way and the forgetting report compares like with like.
+
+    Attributes:
+        val_batches, psnr_items: validation batches and DDIM-sampled items; batch_size, seed: of those batches.
+        split_seed, split_fractions: the cohort split the validation items come from.
+        slices, val_items: axial slices per patient and the validation items kept (``flows.slices``, ``flows.val_items``).
+    """
+
+    val_batches: int
+    psnr_items: int
+    batch_size: int
+    seed: int
+    split_seed: int
+    split_fractions: tuple[float, ...]
+    slices: str | int
+    val_items: int
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record (``measured_with``)."""
+        return {**asdict(self), "split_fractions": list(self.split_fractions)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], *, fallback: "Measurement") -> "Measurement":
+        """A stored record; keys it lacks (bundles written before they were recorded) come from ``fallback``."""
+        known = {f.name for f in fields(cls)}
+        values = {**asdict(fallback), **{k: v for k, v in record.items() if k in known}}
+        return cls(**{**values, "split_fractions": tuple(values["split_fractions"])})
 
 
 class DatasetSubset(Dataset):

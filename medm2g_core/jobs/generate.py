@@ -98,11 +98,17 @@ def generate_batch(
     skip_existing: bool = False,
     device: str = "auto",
     stdin: Any = None,
+    each: Sequence[str | Path] | None = None,
     progress: ProgressFn = no_progress,
     on_result: runs.ResultFn = runs.no_result,
     on_warning: Callable[[str], None] = lambda message: None,
 ) -> runs.BatchResult:
-    """Each input (or one composition of several) → report.txt / xray.png files, and ``OUT/run.json``."""
+    """Each input (or one composition of several) → report.txt / xray.png files, and ``OUT/run.json``.
+
+    ``sources`` are the ``--from`` values: one (a file, patient or cohort folder, ``-`` for paths on ``stdin``, or
+    report text) is generated from item by item; several are composed into one generation. ``each``, instead of
+    ``sources``: files or folders generated from one by one (what ``-`` reads from stdin, for callers in Python).
+    """
     from medm2g_core import io
     from medm2g_core.inference.model import MedM2G
 
@@ -114,11 +120,15 @@ def generate_batch(
         raise ConfigError(f"--format {output_format!r}: use png or dicom (X-ray outputs)")
     if overwrite and skip_existing:
         raise ConfigError("--overwrite and --skip-existing contradict each other; choose one")
-    if not sources:
+    if each is not None and sources:
+        raise ConfigError("pass the inputs to generate from one by one (each) or the --from sources, not both")
+    if not sources and not each:
         raise InputError(None, "no --from given", "pass --from FILE, a patient folder, or quoted report text")
     weight_values = None if weights is None else [float(w) for w in weights]
     expanded = [_expand_source(value, target=target, stdin=stdin) for value in sources]
-    if len(sources) > 1:
+    if each is not None:
+        groups = [[item] for value in each for item in _expand_source(str(value), target=target, stdin=None)]
+    elif len(sources) > 1:
         too_many = [value for value, found in zip(sources, expanded) if len(found) != 1]
         if too_many:
             raise ConfigError(f"--from {too_many[0]!r} names {len(expanded[sources.index(too_many[0])])} inputs; "

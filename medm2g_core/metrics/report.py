@@ -118,6 +118,13 @@ td:first-child,th:first-child{text-align:left;font-family:monospace}
 """
 
 
+def page_head(title: str, *, css: str = "") -> str:
+    """The opening of every medm2g HTML page up to ``<body>``: doctype, charset, escaped ``title``, the shared
+    style sheet plus ``css`` (a page's own rules)."""
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{_STYLE}{css}</style></head><body>")
+
+
 def _label_text(value: int | None) -> str:
     return {1: "1", 0: "0", -1: "-1 (uncertain)", None: "blank"}[value]
 
@@ -125,8 +132,7 @@ def _label_text(value: int | None) -> str:
 def render_page(page: Page) -> str:
     """The HTML text of ``page`` (five sections, each with an ``id``: metrics, images, reports, histograms, notes)."""
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(page.title)}</title>",
-           f"<style>{_STYLE}</style></head><body>", f"<h1>{e(page.title)}</h1>"]
+    out = [page_head(page.title), f"<h1>{e(page.title)}</h1>"]
     out.append('<section id="metrics"><h2>Metrics</h2><table><thead><tr><th>metric [convention]</th>')
     out += [f"<th>{e(c)}</th>" for c in page.columns]
     out.append("</tr></thead><tbody>")

@@ -45,7 +45,6 @@ later translate/generate run says so), the page and the summary say so.
 from __future__ import annotations
 
 import html
-import io as _text_io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -410,9 +409,9 @@ class _Run(StageRunner):
                               progress=self.stage_progress(f"predict {pair} baselines"))
         generated = {"xray-report": ("report", "xray.png"), "report-xray": ("xray", "report.txt")}
         for pair, (target, source_file) in generated.items():
-            paths = "\n".join(str(self.cohort / "chest" / pid / source_file) for pid in chest) + "\n"
-            batch = generate_batch(["-"], to=parse_modality(target), model=self.bundle, out=self.predictions / pair / "model", seed=self.seed,
-                                   steps=s.sampler_steps, device=self.device, overwrite=True, stdin=_text_io.StringIO(paths),
+            batch = generate_batch([], each=[self.cohort / "chest" / pid / source_file for pid in chest], to=parse_modality(target),
+                                   model=self.bundle, out=self.predictions / pair / "model", seed=self.seed,
+                                   steps=s.sampler_steps, device=self.device, overwrite=True,
                                    progress=self.stage_progress(f"predict {pair}"))
             counts[pair] = {"model": batch.counts}
         predict_baselines(self.bundle, pair="xray-report", inputs=self.cohort / "chest", out_dir=self.predictions / "xray-report",
@@ -588,12 +587,12 @@ TASK_TITLES = {"mri-ct": "MRI T1 → CT (translation)", "t1-t2": "MRI T1 → T2 
 def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval: dict[str, Any], pages: dict[str, Path],
                   previews: list[Path], montage: Path | None = None) -> str:
     """``report.html``: a synthetic-data banner, headline numbers, retrieval, each task's page, stage times."""
-    from medm2g_core.metrics.report import _STYLE
+    from medm2g_core.metrics.report import page_head
 
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>medm2g demo (synthetic phantoms)</title>',
-           f"<style>{_STYLE}.banner{{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;font-size:14px}}"
-           ".preview img{max-width:100%;image-rendering:pixelated}</style></head><body>",
+    out = [page_head("medm2g demo (synthetic phantoms)",
+                     css=".banner{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;font-size:14px}"
+                         ".preview img{max-width:100%;image-rendering:pixelated}"),
            "<h1>medm2g demo — MedM2G on synthetic phantom cohorts</h1>",
            '<p class="banner"><b>SYNTHETIC.</b> Every patient here is a computer-generated phantom, and the model was '
            "trained on nothing else: the numbers show that the pipeline works end to end, not how MedM2G performs on real "

@@ -603,12 +603,11 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
 def render_real_report(summary: dict[str, Any], *, pages: dict[str, Path], montage: Path | None) -> str:
     """``report.html``: what was trained on which real set (with licences), the measured table, the montage,
     each task's evaluate page, stage times."""
-    from medm2g_core.metrics.report import _STYLE
+    from medm2g_core.metrics.report import page_head
 
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>medm2g demo --real</title>',
-           f"<style>{_STYLE}.banner{{background:#e8f4ff;border:1px solid #80b0e0;padding:8px 12px;font-size:14px}}"
-           ".preview img{max-width:100%}</style></head><body>",
+    out = [page_head("medm2g demo --real", css=".banner{background:#e8f4ff;border:1px solid #80b0e0;padding:8px 12px;font-size:14px}"
+                                                ".preview img{max-width:100%}"),
            "<h1>medm2g demo --real — MedM2G on small real public sets</h1>",
            '<p class="banner"><b>REAL DATA, TINY SAMPLES.</b> A few subjects per set (held-out subjects and cases never '
            "trained on), CPU budgets of minutes: the numbers show how the method behaves on real scans at this scale, "

@@ -34,6 +34,7 @@ from medm2g_core.bundle import (ALIGN, AUTOENCODERS, EMA_WEIGHTS, FLOWS, JOINT, 
 from medm2g_core.bundle import shared_dir as bundle_shared_dir
 from medm2g_core.config import Recipe, load_recipe, merge_training
 from medm2g_core.errors import BundleError, ConfigError, InputError
+from medm2g_core.flows.forgetting import Measurement
 from medm2g_core.inference.processing import Processing
 from medm2g_core.modalities import Modality, Pair, parse_modality, parse_pair
 from medm2g_core.types import ProgressEvent, ProgressFn, no_progress
@@ -544,10 +545,10 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     config = flow_training(context, flows, _flow_config(pair, flows))
     # How the flow's metrics are measured, kept with them: a later flow re-measures it the same way, so
     # the forgetting report compares like with like even when that flow's recipe measures differently.
-    measured_with = {"val_batches": flows.forgetting.val_batches, "psnr_items": flows.forgetting.psnr_samples,
-                     "batch_size": config.batch_size, "seed": config.seed, "split_seed": context.recipe.data.split_seed,
-                     "split_fractions": list(context.recipe.data.split_fractions), "slices": flows.slices,
-                     "val_items": flows.val_items}
+    measured_with = Measurement(val_batches=flows.forgetting.val_batches, psnr_items=flows.forgetting.psnr_samples,
+                                batch_size=config.batch_size, seed=config.seed, split_seed=context.recipe.data.split_seed,
+                                split_fractions=tuple(context.recipe.data.split_fractions), slices=flows.slices,
+                                val_items=flows.val_items)
     # Earlier flows recorded before measured_with existed: their stored metrics may come from other
     # settings, so their "before" is measured now, the way "after" will be (before seeding: training is
     # unaffected).
@@ -623,7 +624,8 @@ def _train_flow_stage(context: _Context, pair: Pair, *, started: float, syntheti
     bundle.record_stage(name, recipe={**context.recipe.flows, "resolved": flows}, steps=result.steps, seconds=round(result.seconds, 1),
                         data=str(context.data_dir.resolve()), shared=plan["summary"], shared_layers=plan, device=result.device,
                         ema_decay=config.ema_decay,
-                        val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from, measured_with=measured_with)
+                        val_start=val_start, val_end=result.final_val, resumed_from=result.resumed_from,
+                        measured_with=measured_with.record())
     for index, previous in enumerate(earlier):
         report = _remeasure(context, previous, flows_recipe=context.flows, current=measured_with)
         if report is not None and previous in fresh_before:
@@ -672,7 +674,7 @@ def plan_shared_layers(used: list[int], trainers: dict[int, list[str]], *, flow:
             "anchor": anchor if anchored else None, "summary": summary}
 
 
-def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict[str, Any]) -> dict[str, Any] | None:
+def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: Measurement) -> dict[str, Any] | None:
     """Re-measure an earlier flow on its own cohort's validation split: {"before", "after"} or None.
 
     Measured as its own metrics were (``measured_with`` of its stage: validation batches, PSNR items,
@@ -693,9 +695,9 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
         return {"before": before or {}, "after": {}, "note": f"cohort {data_dir} not available; not re-measured"}
     network_config = load_config(bundle.component_dir(FLOWS, name), FlowNetworkConfig)
     pair = network_config.pair
-    how = {**current, **stage.get("measured_with", {})}
+    how = Measurement.from_record(stage.get("measured_with", {}), fallback=current)
     records = scan_cohort(data_dir)
-    splits = split_records(records, seed=how["split_seed"], fractions=how["split_fractions"])
+    splits = split_records(records, seed=how.split_seed, fractions=how.split_fractions)
     normalisation = network_config.normalise_options
     data = replace(context.recipe.data, image_size=network_config.image_size, ct_window=normalisation["ct_window"],
                    mri_percentiles=normalisation["mri_percentiles"])
@@ -703,17 +705,17 @@ def _remeasure(context: _Context, name: str, *, flows_recipe: Any, current: dict
                                   "recipe": replace(context.recipe, data=data)})
     resolved = flows_recipe.resolve(pair)
     resolved = type(resolved)(**{**resolved.__dict__, "context_slices": network_config.context_slices,
-                                 "slices": how["slices"], "val_items": how["val_items"]})
+                                 "slices": how.slices, "val_items": how.val_items})
     _, val_dataset = flow_datasets(earlier_context, pair, resolved)
     return {"before": before, "after": _evaluate_as(bundle.path, pair, val_dataset, how)}
 
 
-def _evaluate_as(bundle_dir: Path, pair: Pair, dataset: Any, how: dict[str, Any]) -> dict[str, float]:
-    """A flow's metrics on ``dataset``, measured as ``how`` (a ``measured_with`` record) says."""
+def _evaluate_as(bundle_dir: Path, pair: Pair, dataset: Any, how: Measurement) -> dict[str, float]:
+    """A flow's metrics on ``dataset``, measured as ``how`` says."""
     from medm2g_core.flows.forgetting import evaluate_flow
 
-    return evaluate_flow(bundle_dir, pair, dataset=dataset, batch_size=how["batch_size"], val_batches=how["val_batches"],
-                         psnr_items=how["psnr_items"], seed=how["seed"])
+    return evaluate_flow(bundle_dir, pair, dataset=dataset, batch_size=how.batch_size, val_batches=how.val_batches,
+                         psnr_items=how.psnr_items, seed=how.seed)
 
 
 # --------------------------------------------------------------------------- joint stage
