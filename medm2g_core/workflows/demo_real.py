@@ -561,8 +561,10 @@ MONTAGE_TILE = 112
 def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: Callable[[str], Path], predictions: Path,
                        held_out: dict[str, list[str]]) -> Path:
     """A grey PNG: per image task, the first held-out patient's middle slice (AANLIB: two held-out cases) —
-    real inputs | model | regression | identity | real reference. MRI tiles 0..99.5th percentile of the
-    reference; CT tiles 0..255 (its 8-bit window)."""
+    real inputs | model | regression | identity | real reference. CT tiles 0..255 (its 8-bit window); MRI tiles each
+    0..their own 99.5th percentile, since MRI has no common unit: translate writes an MRI target on its source's
+    intensity scale (a T2 predicted from a T1 peaks near the T1's values), and the reference's window made those
+    outputs look black or white."""
     import numpy as np
 
     from medm2g_core.data.synth.preview import window_uint8 as window
@@ -585,15 +587,16 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
             reference = axial(folder / pid / f"{task.target}.nii.gz")
             if reference is None:
                 continue
-            high = 255.0 if task.target == "ct" else max(float(np.percentile(reference, 99.5)), 1.0)
-            tiles = []
-            for source in task.sources:
-                image = axial(folder / pid / f"{source}.nii.gz")
-                tiles.append((f"{source} (input)", None if image is None else window(image, 0, max(float(np.percentile(image, 99.5)), 1.0))))
+            def shown(image, *, ct: bool = task.target == "ct"):
+                if image is None:
+                    return None
+                return window(image, 0, 255.0 if ct else max(float(np.percentile(image, 99.5)), 1.0))
+
+            tiles = [(f"{source} (input)", shown(axial(folder / pid / f"{source}.nii.gz"), ct=source == "ct"))
+                     for source in task.sources]
             for system in ("model", "regression", "identity"):
-                image = axial(predictions / task.pair / system / pid / f"{task.target}.nii.gz")
-                tiles.append((system, None if image is None else window(image, 0, high)))
-            tiles.append((f"{task.target} (real)", window(reference, 0, high)))
+                tiles.append((system, shown(axial(predictions / task.pair / system / pid / f"{task.target}.nii.gz"))))
+            tiles.append((f"{task.target} (real)", shown(reference)))
             rows.append((f"{task.pair}\n{task.set}\nheld-out\n#{len(rows) + 1}", tiles))
     return write_tile_grid(path, rows, tile=MONTAGE_TILE, left=84,
                            footer="REAL held-out scans (public research samples) and medm2g outputs - not for diagnosis")
