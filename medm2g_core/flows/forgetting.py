@@ -115,25 +115,17 @@ def validation_loss(task: Any, dataset: Dataset, *, batch_size: int, batches: in
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
-def sample_psnr(task: Any, dataset: Dataset, *, items: int, seed: int = 0, samples: int = 1) -> float | None:
-    """PSNR (dB, [-1, 1] units, data range 2) of the mean of ``samples`` DDIM samples vs the reference image,
-    over the first ``items`` items (image targets only). A latent flow's samples are decoded and compared with the
-    real image, never with its autoencoder's reconstruction (``autoencoder_fidelity`` measures that gap)."""
+def sample_psnr(task: Any, batch: dict[str, Any], *, seed: int = 0, samples: int = 1) -> float:
+    """PSNR (dB, [-1, 1] units, data range 2) of the mean of ``samples`` DDIM samples vs the reference images of
+    ``batch`` (an image target's). A latent flow's samples are decoded and compared with the real images, never with
+    its autoencoder's reconstruction (``autoencoder_fidelity`` measures that gap)."""
     from medm2g_core.metrics.image import psnr
-    from medm2g_core.modalities import Modality
 
-    if task.pair.target is Modality.REPORT or items <= 0:
-        return None
-    batch = first_batch(dataset, items=items)
-    if batch is None:
-        return None
     drawn = task.generate(batch, seed=seed, samples=samples)
     if task.config.latent:
         autoencoder = task.autoencoders[task.pair.target]
         drawn = torch.stack([autoencoder.decode(s).clamp(-1, 1) for s in drawn])
-    reference = reference_images(batch)
-    mean = drawn.mean(0)
-    return float(psnr(mean.cpu().numpy(), reference.numpy(), data_range=2.0))
+    return float(psnr(drawn.mean(0).cpu().numpy(), reference_images(batch).numpy(), data_range=2.0))
 
 
 def reference_images(batch: dict[str, Any]) -> torch.Tensor:
@@ -142,18 +134,12 @@ def reference_images(batch: dict[str, Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def autoencoder_fidelity(task: Any, dataset: Dataset, *, items: int) -> dict[str, float]:
+def autoencoder_fidelity(task: Any, batch: dict[str, Any]) -> dict[str, float]:
     """A latent flow's ceiling: PSNR and SSIM ([-1, 1] units, data range 2) of its target autoencoder's
-    reconstruction of the first ``items`` reference images (``{}`` for pixel or report flows)."""
+    reconstruction of ``batch``'s reference images."""
     from medm2g_core.flows.task import reconstruction_ssim
     from medm2g_core.metrics.image import psnr
-    from medm2g_core.modalities import Modality
 
-    if not task.config.latent or task.pair.target is Modality.REPORT or items <= 0:
-        return {}
-    batch = first_batch(dataset, items=items)
-    if batch is None:
-        return {}
     autoencoder = task.autoencoders[task.pair.target]
     reference = reference_images(batch)
     device = next(autoencoder.parameters()).device
@@ -171,8 +157,13 @@ def evaluate_flow(bundle: str | Path, pair: Any, *, dataset: Dataset, batch_size
     model = FlowModel.load(bundle, pair)
     task = FlowTask(model.network, model.align, text_vae=model.text_vae, tokenizer=model.tokenizer,
                     autoencoders=model.autoencoders, shared_trainable=False)
+    from medm2g_core.modalities import Modality
+
     metrics = validation_loss(task, dataset, batch_size=batch_size, batches=val_batches, seed=seed)
-    value = sample_psnr(task, dataset, items=psnr_items, seed=seed)
-    if value is not None:
-        metrics["psnr"] = value
-    return {**metrics, **autoencoder_fidelity(task, dataset, items=psnr_items)}
+    # The first ``psnr_items`` items, read once for the flow's sample PSNR and (latent flows) its autoencoder's.
+    batch = first_batch(dataset, items=psnr_items) if psnr_items > 0 and task.pair.target is not Modality.REPORT else None
+    if batch is not None:
+        metrics["psnr"] = sample_psnr(task, batch, seed=seed)
+        if task.config.latent:
+            metrics.update(autoencoder_fidelity(task, batch))
+    return metrics
