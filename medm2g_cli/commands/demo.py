@@ -106,7 +106,9 @@ def _demo_real(out_dir: Path, *, data_root: Optional[Path], quick: bool, seed: i
     with console.progress("demo --real") as progress:
         result = run_real_demo(out_dir, data_root=root, quick=quick, seed=seed, device=device, progress=progress)
     if json_out:
-        console.emit_json({"real": True, "quick": result.quick, "out": str(result.out_dir), "bundle": str(result.bundle),
+        console.emit_json({"real": True, "quick": result.quick, "out": str(result.out_dir),
+                           "bundle": str(result.bundle) if result.bundle else None,
+                           "cxr_bundle": str(result.cxr_bundle) if result.cxr_bundle else None,
                            "report_html": str(result.report_html), "summary_json": str(result.summary_json),
                            "montage": str(result.montage), "skipped": result.skipped, "rows": result.rows,
                            "stages": [{"name": s.name, "seconds": s.seconds, "reused": s.reused} for s in result.stages],
@@ -120,4 +122,7 @@ def _demo_real(out_dir: Path, *, data_root: Optional[Path], quick: bool, seed: i
     console.table("Held-out REAL data (tiny public samples; not for diagnosis)", ["task", "system", "metrics", "budget", "held out"], rows)
     console.info(f"report:  {result.report_html}")
     console.info(f"montage: {result.montage}")
-    console.info(f"bundle:  {result.bundle} (trained on real data; now the default model)")
+    if result.bundle is not None:
+        console.info(f"bundle:  {result.bundle} (brain MRI/CT and IU reports, trained on real data; now the default model)")
+    if result.cxr_bundle is not None:
+        console.info(f"bundle:  {result.cxr_bundle} (paediatric X-rays and their label text, trained on real data)")

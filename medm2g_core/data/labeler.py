@@ -83,7 +83,8 @@ _COMPILED = [(label, re.compile(p), False) for label, patterns in FINDINGS.items
 
 
 class Labeler(Protocol):
-    """Anything that turns reports into finding labels (1 / 0 / −1 / None per label in ``LABELS``)."""
+    """Anything that turns reports into finding labels (1 / 0 / −1 / None per label in ``LABELS``, or in its own
+    ``labels`` attribute when it has one: ``label_scores`` then scores those)."""
 
     name: str
 

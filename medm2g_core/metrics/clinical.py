@@ -56,20 +56,22 @@ def label_scores(
     references: Mapping[str, str],
     *,
     labeler: Labeler | None = None,
-    labels: Sequence[str] = LABELS,
+    labels: Sequence[str] | None = None,
 ) -> LabelScores:
     """Clinical-efficacy precision/recall/F1 between generated and reference reports.
 
     Args:
         predictions: report id → generated text; references: report id → reference text (same ids).
         labeler: a ``Labeler``; default ``RuleBasedLabeler``. Its ``name`` is recorded.
-        labels: which labels to score (default all of ``LABELS``).
+        labels: which labels to score (default: the labeler's own ``labels`` attribute when it has one — e.g. the
+            Kermany classes — else all of ``LABELS``).
 
     Uncertain (−1) counts as present, blank and 0 as absent (see the module docstring).
     """
     if set(predictions) != set(references):
         raise ValueError("prediction and reference ids differ; pair the reports first")
     labeler = labeler or RuleBasedLabeler()
+    labels = tuple(labels if labels is not None else getattr(labeler, "labels", LABELS))
     ids = sorted(predictions)
     predicted = dict(zip(ids, labeler([predictions[i] for i in ids])))
     reference = dict(zip(ids, labeler([references[i] for i in ids])))

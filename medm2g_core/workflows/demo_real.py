@@ -11,9 +11,24 @@ set        folder under the data root     tasks (held-out = the importer's val �
                                           is an 8-bit display window, so it is trained with
                                           ``data.ct_window: [0, 255]``, ``data.ct_units: 8-bit window`` and scored
                                           in grey levels (never HU)
+``ixi``    ``brain_mri_ixi002/``          ``t1-t2`` (the same flow as BraTS'): one subject, T2 registered onto
+                                          T1 through the scanner affines (``data import ixi --register``), cut
+                                          into inferior / middle / superior slabs (``data.slabs``); the middle
+                                          slab is held out (neighbouring slabs share anatomy across the cuts)
+``kermany`` ``cxr_pediatric_pneumonia/``  its own bundle ``OUT/real-cxr.m2g``: ``xray-report`` (X-ray → label
+                                          text) and ``report-xray`` (label text → X-ray) on
+                                          ``kermany_children`` children per class, held-out children; a plain
+                                          MONAI classifier (``baselines.classifier``) trained on the training
+                                          X-rays is the peer of X-ray → label text and the fixed probe of the
+                                          generated X-rays (per-class accuracy beside its accuracy on the real
+                                          held-out X-rays; FID/KID on its features, its weights' sha256 named)
 ``iu``     ``iu_xray/``                   the report text autoencoder: trained on the R2Gen train split,
                                           reconstruction ROUGE-L / BLEU-4 on the R2Gen val split (R2Gen cleaning)
 ========== ============================== ==================================================================
+
+The brain flows train on the whole brain cohort (every training patient holding a pair's files), so ``t1-t2`` is
+one model measured on BraTS and on IXI. The paediatric X-rays get their own bundle because alignment draws one item
+per patient: in one cohort the children would fill nearly every batch while the 11 brain subjects and cases starve.
 
 Stages (``OUT/real-state.json``; rerunning reuses finished ones, as ``workflows.demo`` does, through
 ``workflows.stages``):
@@ -55,6 +70,9 @@ from medm2g_core.workflows.stages import (
 
 STATE_FILE = "real-state.json"
 BUNDLE_NAME = "real.m2g"
+CXR_BUNDLE = "real-cxr.m2g"
+CLASSIFIER = "cxr-classifier"
+CXR_TASKS = ("xray-report", "report-xray")
 RECIPE = "demo-cpu"
 HELD_OUT = ("val", "test")
 
@@ -78,6 +96,13 @@ SETS = (
             "The Whole Brain Atlas (K. A. Johnson, J. A. Becker, Harvard Medical School, http://www.med.harvard.edu/AANLIB/) "
             "via GitHub xianming-gu/Havard-Medical-Image-Fusion-Datasets; no licence stated — research and testing only, "
             "with this attribution"),
+    RealSet("kermany", "cxr_pediatric_pneumonia", "kermany", "cxr",
+            "Kermany, Zhang, Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for "
+            "Classification, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0; cite Kermany et al., Cell "
+            "2018;172(5):1122-1131"),
+    RealSet("ixi", "brain_mri_ixi002", "ixi", "brain/ixi",
+            "IXI dataset (https://brain-development.org/ixi-dataset/), CC BY-SA 3.0; subject IXI002 skull-stripped by HD-BET "
+            "(derivatives, share alike)"),
     RealSet("iu", "iu_xray", "iu-xray", "iu",
             "Indiana University Chest X-ray Collection (Open-i, U.S. National Library of Medicine), CC BY-NC-ND 4.0; "
             "cite Demner-Fushman et al., JAMIA 2016;23(2):304-310"),
@@ -87,21 +112,29 @@ SET_OF = {s.key: s for s in SETS}
 
 @dataclass(frozen=True)
 class ImageTask:
-    """A registered image flow on one set: ``inputs`` are the files (or, for several sources, the patient
-    folder) translate is given; ``target`` the file it writes and evaluate scores."""
+    """A registered image flow measured on one set's held-out patients: ``sources`` are the files (or, for several
+    sources, the patient folder) translate is given; ``target`` the file it writes and evaluate scores. ``key``
+    names the task's predictions and evaluation (a flow such as ``t1-t2`` is measured on BraTS and on IXI)."""
 
     pair: str
     set: str
     sources: tuple[str, ...]
     target: str
     title: str
+    key: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.key or self.pair
 
 
 IMAGE_TASKS = (
     ImageTask("t1-t2", "brats", ("mri-t1",), "mri-t2", "BraTS T1 → T2"),
+    ImageTask("t1-t2", "ixi", ("mri-t1",), "mri-t2", "IXI002 T1 → T2 (registered; held-out middle slab)", key="t1-t2-ixi"),
     ImageTask("t2+flair-t1", "brats", ("mri-t2", "mri-flair"), "mri-t1", "BraTS T2 + FLAIR → T1"),
     ImageTask("t2-ct", "aanlib", ("mri-t2",), "ct", "AANLIB MRI (T2) → CT (8-bit window)"),
 )
+BRAIN_SETS = ("brats", "ixi", "aanlib")
 TEXT_TASK = "report-autoencoder"
 
 
@@ -116,6 +149,9 @@ class RealDemoSettings:
         batch_size, val_batches, psnr_items: as in ``workflows.demo.DemoSettings``.
         aanlib_slices: AANLIB slices imported per case (None = all 144 pairs).
         iu_reports: IU studies kept per split, train and val (None = all: 2,069 train / 296 val in R2Gen's split).
+        kermany_children: Kermany children imported per class (the first by name; None = all 5,216 images).
+        cxr_align_steps, cxr_text_vae_steps, cxr_flow_steps, classifier_steps: the paediatric X-ray bundle's
+            alignment, label-text autoencoder, flows (``xray-report``, ``report-xray``) and the plain classifier.
         text_max_tokens: reports are cut after this many WordPiece tokens in the autoencoder.
         align_batch_size, align_slices: the alignment batch (the brain cohorts have only 8 training subjects and
             cases) and the axial slices drawn per volume per item (more slices, more in-batch negatives).
@@ -135,6 +171,11 @@ class RealDemoSettings:
     text_max_tokens: int = 128
     align_batch_size: int = 8
     align_slices: int = 2
+    kermany_children: int | None = 80
+    cxr_align_steps: int = 150
+    cxr_text_vae_steps: int = 150
+    cxr_flow_steps: dict[str, int] = field(default_factory=lambda: {"xray-report": 300, "report-xray": 600})
+    classifier_steps: int = 400
 
 
 FULL = RealDemoSettings()
@@ -144,7 +185,8 @@ FULL = RealDemoSettings()
 QUICK = RealDemoSettings(
     size=32, align_steps=8, flow_steps={"t1-t2": 12, "t2+flair-t1": 12, "t2-ct": 12}, text_vae_steps=10, samples=1,
     sampler_steps=2, batch_size=8, val_batches=1, psnr_items=1, aanlib_slices=4, iu_reports=24, text_max_tokens=48,
-    align_slices=2,
+    align_slices=2, kermany_children=4, cxr_align_steps=4, cxr_text_vae_steps=6,
+    cxr_flow_steps={"xray-report": 6, "report-xray": 6}, classifier_steps=6,
 )
 """``--quick``: 32², a few steps, 4 slices per AANLIB case, 24 IU studies per split — every stage runs; the numbers mean little."""
 
@@ -154,7 +196,8 @@ class RealDemoResult:
     """What ``run_real_demo`` produced.
 
     Attributes:
-        out_dir, bundle (``OUT/real.m2g``), report_html, summary_json, montage.
+        out_dir, bundle (``OUT/real.m2g``; None when no brain or IU set was found), cxr_bundle (``OUT/real-cxr.m2g``,
+            the paediatric X-ray flows; None without that set), report_html, summary_json, montage.
         sets: set key → ``{"licence", "patients", "splits"}`` for the sets found; skipped: set key → the one line
             saying why it was skipped (folder missing).
         rows: the measured table, one row per (task, system): ``{"task", "system", "metrics": {...},
@@ -163,7 +206,7 @@ class RealDemoResult:
     """
 
     out_dir: Path
-    bundle: Path
+    bundle: Path | None
     report_html: Path
     summary_json: Path
     montage: Path
@@ -175,6 +218,7 @@ class RealDemoResult:
     stage_seconds: dict[str, float]
     quick: bool
     seconds: float
+    cxr_bundle: Path | None = None
 
 
 def default_data_root() -> Path:
@@ -240,7 +284,8 @@ def run_real_demo(
         set_default_bundle(run.bundle)
     report = run.results.get("report", {})
     return RealDemoResult(
-        out_dir=out_dir, bundle=run.bundle, report_html=out_dir / "report.html", summary_json=out_dir / "summary.json",
+        out_dir=out_dir, bundle=run.bundle if (run.bundle / "bundle.json").is_file() else None,
+        cxr_bundle=run.cxr_bundle if (run.cxr_bundle / "bundle.json").is_file() else None, report_html=out_dir / "report.html", summary_json=out_dir / "summary.json",
         montage=out_dir / "montage.png", data_root=root, sets=run.results["import"]["sets"],
         skipped=run.skipped, rows=report.get("rows", []), stages=run.records, stage_seconds=run.state.seconds(),
         quick=quick, seconds=time.monotonic() - started,
@@ -258,7 +303,10 @@ class _RealRun(StageRunner):
         self.settings = settings
         self.quick = quick
         self.image_tasks = [t for t in IMAGE_TASKS if t.set in self.found]
+        self.cxr_bundle = out_dir / CXR_BUNDLE
+        self.classifier_dir = out_dir / CLASSIFIER
         self._recipe: Any = None
+        self._cxr_recipe: Any = None
 
     def folder(self, key: str) -> Path:
         return self.cohort / SET_OF[key].cohort
@@ -293,6 +341,22 @@ class _RealRun(StageRunner):
             })
         return self._recipe
 
+    def cxr_recipe(self) -> Any:
+        """The paediatric X-ray bundle's recipe: this demo's, aligning X-rays to their label text only."""
+        if self._cxr_recipe is None:
+            from medm2g_core.config import apply_overrides
+
+            s = self.settings
+            recipe = self.recipe()
+            text_vae = {**dict(recipe.text_vae), "max_tokens": 32}
+            text_vae["training"] = {**dict(text_vae.get("training") or {}), "steps": s.cxr_text_vae_steps}
+            self._cxr_recipe = apply_overrides(recipe, {
+                "align.modalities": ["xray"], "align.max_tokens": 32, "align.training.steps": s.cxr_align_steps,
+                "align.training.batch_size": 16 if s.batch_size is None else s.batch_size, "data.slices_per_volume": 1,
+                "text_vae": text_vae,
+            })
+        return self._cxr_recipe
+
     def held_out(self, key: str) -> list[str]:
         from medm2g_core.serialization import read_json
 
@@ -308,26 +372,42 @@ class _RealRun(StageRunner):
         found = sorted(self.found)
         stages = [Stage("import", {"sets": found, "root": str(self.root.resolve()), "aanlib_slices": s.aanlib_slices,
                                    "iu_reports": s.iu_reports, "version": 1}, (), self.import_sets, clean=(self.cohort,))]
-        brain = [k for k in found if k in ("brats", "aanlib")]
-        if not brain and "iu" not in self.found:
-            return stages
-        stages.append(Stage("align", {"recipe": recipe["align"], "data": recipe["data"], "training": recipe["training"]},
-                            ("import",), self.align, clean=(self.bundle,), resumable=True))
-        previous = "align"
-        for task in self.image_tasks:
-            name = f"flow {task.pair}"
-            stages.append(Stage(name, {"flows": recipe["flows"], "steps": s.flow_steps.get(task.pair)}, (previous,),
-                                self.flow_action(task), resumable=True))
+        brain = [k for k in found if k in BRAIN_SETS]
+        previous = "import"
+        if brain or "iu" in self.found:  # real.m2g: the brain cohorts (and the IU report autoencoder)
+            stages.append(Stage("align", {"recipe": recipe["align"], "data": recipe["data"], "training": recipe["training"]},
+                                ("import",), self.align, clean=(self.bundle,), resumable=True))
+            previous = "align"
+        for pair in dict.fromkeys(task.pair for task in self.image_tasks):
+            name = f"flow {pair}"
+            stages.append(Stage(name, {"flows": recipe["flows"], "steps": s.flow_steps.get(pair), "sets": brain}, (previous,),
+                                self.flow_action(pair), resumable=True))
             previous = name
+        if "kermany" in self.found:
+            cxr = recipe_to_dict(self.cxr_recipe())
+            stages.append(Stage("align cxr", {"recipe": cxr["align"], "data": cxr["data"], "training": cxr["training"],
+                                              "children": s.kermany_children}, (previous,), self.align_cxr,
+                                clean=(self.cxr_bundle,), resumable=True))
+            previous = "align cxr"
+            for pair in CXR_TASKS:
+                stages.append(Stage(f"flow {pair}", {"flows": cxr["flows"], "text_vae": cxr["text_vae"],
+                                                     "steps": s.cxr_flow_steps.get(pair)}, (previous,), self.cxr_flow_action(pair),
+                                    resumable=True))
+                previous = f"flow {pair}"
+            stages.append(Stage("classifier", {"steps": s.classifier_steps, "size": s.size, "version": 1}, ("import",),
+                                self.train_classifier, clean=(self.classifier_dir,)))
+            previous_cxr = "classifier"
+        else:
+            previous_cxr = None
         if "iu" in self.found:
             stages.append(Stage("text-vae", {"text_vae": recipe["text_vae"], "max_tokens": s.text_max_tokens}, (previous,),
                                 self.text_vae, resumable=True))
             previous = "text-vae"
         stages += [
-            Stage("predict", {"samples": s.samples, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT}, (previous,),
-                  self.predict, clean=(self.predictions,)),
-            Stage("evaluate", {"version": 1}, ("predict",), self.evaluate, clean=(self.evaluation,)),
-            Stage("report", {"version": 1}, ("evaluate",), self.report),
+            Stage("predict", {"samples": s.samples, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT, "version": 2},
+                  (previous,) + ((previous_cxr,) if previous_cxr else ()), self.predict, clean=(self.predictions,)),
+            Stage("evaluate", {"version": 2}, ("predict",), self.evaluate, clean=(self.evaluation,)),
+            Stage("report", {"version": 2}, ("evaluate",), self.report),
         ]
         self.total = len(stages)
         return stages
@@ -340,15 +420,18 @@ class _RealRun(StageRunner):
         s = self.settings
         sets: dict[str, Any] = {}
         for key, real in sorted(self.found.items()):
-            limit = s.aanlib_slices if key == "aanlib" else None
-            result = import_dataset(real.importer, self.root / real.folder, out=self.folder(key), limit=limit,
+            limit = {"aanlib": s.aanlib_slices, "kermany": s.kermany_children}.get(key)
+            out = self.cohort / "ixi-registered" if key == "ixi" else self.folder(key)
+            result = import_dataset(real.importer, self.root / real.folder, out=out, limit=limit, register=key == "ixi",
                                     progress=self.stage_progress(f"import {key}"))
+            if key == "ixi":
+                _ixi_slabs(out, self.folder(key))
             splits = read_json(self.folder(key) / "splits.json")
             if key == "iu":
                 splits = _trim_reports(self.folder(key), splits, keep=s.iu_reports)
             sets[key] = {"licence": real.licence, "source": real.folder, "patients": int(result.patients),
                          "splits": {name: len(ids) for name, ids in splits.items()}, "notes": list(result.notes)}
-        brain = [k for k in ("brats", "aanlib") if k in self.found]
+        brain = [k for k in BRAIN_SETS if k in self.found]
         if brain:  # the align cohort: the importers' own splits, by subject and by case, under nested ids
             nested: dict[str, list[str]] = {"train": [], "val": [], "test": []}
             for key in brain:
@@ -380,13 +463,15 @@ class _RealRun(StageRunner):
         bundle.set_real_sets({key: real.licence for key, real in sorted(self.found.items())})
         bundle.save()
 
-    def flow_action(self, task: ImageTask) -> Callable[[bool], dict[str, Any]]:
+    def flow_action(self, pair: str) -> Callable[[bool], dict[str, Any]]:
+        """One flow over the whole brain cohort: every training patient holding the pair's files (BraTS and the IXI
+        slabs for ``t1-t2``), with its identity and equal-step regression baselines."""
         def action(resume: bool) -> dict[str, Any]:
             from medm2g_core.workflows.train_flow import train_flow
 
-            result = train_flow(self.folder(task.set), self.bundle, pair=task.pair, recipe=self.recipe(),
-                                steps=self.settings.flow_steps.get(task.pair), resume=resume, seed=self.seed, baselines=True,
-                                device=self.device, progress=self.stage_progress(f"flow {task.pair}"))
+            result = train_flow(self.cohort / "brain", self.bundle, pair=pair, recipe=self.recipe(),
+                                steps=self.settings.flow_steps.get(pair), resume=resume, seed=self.seed, baselines=True,
+                                device=self.device, progress=self.stage_progress(f"flow {pair}"))
             flow = next(r for r in result.stages if r.name.startswith(f"{FLOWS}/"))
             regression = result.baselines.get("regression", {})
             return {"pair": result.pair, "metrics": result.metrics, "forgetting": result.forgetting,
@@ -395,6 +480,198 @@ class _RealRun(StageRunner):
                                "identity": {"steps": 0, "seconds": None}}}
 
         return action
+
+    # -- the paediatric X-ray bundle ---------------------------------------------------------------
+    def align_cxr(self, resume: bool) -> dict[str, Any]:
+        """X-rays aligned to their label text, in their own bundle: alignment draws one item per patient, so in one
+        cohort the children would fill nearly every batch and the 11 brain subjects and cases starve."""
+        from medm2g_core.bundle import Bundle
+        from medm2g_core.workflows.align import align
+
+        result = align(self.folder("kermany"), self.cxr_bundle, recipe=self.cxr_recipe(), seed=self.seed, resume=resume,
+                       device=self.device, progress=self.stage_progress("align cxr"))
+        bundle = Bundle.open(self.cxr_bundle)
+        bundle.set_real_sets({"kermany": SET_OF["kermany"].licence})
+        bundle.save()
+        return {"steps": result.steps, "patients": result.patients, "modalities": result.modalities,
+                "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
+
+    def cxr_flow_action(self, pair: str) -> Callable[[bool], dict[str, Any]]:
+        def action(resume: bool) -> dict[str, Any]:
+            from medm2g_core.workflows.train_flow import train_flow
+
+            result = train_flow(self.folder("kermany"), self.cxr_bundle, pair=pair, recipe=self.cxr_recipe(),
+                                steps=self.settings.cxr_flow_steps.get(pair), resume=resume, seed=self.seed, device=self.device,
+                                progress=self.stage_progress(f"flow {pair}"))
+            return {"pair": result.pair, "metrics": result.metrics,
+                    "stages": [{"name": r.name, "steps": r.steps, "seconds": round(r.seconds, 1)} for r in result.stages],
+                    "baselines": result.baselines}
+
+        return action
+
+    def held_out_by_class(self) -> dict[str, list[str]]:
+        """Kermany class → its held-out children (their image ids)."""
+        from medm2g_core.data.importers.kermany import CLASSES, class_of_labels
+        from medm2g_core.serialization import read_json
+
+        out: dict[str, list[str]] = {name: [] for name in CLASSES}
+        for pid in self.held_out("kermany"):
+            labels = read_json(self.folder("kermany") / pid / "labels.json")
+            out[class_of_labels(labels)].append(pid)
+        return out
+
+    def classifier_images(self, patients: list[str]) -> tuple[Any, list[int]]:
+        """Standardised X-rays and class indices of Kermany ``patients`` (their imported ``xray.jpeg``, ``labels.json``)."""
+        from medm2g_core import io
+        from medm2g_core.baselines.classifier import standardise
+        from medm2g_core.data.importers.kermany import CLASSES, class_of_labels
+        from medm2g_core.serialization import read_json
+
+        folder = self.folder("kermany")
+        arrays, labels = [], []
+        for pid in patients:
+            files = sorted((folder / pid).glob("xray.*"))
+            if not files:
+                continue
+            arrays.append(io.read(files[0])[0])
+            found = read_json(folder / pid / "labels.json")
+            labels.append(CLASSES.index(class_of_labels(found)))
+        return standardise(arrays, self.settings.size), labels
+
+    def train_classifier(self, resume: bool) -> dict[str, Any]:
+        """The plain MONAI classifier on the training children's real X-rays: the peer of X-ray → label text and
+        the fixed probe (accuracy, FID/KID features) of label → X-ray (``baselines.classifier``)."""
+        from medm2g_core.baselines.classifier import ImageClassifierConfig, per_class_accuracy, train_classifier, weights_sha256
+        from medm2g_core.config import merge_training
+        from medm2g_core.data.importers.kermany import CLASSES
+        from medm2g_core.serialization import read_json
+
+        s = self.settings
+        train_ids = sorted(read_json(self.folder("kermany") / "splits.json").get("train", []))
+        x, y = self.classifier_images(train_ids)
+        training = merge_training(self.recipe().training, {
+            "steps": s.classifier_steps, "batch_size": min(32, len(x)), "lr": 1e-3, "warmup_steps": min(20, s.classifier_steps // 4),
+            "ema_decay": None, "save_every": 0, "val_every": 0, "seed": self.seed}, where="classifier")
+        started = time.monotonic()
+        model, _ = train_classifier(x, y, config=ImageClassifierConfig(classes=list(CLASSES), size=s.size), training=training,
+                                    state_dir=self.out_dir / "training" / CLASSIFIER, device=self.device,
+                                    progress=self.stage_progress("classifier"))
+        seconds = round(time.monotonic() - started, 1)
+        model.save(self.classifier_dir)
+        held = self.held_out("kermany")
+        hx, hy = self.classifier_images(held)
+        return {"steps": s.classifier_steps, "seconds": seconds, "train_images": len(y), "sha256": weights_sha256(self.classifier_dir),
+                "train": per_class_accuracy(model.predict(x).tolist(), y, CLASSES),
+                "held_out_real": per_class_accuracy(model.predict(hx).tolist(), hy, CLASSES)}
+
+    def predict_cxr(self) -> dict[str, Any]:
+        """Held-out children: an X-ray generated from each one's label text (each class's texts in one call, so every
+        child gets its own sample), a label text generated from each one's X-ray, the retrieval / most-frequent
+        baselines, and the classifier peer's class written as that class's text."""
+        from medm2g_core import io
+        from medm2g_core.baselines.classifier import ImageClassifier
+        from medm2g_core.data.importers.kermany import CLASSES, REPORTS
+        from medm2g_core.inference.model import MedM2G
+        from medm2g_core.jobs.generate import generate_batch
+        from medm2g_core.modalities import Modality
+        from medm2g_core.workflows.baselines import predict_baselines
+
+        s = self.settings
+        folder = self.folder("kermany")
+        held = self.held_out("kermany")
+        started = time.monotonic()
+        model = MedM2G.from_pretrained(self.cxr_bundle, device=self.device)
+        by_text: dict[str, list[str]] = {}
+        for pid in held:
+            by_text.setdefault(io.read_report(folder / pid / "report.txt").text, []).append(pid)
+        out = self.predictions / "report-xray" / "model"
+        for index, (text, pids) in enumerate(sorted(by_text.items())):
+            result = model.generate(to=Modality.XRAY, source=text, samples=len(pids), seed=self.seed + index, steps=s.sampler_steps)
+            for pid, image in zip(pids, result.images):
+                io.write(out / pid / "xray.png", image, result.meta)
+        generated = round(time.monotonic() - started, 1)
+        self.retrieve_xrays(held)
+        started = time.monotonic()
+        batch = generate_batch([], each=[next(iter(sorted((folder / pid).glob("xray.*")))) for pid in held], to=Modality.REPORT,
+                               model=self.cxr_bundle, out=self.predictions / "xray-report" / "model", seed=self.seed,
+                               steps=s.sampler_steps, device=self.device, overwrite=True,
+                               progress=self.stage_progress("predict xray-report"))
+        if batch.counts.get("failed"):
+            from medm2g_core.errors import MedM2GError
+
+            raise MedM2GError(f"generating reports for the held-out children failed ({batch.counts})")
+        reports = round(time.monotonic() - started, 1)
+        predict_baselines(self.cxr_bundle, pair="xray-report", inputs=folder, out_dir=self.predictions / "xray-report",
+                          patients=held, device=self.device, progress=self.stage_progress("predict xray-report baselines"))
+        classifier = ImageClassifier.load(self.classifier_dir)
+        x, _ = self.classifier_images(held)
+        for pid, index in zip(held, classifier.predict(x).tolist()):
+            io.write_report(self.predictions / "xray-report" / "classifier" / pid / "report.txt", REPORTS[CLASSES[index]], synthetic=True)
+        return {"patients": len(held), "seconds": {"report-xray": generated, "xray-report": reports}}
+
+    def retrieve_xrays(self, held: list[str]) -> None:
+        """The retrieval baseline of label → X-ray: for each held-out child, a real training X-ray whose text is the
+        same (one drawn at random with the demo's seed), linked as ``predictions/report-xray/retrieval/<id>/``."""
+        import os
+        import random
+
+        from medm2g_core import io
+        from medm2g_core.serialization import read_json
+
+        folder = self.folder("kermany")
+        texts: dict[str, list[str]] = {}
+        for pid in sorted(read_json(folder / "splits.json").get("train", [])):
+            texts.setdefault(io.read_report(folder / pid / "report.txt").text, []).append(pid)
+        rng = random.Random(self.seed)
+        for pid in held:
+            candidates = texts.get(io.read_report(folder / pid / "report.txt").text)
+            if not candidates:
+                continue
+            source = next(iter(sorted((folder / rng.choice(candidates)).glob("xray.*"))))
+            link = self.predictions / "report-xray" / "retrieval" / pid / source.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(source.resolve(), link)
+
+    def evaluate_cxr(self) -> dict[str, Any]:
+        """X-ray → label text: CE-style F1 with ``KermanyLabeler`` (model, retrieval, most-frequent, classifier peer).
+        Label → X-ray: FID/KID on the fixed classifier's features and its per-class accuracy on the generated
+        X-rays, beside the retrieved real training X-rays and the real held-out ones."""
+        from medm2g_core import io
+        from medm2g_core.baselines.classifier import ClassifierFeatures, ImageClassifier, per_class_accuracy, standardise
+        from medm2g_core.data.importers.kermany import CLASSES, KermanyLabeler
+        from medm2g_core.serialization import write_json
+        from medm2g_core.workflows.evaluate import evaluate
+
+        tables: dict[str, Any] = {}
+        folder = self.folder("kermany")
+        reports = self.predictions / "xray-report"
+        evaluation = evaluate("report", pred_dir=reports / "model", ref_dir=folder, html=self.evaluation / "xray-report.html",
+                              baselines={name: reports / name for name in ("retrieval", "most-frequent", "classifier")},
+                              labeler=KermanyLabeler(), progress=self.stage_progress("evaluate xray-report"))
+        tables["xray-report"] = table_json(evaluation)
+        write_json(self.evaluation / "xray-report.json", {"task": "report", "pair": "xray-report", "real": True,
+                                                          "labels": "Kermany class, label-derived text", **tables["xray-report"]})
+        probe = self.results["classifier"]
+        model = ImageClassifier.load(self.classifier_dir)
+        features = ClassifierFeatures(model, name=f"cxr-classifier[sha256 {probe['sha256'][:12]}]")
+        images = self.predictions / "report-xray"
+        evaluation = evaluate("xray", pred_dir=images / "model", ref_dir=folder, html=self.evaluation / "report-xray.html",
+                              baselines={"retrieval": images / "retrieval"}, features=features,
+                              progress=self.stage_progress("evaluate report-xray"))
+        table = table_json(evaluation)
+        held = self.held_out("kermany")
+        _, truth = self.classifier_images(held)
+        accuracy = {"real held-out": probe["held_out_real"]}
+        for system in ("model", "retrieval"):
+            files = [next(iter(sorted((images / system / pid).glob("xray.*"))), None) for pid in held]
+            kept = [(file, label) for file, label in zip(files, truth) if file is not None]
+            x = standardise([io.read(file)[0] for file, _ in kept], model.config.size)
+            accuracy[system] = per_class_accuracy(model.predict(x).tolist(), [label for _, label in kept], CLASSES)
+        table["accuracy"] = accuracy
+        table["probe"] = {"name": features.name, "sha256": probe["sha256"], "steps": probe["steps"], "train_images": probe["train_images"]}
+        write_json(self.evaluation / "report-xray.json", {"task": "xray", "pair": "report-xray", "real": True, **table})
+        tables["report-xray"] = table
+        return tables
 
     def text_vae(self, resume: bool) -> dict[str, Any]:
         from medm2g_core.workflows.train_flow import train_flow
@@ -421,19 +698,21 @@ class _RealRun(StageRunner):
             else:
                 inputs = [str(folder / pid) for pid in patients]
                 sources = tuple(parse_modality(m) for m in task.sources)
-            out = self.predictions / task.pair
+            out = self.predictions / task.id
             started = time.monotonic()
             batch = translate_batch(inputs, to=parse_modality(task.target), sources=sources, out=out / "model", model=self.bundle,
                                     samples=s.samples, seed=self.seed, steps=s.sampler_steps, device=self.device, overwrite=True,
-                                    progress=self.stage_progress(f"predict {task.pair}"))
+                                    progress=self.stage_progress(f"predict {task.id}"))
             seconds = round(time.monotonic() - started, 1)
             if batch.counts.get("failed"):
                 from medm2g_core.errors import MedM2GError
 
                 raise MedM2GError(f"translating the held-out {task.set} patients failed ({batch.counts}); see {out / 'model' / 'run.json'}")
             predict_baselines(self.bundle, pair=task.pair, inputs=folder, out_dir=out, patients=patients, device=self.device,
-                              progress=self.stage_progress(f"predict {task.pair} baselines"))
-            done[task.pair] = {"patients": len(patients), "seconds": seconds}
+                              progress=self.stage_progress(f"predict {task.id} baselines"))
+            done[task.id] = {"patients": len(patients), "seconds": seconds}
+        if "kermany" in self.found:
+            done["cxr"] = self.predict_cxr()
         if "iu" in self.found:
             done[TEXT_TASK] = self.reconstruct_reports()
         return done
@@ -474,14 +753,17 @@ class _RealRun(StageRunner):
 
         tables: dict[str, Any] = {}
         for task in self.image_tasks:
-            folder = self.predictions / task.pair
+            folder = self.predictions / task.id
             evaluation = evaluate("translation", pred_dir=folder / "model", ref_dir=self.folder(task.set),
-                                  html=self.evaluation / f"{task.pair}.html",
+                                  html=self.evaluation / f"{task.id}.html",
                                   baselines={name: folder / name for name in ("identity", "regression")},
-                                  progress=self.stage_progress(f"evaluate {task.pair}"))
+                                  progress=self.stage_progress(f"evaluate {task.id}"))
             table = table_json(evaluation)
-            write_json(self.evaluation / f"{task.pair}.json", {"task": "translation", "pair": task.pair, "real": True, **table})
-            tables[task.pair] = table
+            write_json(self.evaluation / f"{task.id}.json", {"task": "translation", "pair": task.pair, "set": task.set,
+                                                            "real": True, **table})
+            tables[task.id] = table
+        if "kermany" in self.found:
+            tables.update(self.evaluate_cxr())
         if "iu" in self.found:
             from medm2g_core.metrics.text import score_reports
 
@@ -504,14 +786,15 @@ class _RealRun(StageRunner):
             "sets": self.results["import"]["sets"], "skipped": self.skipped, "rows": rows,
             "stage_seconds": self.state.seconds(),
             "stage_cpu_seconds": {n: e.get("cpu_seconds") for n, e in self.state.data["stages"].items()},
-            "held_out": {task.pair: self.held_out(task.set) for task in self.image_tasks},
+            "held_out": {task.id: self.held_out(task.set) for task in self.image_tasks},
             "files": {"report": str(self.out_dir / "report.html"), "montage": str(self.out_dir / "montage.png"),
                       "bundle": str(self.bundle), "evaluation": str(self.evaluation), "predictions": str(self.predictions)},
         }
         write_json(self.out_dir / "summary.json", summary)
         write_real_montage(self.out_dir / "montage.png", tasks=self.image_tasks, cohort_of=self.folder,
-                           predictions=self.predictions, held_out={t.pair: self.held_out(t.set) for t in self.image_tasks})
-        pages = {task.pair: self.evaluation / f"{task.pair}.html" for task in self.image_tasks}
+                           predictions=self.predictions, held_out={t.id: self.held_out(t.set) for t in self.image_tasks},
+                           xray_classes=self.held_out_by_class() if "kermany" in self.found else None)
+        pages = {task.id: self.evaluation / f"{task.id}.html" for task in self.image_tasks}
         write_text(self.out_dir / "report.html", render_real_report(summary, pages=pages, montage=self.out_dir / "montage.png"))
         return {"rows": rows}
 
@@ -522,12 +805,39 @@ class _RealRun(StageRunner):
             budgets = self.results[f"flow {task.pair}"]["budget"]
             target = task.target
             patterns = {"MAE": rf"^{target}: MAE", "PSNR dB": rf"^{target}: PSNR", "SSIM": rf"^{target}: SSIM"}
-            for system, values in (tables.get(task.pair) or {}).get("values", {}).items():
+            for system, values in (tables.get(task.id) or {}).get("values", {}).items():
                 metrics = {label: pick(values, pattern) for label, pattern in patterns.items()}
                 convention = next((name.split(": ", 1)[1] for name in values if name.startswith(f"{target}: PSNR")), None)
-                rows.append({"task": task.pair, "title": task.title, "set": task.set, "system": system,
+                rows.append({"task": task.id, "pair": task.pair, "title": task.title, "set": task.set, "system": system,
                              "metrics": {k: v for k, v in metrics.items() if v is not None}, "convention": convention,
                              "budget": budgets.get(system, {}), "held_out": len(self.held_out(task.set))})
+        if "xray-report" in tables:
+            flow = self.results["flow xray-report"]
+            model_budget = next(({"steps": st["steps"], "seconds": st["seconds"]} for st in flow["stages"]
+                                 if st["name"].startswith(f"{FLOWS}/")), {})
+            probe = self.results["classifier"]
+            budgets = {"model": model_budget, "classifier": {"steps": probe["steps"], "seconds": probe["seconds"]},
+                       "retrieval": {"training": "nearest training text, no gradient steps"},
+                       "most-frequent": {"training": "one constant text, no gradient steps"}}
+            for system, values in tables["xray-report"]["values"].items():
+                metrics = {"macro CE-F1": pick(values, r"^CE-f1\[[^]]*macro"), "micro CE-F1": pick(values, r"^CE-f1\[[^]]*micro")}
+                rows.append({"task": "xray-report", "title": "Kermany X-ray → label text", "set": "kermany", "system": system,
+                             "metrics": {k: v for k, v in metrics.items() if v is not None}, "convention": "kermany-label-text labeler",
+                             "budget": budgets.get(system, {}), "held_out": len(self.held_out("kermany"))})
+        if "report-xray" in tables:
+            table = tables["report-xray"]
+            flow = self.results["flow report-xray"]
+            model_budget = next(({"steps": st["steps"], "seconds": st["seconds"]} for st in flow["stages"]
+                                 if st["name"].startswith(f"{FLOWS}/")), {})
+            budgets = {"model": model_budget, "retrieval": {"training": "a real training X-ray of the same class"},
+                       "real held-out": {"training": "the real held-out X-rays"}}
+            for system, accuracy in table["accuracy"].items():
+                values = table["values"].get(system, {})
+                metrics = {"FID": pick(values, r"^FID"), "KID": pick(values, r"^KID"), "probe accuracy": accuracy["accuracy"],
+                           "probe balanced accuracy": accuracy["balanced_accuracy"]}
+                rows.append({"task": "report-xray", "title": "Kermany label → X-ray", "set": "kermany", "system": system,
+                             "metrics": {k: v for k, v in metrics.items() if v is not None}, "convention": table["probe"]["name"],
+                             "budget": budgets.get(system, {}), "held_out": accuracy["n"]})
         if TEXT_TASK in tables:
             values = tables[TEXT_TASK]["values"]["model"]
             text = self.results.get("text-vae", {})
@@ -536,6 +846,19 @@ class _RealRun(StageRunner):
                          "convention": "R2Gen cleaning, pycocoevalcap", "budget": {"steps": text.get("steps"), "seconds": text.get("seconds")},
                          "held_out": tables[TEXT_TASK]["n"]})
         return rows
+
+
+def _ixi_slabs(registered: Path, out: Path) -> None:
+    """IXI002 is one subject: its registered volumes cut into inferior / middle / superior slabs
+    (``data.slabs``); the middle slab is held out (``splits.json`` test), the other two train."""
+    from medm2g_core.data.slabs import split_slabs
+    from medm2g_core.serialization import write_json
+
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for subject in sorted(p for p in registered.iterdir() if p.is_dir()):
+        for split, ids in split_slabs(subject, out).items():
+            splits[split] += ids
+    write_json(out / "splits.json", splits)
 
 
 def _trim_reports(folder: Path, splits: dict[str, list[str]], *, keep: int | None) -> dict[str, list[str]]:
@@ -559,12 +882,16 @@ MONTAGE_TILE = 112
 
 
 def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: Callable[[str], Path], predictions: Path,
-                       held_out: dict[str, list[str]]) -> Path:
+                       held_out: dict[str, list[str]], xray_classes: dict[str, list[str]] | None = None) -> Path:
     """A grey PNG: per image task, the first held-out patient's middle slice (AANLIB: two held-out cases) —
     real inputs | model | regression | identity | real reference. CT tiles 0..255 (its 8-bit window); MRI tiles each
     0..their own 99.5th percentile, since MRI has no common unit: translate writes an MRI target on its source's
     intensity scale (a T2 predicted from a T1 peaks near the T1's values), and the reference's window made those
-    outputs look black or white."""
+    outputs look black or white.
+
+    ``xray_classes`` (Kermany class → its held-out children): one row per class — the first two children's real
+    X-rays, the X-rays generated from their label text, and the retrieved training X-ray; each tile windowed by
+    its own 0.5/99.5 percentiles."""
     import numpy as np
 
     from medm2g_core.data.synth.preview import window_uint8 as window
@@ -583,7 +910,7 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
     rows: list[tuple[str, list[tuple[str, Any]]]] = []
     for task in tasks:
         folder = cohort_of(task.set)
-        for pid in held_out.get(task.pair, [])[: 2 if task.set == "aanlib" else 1]:
+        for pid in held_out.get(task.id, [])[: 2 if task.set == "aanlib" else 1]:
             reference = axial(folder / pid / f"{task.target}.nii.gz")
             if reference is None:
                 continue
@@ -595,9 +922,27 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
             tiles = [(f"{source} (input)", shown(axial(folder / pid / f"{source}.nii.gz"), ct=source == "ct"))
                      for source in task.sources]
             for system in ("model", "regression", "identity"):
-                tiles.append((system, shown(axial(predictions / task.pair / system / pid / f"{task.target}.nii.gz"))))
+                tiles.append((system, shown(axial(predictions / task.id / system / pid / f"{task.target}.nii.gz"))))
             tiles.append((f"{task.target} (real)", shown(reference)))
             rows.append((f"{task.pair}\n{task.set}\nheld-out\n#{len(rows) + 1}", tiles))
+    for label, pids in (xray_classes or {}).items():
+        from medm2g_core import io
+
+        def xray(folder: Path):
+            files = sorted(folder.glob("xray.*"))
+            if not files:
+                return None
+            image = np.asarray(io.read(files[0])[0], dtype=np.float32)
+            image = image.mean(axis=-1) if image.ndim == 3 else image
+            return window(image, *np.percentile(image, (0.5, 99.5)))
+
+        tiles = []
+        for pid in pids[:2]:
+            tiles.append(("real (held-out)", xray(cohort_of("kermany") / pid)))
+            tiles.append(("generated", xray(predictions / "report-xray" / "model" / pid)))
+        if pids:
+            tiles.append(("retrieved (train)", xray(predictions / "report-xray" / "retrieval" / pids[0])))
+        rows.append((f"label->xray\n{label}\nkermany", tiles))
     return write_tile_grid(path, rows, tile=MONTAGE_TILE, left=84,
                            footer="REAL held-out scans (public research samples) and medm2g outputs - not for diagnosis")
 

@@ -553,17 +553,25 @@ def _unit_float(image: np.ndarray) -> np.ndarray:
     return ((image - low) / (high - low if high > low else 1.0)).astype(np.float32)
 
 
+XRAY_FILES = ("xray.png", "xray.jpeg", "xray.jpg")
+"""The X-ray file of a patient folder: what generate writes, or a cohort's JPEG as imported (Kermany)."""
+
+
+def _xray_file(folder: Path) -> Path:
+    return next((folder / name for name in XRAY_FILES if (folder / name).is_file()), folder / XRAY_FILES[0])
+
+
 def _evaluate_xray(system: SystemResult, ref_dir: Path, progress: ProgressFn, *, extractor: Any) -> None:
     from medm2g_core.metrics.distribution import frechet_distance, kernel_inception_distance
 
-    pairs = _pairs(system, ref_dir, ("xray.png",))
+    pairs = _pairs(system, ref_dir, XRAY_FILES)
     fake: list[np.ndarray] = []
     real: list[np.ndarray] = []
     for index, (patient_id, pred_folder, ref_folder) in enumerate(pairs):
         patient = _patient(system, patient_id)
         try:
-            prediction, _ = _read(pred_folder / "xray.png")
-            reference, _ = _read(ref_folder / "xray.png")
+            prediction, _ = _read(_xray_file(pred_folder))
+            reference, _ = _read(_xray_file(ref_folder))
             fake.append(np.asarray(extractor(_unit_float(prediction)[None]))[0])
             real.append(np.asarray(extractor(_unit_float(reference)[None]))[0])
         except (InputError, OSError, ValueError) as error:

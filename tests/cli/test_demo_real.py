@@ -1,7 +1,8 @@
 """`medm2g demo --real --quick` end to end on the real samples in ../shared/data (read in place; skipped where absent).
 
-The data root holds only the AANLIB slice pairs and the IU X-ray reports (links to the shared folders), so BraTS is
-the missing set that must be skipped with one line — and the run stays short (BraTS volumes are the slow part).
+The data root holds only the AANLIB slice pairs and the IU X-ray reports (links to the shared folders), so BraTS, IXI
+and the paediatric X-rays are the missing sets that must each be skipped with one line — and the run stays short
+(the volumes are the slow part; the X-rays have their own test, ``test_demo_real_cxr.py``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def real_demo(shared_set, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"out": out, "root": root, "stdout": result.stdout, "stderr": result.stderr}
 
 
-def test_missing_set_is_skipped_with_one_line(real_demo: dict) -> None:
+def test_each_missing_set_is_skipped_with_one_line(real_demo: dict) -> None:
     lines = [line for line in real_demo["stderr"].splitlines() if "skipped" in line]
-    assert len(lines) == 1 and lines[0].startswith("skipped brats:") and "brain_mri_brats" in lines[0]
+    folders = {"brats": "brain_mri_brats", "ixi": "brain_mri_ixi002", "kermany": "cxr_pediatric_pneumonia"}
+    assert sorted(line.split(":")[0] for line in lines) == [f"skipped {key}" for key in sorted(folders)]
+    assert all(folders[line.split(":")[0].split()[1]] in line for line in lines)
     summary = json.loads((real_demo["out"] / "summary.json").read_text())
-    assert list(summary["skipped"]) == ["brats"] and sorted(summary["sets"]) == ["aanlib", "iu"]
+    assert sorted(summary["skipped"]) == sorted(folders) and sorted(summary["sets"]) == ["aanlib", "iu"]
 
 
 def test_summary_has_every_task_beside_its_baselines_and_budgets(real_demo: dict) -> None:

@@ -92,3 +92,17 @@ def test_custom_labeler_name_is_recorded():
 
     assert label_scores({"a": "x"}, {"a": "y"}, labeler=Fixed()).labeler == "chexbert[local]"
     assert RuleBasedLabeler.name == "rule-based"
+
+
+def test_kermany_labeler_scores_its_own_classes() -> None:
+    from medm2g_core.data.importers.kermany import REPORTS, KermanyLabeler, class_of_text
+
+    assert {name: class_of_text(text) for name, text in REPORTS.items()} == {name: name for name in REPORTS}
+    assert class_of_text("FINDINGS: Normal chest. IMPRESSION: Bacterial pneumonia.") is None  # contradicts itself
+    references = {"a": REPORTS["bacterial"], "b": REPORTS["viral"], "c": REPORTS["normal"], "d": REPORTS["viral"]}
+    predictions = {"a": REPORTS["bacterial"], "b": REPORTS["bacterial"], "c": REPORTS["normal"], "d": "opacities, pneumonia"}
+    scores = label_scores(predictions, references, labeler=KermanyLabeler())
+    assert scores.labeler == "kermany-label-text" and set(scores.per_label) == {"pneumonia", "bacterial", "viral", "no finding"}
+    assert scores.per_label["bacterial"]["f1"] == pytest.approx(2 / 3)  # a right, b wrong (viral called bacterial)
+    assert scores.per_label["viral"]["f1"] == 0.0 and scores.per_label["no finding"]["f1"] == 1.0
+    assert scores.per_label["pneumonia"]["f1"] == 1.0  # d names pneumonia without its kind

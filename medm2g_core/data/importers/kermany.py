@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from medm2g_core.data.importers.base import (
     ImportResult,
@@ -35,11 +36,12 @@ EXPECTED = "NORMAL/*.jpeg and PNEUMONIA/person*_{bacteria,virus}_*.jpeg (e.g. tr
 _PNEUMONIA = re.compile(r"^(?P<person>person\d+)_(?P<kind>bacteria|virus)_\d+(?:_\d+)?\.jpe?g$", re.IGNORECASE)
 _NORMAL = re.compile(r"^(?P<person>(?:NORMAL\d*-)?IM-\d+)-\d+(?:-\d+)?\.jpe?g$", re.IGNORECASE)
 REPORTS = {
-    "normal": "FINDINGS: No consolidation.\n\nIMPRESSION: Normal chest. No pneumonia.",
-    "bacterial": "FINDINGS: Consolidation consistent with pneumonia.\n\nIMPRESSION: Bacterial pneumonia.",
-    "viral": "FINDINGS: Opacities consistent with pneumonia.\n\nIMPRESSION: Viral pneumonia.",
+    "normal": "FINDINGS: No consolidation. Normal chest.\n\nIMPRESSION: Normal chest. No pneumonia.",
+    "bacterial": "FINDINGS: Consolidation consistent with bacterial pneumonia.\n\nIMPRESSION: Bacterial pneumonia.",
+    "viral": "FINDINGS: Opacities consistent with viral pneumonia.\n\nIMPRESSION: Viral pneumonia.",
 }
-"""The label-derived text of each class (what ``report.txt`` holds; nothing in it is observed)."""
+"""The label-derived text of each class (what ``report.txt`` holds; nothing in it is observed). FINDINGS names the
+class too, since report metrics score the FINDINGS section (R2Gen convention)."""
 CLASSES = tuple(REPORTS)
 
 
@@ -50,6 +52,11 @@ class _Image:
     label: str  # one of CLASSES
     split: str | None  # the dataset's folder (train/val/test) when SRC holds it
     path: Path
+
+
+def class_of_labels(labels: dict[str, int]) -> str:
+    """The class a ``labels.json`` (``labels_of``) says: ``"normal"``, ``"bacterial"`` or ``"viral"``."""
+    return "normal" if labels.get("no finding") else "bacterial" if labels.get("bacterial") else "viral"
 
 
 def labels_of(label: str) -> dict[str, int]:
@@ -115,3 +122,49 @@ def import_kermany(
                         "split by child, never by image")
     result.notes.append("report.txt is label-derived text (marked LABEL-DERIVED): the dataset has no reports")
     return result
+
+
+LABELS = ("pneumonia", "bacterial", "viral", "no finding")
+"""What ``KermanyLabeler`` reads from a text: the classes of ``labels.json``."""
+_TEXT_BACTERIAL = re.compile(r"\bbacteri", re.IGNORECASE)
+_TEXT_VIRAL = re.compile(r"\bvir(?:al|us)\b", re.IGNORECASE)
+_TEXT_PNEUMONIA = re.compile(r"\bpneumonia\b", re.IGNORECASE)
+_TEXT_NO_PNEUMONIA = re.compile(r"\bno\s+pneumonia\b", re.IGNORECASE)
+_TEXT_NORMAL = re.compile(r"\bnormal\b", re.IGNORECASE)
+
+
+def class_of_text(text: str) -> str | None:
+    """The class a (generated or label-derived) text names: ``"bacterial"``, ``"viral"``, ``"normal"`` or None
+    when it names none or contradicts itself (both kinds of pneumonia, or pneumonia and a normal chest)."""
+    bacterial, viral = bool(_TEXT_BACTERIAL.search(text)), bool(_TEXT_VIRAL.search(text))
+    pneumonia = bool(_TEXT_PNEUMONIA.search(_TEXT_NO_PNEUMONIA.sub("", text)))
+    normal = bool(_TEXT_NORMAL.search(text)) or bool(_TEXT_NO_PNEUMONIA.search(text))
+    if bacterial and not viral and not normal:
+        return "bacterial"
+    if viral and not bacterial and not normal:
+        return "viral"
+    if normal and not (bacterial or viral or pneumonia):
+        return "normal"
+    return None
+
+
+class KermanyLabeler:
+    """A ``data.labeler.Labeler`` for the Kermany classes (CE-style F1 of generated label text against the labels).
+
+    Each text gets ``LABELS`` as 1/0 from ``class_of_text``: bacterial or viral → that label and pneumonia; normal →
+    no finding; a text naming no class (or a contradictory one) → pneumonia 1 if it says pneumonia, else all 0.
+    The reference texts are the importer's ``REPORTS``, so they label exactly as ``labels.json`` says."""
+
+    name = "kermany-label-text"
+    labels = LABELS
+
+    def __call__(self, texts: Sequence[str]) -> list[dict[str, int | None]]:
+        out = []
+        for text in texts:
+            found = class_of_text(text)
+            if found is None:
+                pneumonia = int(bool(_TEXT_PNEUMONIA.search(_TEXT_NO_PNEUMONIA.sub("", text))))
+                out.append({"pneumonia": pneumonia, "bacterial": 0, "viral": 0, "no finding": 0})
+            else:
+                out.append(labels_of(found))
+        return out
