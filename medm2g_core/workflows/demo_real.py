@@ -57,6 +57,7 @@ The plain peer (``benchmarks/peer.py``) is not run here: the core does not depen
 from __future__ import annotations
 
 import html
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ class RealDemoSettings:
         batch_size, val_batches, psnr_items: as in ``workflows.demo.DemoSettings``.
         aanlib_slices: AANLIB slices imported per case (None = all 144 pairs).
         iu_reports: IU studies kept per split, train and val (None = all: 2,069 train / 296 val in R2Gen's split).
+        peer_lr: the learning rate of the plain peer (``benchmarks/peer.py``; 4e-3 was its best of three on the phantoms).
         kermany_children: Kermany children imported per class (the first by name; None = all 5,216 images).
         cxr_align_steps, cxr_text_vae_steps, cxr_flow_steps, classifier_steps: the paediatric X-ray bundle's
             alignment, label-text autoencoder, flows (``xray-report``, ``report-xray``) and the plain classifier.
@@ -171,6 +173,7 @@ class RealDemoSettings:
     text_max_tokens: int = 128
     align_batch_size: int = 8
     align_slices: int = 2
+    peer_lr: float = 4e-3
     kermany_children: int | None = 80
     cxr_align_steps: int = 150
     cxr_text_vae_steps: int = 150
@@ -382,7 +385,9 @@ class _RealRun(StageRunner):
             name = f"flow {pair}"
             stages.append(Stage(name, {"flows": recipe["flows"], "steps": s.flow_steps.get(pair), "sets": brain}, (previous,),
                                 self.flow_action(pair), resumable=True))
-            previous = name
+            stages.append(Stage(f"peer {pair}", {"lr": s.peer_lr, "size": s.size, "version": 1}, (name,), self.peer_action(pair),
+                                clean=(self.out_dir / "peer" / pair,)))
+            previous = f"peer {pair}"
         if "kermany" in self.found:
             cxr = recipe_to_dict(self.cxr_recipe())
             stages.append(Stage("align cxr", {"recipe": cxr["align"], "data": cxr["data"], "training": cxr["training"],
@@ -478,6 +483,47 @@ class _RealRun(StageRunner):
                     "budget": {"model": {"steps": flow.steps, "seconds": round(flow.seconds, 1)},
                                "regression": {"steps": regression.get("steps"), "seconds": regression.get("seconds")},
                                "identity": {"steps": 0, "seconds": None}}}
+
+        return action
+
+    def peer_action(self, pair: str) -> Callable[[bool], dict[str, Any]]:
+        """The plain peer (``benchmarks/peer.py``: a MONAI BasicUNet L1 regressor, no project code) trained on the
+        flow's training patients for the flow's wall-clock seconds, predicting every held-out patient of the pair's
+        tasks into ``OUT/peer/<pair>/<set>/<patient>/``. Run as its own process, so that the core never imports
+        ``benchmarks/``; an installed package without its checkout has no peer, and the result says so."""
+        def action(resume: bool) -> dict[str, Any]:
+            import subprocess
+            import sys
+
+            import torch
+
+            from medm2g_core.serialization import read_json
+
+            script = Path(__file__).resolve().parents[2] / "benchmarks" / "peer.py"
+            if not script.is_file():
+                return {"skipped": f"{script} not found (an installed package without its checkout): no peer"}
+            tasks = [t for t in self.image_tasks if t.pair == pair]
+            first = tasks[0]
+            splits = read_json(self.cohort / "brain" / "splits.json")
+            needed = (*first.sources, first.target)
+            train = [pid for pid in splits.get("train", []) if all((self.cohort / "brain" / pid / f"{m}.nii.gz").is_file() for m in needed)]
+            predict = [f"{SET_OF[t.set].cohort.split('/', 1)[1]}/{pid}" for t in tasks for pid in self.held_out(t.set)]
+            seconds = float(self.results[f"flow {pair}"]["budget"]["model"]["seconds"])
+            out = self.out_dir / "peer" / pair
+            command = [sys.executable, str(script), "--cohort", str(self.cohort / "brain"), "--sources", ",".join(first.sources),
+                       "--target", first.target, "--train", ",".join(train), "--predict", ",".join(predict),
+                       "--seconds", f"{seconds:.1f}", "--threads", str(torch.get_num_threads()), "--seed", str(self.seed),
+                       "--lr", str(self.settings.peer_lr), "--size", str(self.settings.size), "--out", str(out)]
+            if first.target == "ct" or "ct" in first.sources:
+                command += ["--ct-window", "0,255"]  # this demo's CT is AANLIB's 8-bit window
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                from medm2g_core.errors import MedM2GError
+
+                raise MedM2GError(f"the peer of {pair} failed ({script}):\n{done.stderr[-2000:]}")
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            return {"steps": report["steps"], "seconds": report["seconds"], "lr": report["lr"], "train": len(train),
+                    "slices": report["slices"], "predicted": len(predict), "script": "benchmarks/peer.py"}
 
         return action
 
@@ -682,6 +728,13 @@ class _RealRun(StageRunner):
         report = result.stages[0]
         return {"steps": report.steps, "seconds": round(report.seconds, 1), "val_end": report.val_end}
 
+    def peer_folder(self, task: ImageTask) -> Path | None:
+        """The peer's predictions of ``task``'s set, or None when the peer did not run."""
+        if self.results.get(f"peer {task.pair}", {}).get("skipped"):
+            return None
+        folder = self.out_dir / "peer" / task.pair / SET_OF[task.set].cohort.split("/", 1)[1]
+        return folder if folder.is_dir() else None
+
     def predict(self, resume: bool) -> dict[str, Any]:
         from medm2g_core.jobs.translate import translate_batch
         from medm2g_core.modalities import parse_modality
@@ -756,7 +809,8 @@ class _RealRun(StageRunner):
             folder = self.predictions / task.id
             evaluation = evaluate("translation", pred_dir=folder / "model", ref_dir=self.folder(task.set),
                                   html=self.evaluation / f"{task.id}.html",
-                                  baselines={name: folder / name for name in ("identity", "regression")},
+                                  baselines={**{name: folder / name for name in ("identity", "regression")},
+                                             **({"peer": peer} if (peer := self.peer_folder(task)) else {})},
                                   progress=self.stage_progress(f"evaluate {task.id}"))
             table = table_json(evaluation)
             write_json(self.evaluation / f"{task.id}.json", {"task": "translation", "pair": task.pair, "set": task.set,
@@ -793,7 +847,7 @@ class _RealRun(StageRunner):
         write_json(self.out_dir / "summary.json", summary)
         write_real_montage(self.out_dir / "montage.png", tasks=self.image_tasks, cohort_of=self.folder,
                            predictions=self.predictions, held_out={t.id: self.held_out(t.set) for t in self.image_tasks},
-                           xray_classes=self.held_out_by_class() if "kermany" in self.found else None)
+                           xray_classes=self.held_out_by_class() if "kermany" in self.found else None, peer_of=self.peer_folder)
         pages = {task.id: self.evaluation / f"{task.id}.html" for task in self.image_tasks}
         write_text(self.out_dir / "report.html", render_real_report(summary, pages=pages, montage=self.out_dir / "montage.png"))
         return {"rows": rows}
@@ -802,7 +856,10 @@ class _RealRun(StageRunner):
         """The measured table: one row per (task, system) with its headline metrics and its budget."""
         rows: list[dict[str, Any]] = []
         for task in self.image_tasks:
-            budgets = self.results[f"flow {task.pair}"]["budget"]
+            budgets = dict(self.results[f"flow {task.pair}"]["budget"])
+            peer = self.results.get(f"peer {task.pair}", {})
+            if peer.get("steps"):
+                budgets["peer"] = {"steps": peer["steps"], "seconds": peer["seconds"]}
             target = task.target
             patterns = {"MAE": rf"^{target}: MAE", "PSNR dB": rf"^{target}: PSNR", "SSIM": rf"^{target}: SSIM"}
             for system, values in (tables.get(task.id) or {}).get("values", {}).items():
@@ -882,9 +939,10 @@ MONTAGE_TILE = 112
 
 
 def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: Callable[[str], Path], predictions: Path,
-                       held_out: dict[str, list[str]], xray_classes: dict[str, list[str]] | None = None) -> Path:
+                       held_out: dict[str, list[str]], xray_classes: dict[str, list[str]] | None = None,
+                       peer_of: Callable[[ImageTask], Path | None] | None = None) -> Path:
     """A grey PNG: per image task, the first held-out patient's middle slice (AANLIB: two held-out cases) —
-    real inputs | model | regression | identity | real reference. CT tiles 0..255 (its 8-bit window); MRI tiles each
+    real inputs | model | regression | identity | peer (when it ran) | real reference. CT tiles 0..255 (its 8-bit window); MRI tiles each
     0..their own 99.5th percentile, since MRI has no common unit: translate writes an MRI target on its source's
     intensity scale (a T2 predicted from a T1 peaks near the T1's values), and the reference's window made those
     outputs look black or white.
@@ -923,6 +981,9 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
                      for source in task.sources]
             for system in ("model", "regression", "identity"):
                 tiles.append((system, shown(axial(predictions / task.id / system / pid / f"{task.target}.nii.gz"))))
+            peer = (peer_of or (lambda _: None))(task)
+            if peer is not None:
+                tiles.append(("peer", shown(axial(peer / pid / f"{task.target}.nii.gz"))))
             tiles.append((f"{task.target} (real)", shown(reference)))
             rows.append((f"{task.pair}\n{task.set}\nheld-out\n#{len(rows) + 1}", tiles))
     for label, pids in (xray_classes or {}).items():

@@ -48,6 +48,10 @@ def test_summary_has_every_task_beside_its_baselines_and_budgets(real_demo: dict
     assert {("t2-ct", "model"), ("t2-ct", "identity"), ("t2-ct", "regression"), ("report-autoencoder", "model")} <= set(rows)
     model, regression = rows[("t2-ct", "model")], rows[("t2-ct", "regression")]
     assert model["budget"]["steps"] == regression["budget"]["steps"] > 0 and model["budget"]["seconds"] > 0
+    # the plain peer (benchmarks/peer.py) trained for the flow's wall-clock seconds, scored in the same table
+    peer = rows[("t2-ct", "peer")]
+    assert peer["budget"]["seconds"] == pytest.approx(model["budget"]["seconds"], abs=0.1) and peer["budget"]["steps"] > 0
+    assert {"MAE", "PSNR dB", "SSIM"} <= set(peer["metrics"])
     assert {"MAE", "PSNR dB", "SSIM"} <= set(model["metrics"]) and "8-bit" in model["convention"]  # grey levels, never HU
     assert model["held_out"] == 2  # two held-out AANLIB cases (val + test), never trained on
     text = rows[("report-autoencoder", "model")]
