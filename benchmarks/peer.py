@@ -46,16 +46,19 @@ def to_unit(volume: np.ndarray, modality: str) -> tuple[np.ndarray, tuple[float,
 
 
 def slices_of(cohort: Path, patients: list[str], sources: list[str], target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every axial slice with body (target above the bottom of its range somewhere) of the patients."""
+    """Every axial slice with body (target above the bottom of its range somewhere) of the patients, resized per
+    patient (with --size, patients on different grids — BraTS 240², IXI 150×256 — train together)."""
     xs, ys = [], []
     for patient in patients:
         ins = [to_unit(load(cohort / patient / f"{s}.nii.gz")[0], s)[0] for s in sources]
         out = to_unit(load(cohort / patient / f"{target}.nii.gz")[0], target)[0]
-        for k in range(out.shape[2]):
-            if (out[:, :, k] > -0.9).mean() > 0.01:
-                xs.append(np.stack([v[:, :, k] for v in ins]))
-                ys.append(out[None, :, :, k])
-    return resize(torch.from_numpy(np.stack(xs))), resize(torch.from_numpy(np.stack(ys)))
+        keep = [k for k in range(out.shape[2]) if (out[:, :, k] > -0.9).mean() > 0.01]
+        if keep:
+            xs.append(resize(torch.from_numpy(np.stack([np.stack([v[:, :, k] for v in ins]) for k in keep]))))
+            ys.append(resize(torch.from_numpy(np.stack([out[None, :, :, k] for k in keep]))))
+    if len({tuple(x.shape[-2:]) for x in xs}) > 1:
+        raise SystemExit("the patients' slices have different sizes; pass --size N to resize them")
+    return torch.cat(xs), torch.cat(ys)
 
 
 SIZE: int | None = None  # --size: slices resized to SIZE² for training and prediction (None = native)
