@@ -467,10 +467,12 @@ class _RealRun(StageRunner):
                 "retrieval": result.retrieval, "seconds": round(result.seconds, 1)}
 
     def mark_bundle(self) -> None:
+        """``real.m2g`` names the sets it is trained on: the brain cohorts and IU (the paediatric X-rays are in
+        ``real-cxr.m2g``, which ``align_cxr`` marks)."""
         from medm2g_core.bundle import Bundle
 
         bundle = Bundle.open(self.bundle)
-        bundle.set_real_sets({key: real.licence for key, real in sorted(self.found.items())})
+        bundle.set_real_sets({key: real.licence for key, real in sorted(self.found.items()) if key != "kermany"})
         bundle.save()
 
     def flow_action(self, pair: str) -> Callable[[bool], dict[str, Any]]:
