@@ -50,8 +50,8 @@ Stages (``OUT/real-state.json``; rerunning reuses finished ones, as ``workflows.
 7. ``report``: ``OUT/summary.json``, ``OUT/report.html``, ``OUT/montage.png`` (real inputs | outputs |
    references), and the bundle marked as trained on real data with each set's licence line.
 
-The plain peer (``benchmarks/peer.py``) is not run here: the core does not depend on ``benchmarks/``;
-``benchmarks/bench_quality.py --cohort OUT/cohort/brain/brats`` measures it on the same imported cohorts.
+The plain peer (``benchmarks/peer.py``) runs after each brain flow as its own process (``peer <pair>`` stages), so the
+core never imports ``benchmarks/``; an installed package without its checkout skips it.
 """
 
 from __future__ import annotations
@@ -401,7 +401,8 @@ class _RealRun(StageRunner):
             previous = "align cxr"
             for pair in CXR_TASKS:
                 stages.append(Stage(f"flow {pair}", {"flows": cxr["flows"], "text_vae": cxr["text_vae"],
-                                                     "steps": s.cxr_flow_steps.get(pair)}, (previous,), self.cxr_flow_action(pair),
+                                                     "steps": s.cxr_flow_steps.get(pair), "version": 2}, (previous,),
+                                    self.cxr_flow_action(pair),
                                     resumable=True))
                 previous = f"flow {pair}"
             stages.append(Stage("classifier", {"steps": s.classifier_steps, "size": s.size, "version": 1}, ("import",),
@@ -556,40 +557,40 @@ class _RealRun(StageRunner):
             result = train_flow(self.folder("kermany"), self.cxr_bundle, pair=pair, recipe=self.cxr_recipe(),
                                 steps=self.settings.cxr_flow_steps.get(pair), resume=resume, seed=self.seed, device=self.device,
                                 progress=self.stage_progress(f"flow {pair}"))
+            flow = next(r for r in result.stages if r.name.startswith(f"{FLOWS}/"))
             return {"pair": result.pair, "metrics": result.metrics,
                     "stages": [{"name": r.name, "steps": r.steps, "seconds": round(r.seconds, 1)} for r in result.stages],
-                    "baselines": result.baselines}
+                    "budget": {"model": {"steps": flow.steps, "seconds": round(flow.seconds, 1)}}, "baselines": result.baselines}
 
         return action
 
     def held_out_by_class(self) -> dict[str, list[str]]:
         """Kermany class → its held-out children (their image ids)."""
-        from medm2g_core.data.importers.kermany import CLASSES, class_of_labels
-        from medm2g_core.serialization import read_json
+        from medm2g_core.data.importers.kermany import CLASSES
 
         out: dict[str, list[str]] = {name: [] for name in CLASSES}
-        for pid in self.held_out("kermany"):
-            labels = read_json(self.folder("kermany") / pid / "labels.json")
-            out[class_of_labels(labels)].append(pid)
+        held = self.held_out("kermany")
+        for pid, index in zip(held, self.class_indices(held)):
+            out[CLASSES[index]].append(pid)
         return out
 
     def classifier_images(self, patients: list[str]) -> tuple[Any, list[int]]:
         """Standardised X-rays and class indices of Kermany ``patients`` (their imported ``xray.jpeg``, ``labels.json``)."""
         from medm2g_core import io
         from medm2g_core.baselines.classifier import standardise
+        from medm2g_core.workflows.evaluate import xray_file
+
+        folder = self.folder("kermany")
+        kept = [pid for pid in patients if xray_file(folder / pid) is not None]
+        arrays = [io.read(xray_file(folder / pid))[0] for pid in kept]
+        return standardise(arrays, self.settings.size), self.class_indices(kept)
+
+    def class_indices(self, patients: list[str]) -> list[int]:
+        """The Kermany class index (``CLASSES``) of each patient, from its ``labels.json``."""
         from medm2g_core.data.importers.kermany import CLASSES, class_of_labels
         from medm2g_core.serialization import read_json
 
-        folder = self.folder("kermany")
-        arrays, labels = [], []
-        for pid in patients:
-            files = sorted((folder / pid).glob("xray.*"))
-            if not files:
-                continue
-            arrays.append(io.read(files[0])[0])
-            found = read_json(folder / pid / "labels.json")
-            labels.append(CLASSES.index(class_of_labels(found)))
-        return standardise(arrays, self.settings.size), labels
+        return [CLASSES.index(class_of_labels(read_json(self.folder("kermany") / pid / "labels.json"))) for pid in patients]
 
     def train_classifier(self, resume: bool) -> dict[str, Any]:
         """The plain MONAI classifier on the training children's real X-rays: the peer of X-ray → label text and
@@ -605,11 +606,10 @@ class _RealRun(StageRunner):
         training = merge_training(self.recipe().training, {
             "steps": s.classifier_steps, "batch_size": min(32, len(x)), "lr": 1e-3, "warmup_steps": min(20, s.classifier_steps // 4),
             "ema_decay": None, "save_every": 0, "val_every": 0, "seed": self.seed}, where="classifier")
-        started = time.monotonic()
-        model, _ = train_classifier(x, y, config=ImageClassifierConfig(classes=list(CLASSES), size=s.size), training=training,
-                                    state_dir=self.out_dir / "training" / CLASSIFIER, device=self.device,
-                                    progress=self.stage_progress("classifier"))
-        seconds = round(time.monotonic() - started, 1)
+        model, trained = train_classifier(x, y, config=ImageClassifierConfig(classes=list(CLASSES), size=s.size), training=training,
+                                          state_dir=self.out_dir / "training" / CLASSIFIER, device=self.device,
+                                          progress=self.stage_progress("classifier"))
+        seconds = round(trained.seconds, 1)
         model.save(self.classifier_dir)
         held = self.held_out("kermany")
         hx, hy = self.classifier_images(held)
@@ -628,6 +628,7 @@ class _RealRun(StageRunner):
         from medm2g_core.jobs.generate import generate_batch
         from medm2g_core.modalities import Modality
         from medm2g_core.workflows.baselines import predict_baselines
+        from medm2g_core.workflows.evaluate import xray_file
 
         s = self.settings
         folder = self.folder("kermany")
@@ -645,7 +646,7 @@ class _RealRun(StageRunner):
         generated = round(time.monotonic() - started, 1)
         self.retrieve_xrays(held)
         started = time.monotonic()
-        batch = generate_batch([], each=[next(iter(sorted((folder / pid).glob("xray.*")))) for pid in held], to=Modality.REPORT,
+        batch = generate_batch([], each=[xray_file(folder / pid) for pid in held], to=Modality.REPORT,
                                model=self.cxr_bundle, out=self.predictions / "xray-report" / "model", seed=self.seed,
                                steps=s.sampler_steps, device=self.device, overwrite=True,
                                progress=self.stage_progress("predict xray-report"))
@@ -670,6 +671,7 @@ class _RealRun(StageRunner):
 
         from medm2g_core import io
         from medm2g_core.serialization import read_json
+        from medm2g_core.workflows.evaluate import xray_file
 
         folder = self.folder("kermany")
         texts: dict[str, list[str]] = {}
@@ -680,7 +682,7 @@ class _RealRun(StageRunner):
             candidates = texts.get(io.read_report(folder / pid / "report.txt").text)
             if not candidates:
                 continue
-            source = next(iter(sorted((folder / rng.choice(candidates)).glob("xray.*"))))
+            source = xray_file(folder / rng.choice(candidates))
             link = self.predictions / "report-xray" / "retrieval" / pid / source.name
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(source.resolve(), link)
@@ -693,7 +695,7 @@ class _RealRun(StageRunner):
         from medm2g_core.baselines.classifier import ClassifierFeatures, ImageClassifier, per_class_accuracy, standardise
         from medm2g_core.data.importers.kermany import CLASSES, KermanyLabeler
         from medm2g_core.serialization import write_json
-        from medm2g_core.workflows.evaluate import evaluate
+        from medm2g_core.workflows.evaluate import evaluate, xray_file
 
         tables: dict[str, Any] = {}
         folder = self.folder("kermany")
@@ -713,10 +715,10 @@ class _RealRun(StageRunner):
                               progress=self.stage_progress("evaluate report-xray"))
         table = table_json(evaluation)
         held = self.held_out("kermany")
-        _, truth = self.classifier_images(held)
+        truth = self.class_indices(held)
         accuracy = {"real held-out": probe["held_out_real"]}
         for system in ("model", "retrieval"):
-            files = [next(iter(sorted((images / system / pid).glob("xray.*"))), None) for pid in held]
+            files = [xray_file(images / system / pid) for pid in held]
             kept = [(file, label) for file, label in zip(files, truth) if file is not None]
             x = standardise([io.read(file)[0] for file, _ in kept], model.config.size)
             accuracy[system] = per_class_accuracy(model.predict(x).tolist(), [label for _, label in kept], CLASSES)
@@ -876,11 +878,8 @@ class _RealRun(StageRunner):
                              "metrics": {k: v for k, v in metrics.items() if v is not None}, "convention": convention,
                              "budget": budgets.get(system, {}), "held_out": len(self.held_out(task.set))})
         if "xray-report" in tables:
-            flow = self.results["flow xray-report"]
-            model_budget = next(({"steps": st["steps"], "seconds": st["seconds"]} for st in flow["stages"]
-                                 if st["name"].startswith(f"{FLOWS}/")), {})
             probe = self.results["classifier"]
-            budgets = {"model": model_budget, "classifier": {"steps": probe["steps"], "seconds": probe["seconds"]},
+            budgets = {"model": self.results["flow xray-report"]["budget"]["model"], "classifier": {"steps": probe["steps"], "seconds": probe["seconds"]},
                        "retrieval": {"training": "nearest training text, no gradient steps"},
                        "most-frequent": {"training": "one constant text, no gradient steps"}}
             for system, values in tables["xray-report"]["values"].items():
@@ -890,10 +889,7 @@ class _RealRun(StageRunner):
                              "budget": budgets.get(system, {}), "held_out": len(self.held_out("kermany"))})
         if "report-xray" in tables:
             table = tables["report-xray"]
-            flow = self.results["flow report-xray"]
-            model_budget = next(({"steps": st["steps"], "seconds": st["seconds"]} for st in flow["stages"]
-                                 if st["name"].startswith(f"{FLOWS}/")), {})
-            budgets = {"model": model_budget, "retrieval": {"training": "a real training X-ray of the same class"},
+            budgets = {"model": self.results["flow report-xray"]["budget"]["model"], "retrieval": {"training": "a real training X-ray of the same class"},
                        "real held-out": {"training": "the real held-out X-rays"}}
             for system, accuracy in table["accuracy"].items():
                 values = table["values"].get(system, {})
@@ -995,12 +991,13 @@ def write_real_montage(path: str | Path, *, tasks: list[ImageTask], cohort_of: C
             rows.append((f"{task.pair}\n{task.set}\nheld-out\n#{len(rows) + 1}", tiles))
     for label, pids in (xray_classes or {}).items():
         from medm2g_core import io
+        from medm2g_core.workflows.evaluate import xray_file
 
         def xray(folder: Path):
-            files = sorted(folder.glob("xray.*"))
-            if not files:
+            file = xray_file(folder)
+            if file is None:
                 return None
-            image = np.asarray(io.read(files[0])[0], dtype=np.float32)
+            image = np.asarray(io.read(file)[0], dtype=np.float32)
             image = image.mean(axis=-1) if image.ndim == 3 else image
             return window(image, *np.percentile(image, (0.5, 99.5)))
 

@@ -557,8 +557,9 @@ XRAY_FILES = ("xray.png", "xray.jpeg", "xray.jpg")
 """The X-ray file of a patient folder: what generate writes, or a cohort's JPEG as imported (Kermany)."""
 
 
-def _xray_file(folder: Path) -> Path:
-    return next((folder / name for name in XRAY_FILES if (folder / name).is_file()), folder / XRAY_FILES[0])
+def xray_file(folder: Path) -> Path | None:
+    """The patient folder's X-ray (the first of ``XRAY_FILES`` present), or None."""
+    return next((folder / name for name in XRAY_FILES if (folder / name).is_file()), None)
 
 
 def _evaluate_xray(system: SystemResult, ref_dir: Path, progress: ProgressFn, *, extractor: Any) -> None:
@@ -570,8 +571,8 @@ def _evaluate_xray(system: SystemResult, ref_dir: Path, progress: ProgressFn, *,
     for index, (patient_id, pred_folder, ref_folder) in enumerate(pairs):
         patient = _patient(system, patient_id)
         try:
-            prediction, _ = _read(_xray_file(pred_folder))
-            reference, _ = _read(_xray_file(ref_folder))
+            prediction, _ = _read(xray_file(pred_folder) or pred_folder / XRAY_FILES[0])
+            reference, _ = _read(xray_file(ref_folder) or ref_folder / XRAY_FILES[0])
             fake.append(np.asarray(extractor(_unit_float(prediction)[None]))[0])
             real.append(np.asarray(extractor(_unit_float(reference)[None]))[0])
         except (InputError, OSError, ValueError) as error:
