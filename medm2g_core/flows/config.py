@@ -50,7 +50,11 @@ class FlowConfig:
         condition_dropout: probability of dropping *all* sources at once (the unconditional
             branch of classifier-free guidance).
         sampler, sampling_steps, guidance, clip_sample, clip_range, timestep_spacing, eta: sampling.
-        warm_start_fraction: share of the training budget spent as an L1 regressor first (§8).
+        warm_start_fraction: share of the training budget spent as a regressor of x0 first (§8).
+        warm_start_loss: that regressor's loss: ``l1`` — the per-pixel median (§8: 1.6–2 dB above L2 on registered
+            translation); ``l2`` — the mean, for flows whose target is not pinned down by the source (report → X-ray:
+            a pacemaker that sits a few pixels apart in each X-ray is in fewer than half of them at any one pixel, so
+            the median drops it and the mean keeps it).
         ema_decay: decay of the EMA of the flow's weights (denoiser, adapters, and the shared cross-attention
             when the flow trains it), applied by the training loop; inference loads the EMA weights. None = no
             EMA. The one place a flow's EMA is set (``flows.training.ema_decay`` is refused).
@@ -76,6 +80,7 @@ class FlowConfig:
     timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
     eta: float = 0.0
     warm_start_fraction: float = 0.3
+    warm_start_loss: str = "l1"
     ema_decay: float | None = 0.999
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class FlowConfig:
             raise ValueError(f"prediction_type {self.prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
         if self.loss not in LOSS_NORMS:
             raise ValueError(f"loss {self.loss!r}; valid: {', '.join(LOSS_NORMS)}")
+        if self.warm_start_loss not in LOSS_NORMS:
+            raise ValueError(f"warm_start_loss {self.warm_start_loss!r}; valid: {', '.join(LOSS_NORMS)}")
         if self.timesteps not in TIMESTEP_DRAWS:
             raise ValueError(f"timesteps {self.timesteps!r}; valid: {', '.join(TIMESTEP_DRAWS)}")
         if self.beta_schedule not in BETA_SCHEDULES:

@@ -114,9 +114,14 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, *, weights: t
     return per_sample.mean()
 
 
-def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 loss of the warm-start regressor (DESIGN.md §8: L1 beat L2 by 1.6–2 dB); scalar."""
-    return F.l1_loss(prediction.float(), target.float())
+def regression_loss(prediction: torch.Tensor, target: torch.Tensor, *, norm: str = "l1") -> torch.Tensor:
+    """Loss of the warm-start regressor (``FlowConfig.warm_start_loss``; DESIGN.md §8: L1 beat L2 by 1.6–2 dB on
+    registered translation); scalar."""
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"loss norm {norm!r}; valid: {', '.join(LOSS_NORMS)}")
+    if norm == "l1":
+        return F.l1_loss(prediction.float(), target.float())
+    return F.mse_loss(prediction.float(), target.float())
 
 
 def sample_keep_mask(batch: int, *, num_sources: int, source_dropout: float | Sequence[float] = 0.0,

@@ -6,7 +6,7 @@
 - ``FlowTask``: one cross-guided diffusion flow (``FlowNetwork``) in pixel or latent space. Its condition
   comes from the frozen aligned encoders (``flows.model.build_condition``); each source modality is
   dropped with ``source_dropout`` and all at once with ``FlowConfig.condition_dropout`` (classifier-free
-  guidance). For the first ``warm_start_steps`` it is trained as an L1 regressor of x0 from the
+  guidance). For the first ``warm_start_steps`` it is trained as a regressor of x0 (``warm_start_loss``) from the
   condition at t = T−1 from the noisy input the sampler starts from (the noise path of the denoiser starts zero-initialised),
   then with the DDPM objective of its ``FlowConfig`` (DESIGN §8). Validation: the diffusion loss at
   stratified timesteps with seeded noise (deterministic), and a sample grid / decoded texts written to
@@ -353,8 +353,8 @@ class FlowTask:
             start = torch.zeros_like(x0) if self.regression else add_noise(
                 x0, torch.randn_like(x0), timesteps, alphas_cumprod=self.alphas_cumprod)
             prediction = self.network(start, timesteps, condition=condition)
-            loss = regression_loss(prediction, x0)
-            return self._guarded({"loss": loss, "l1": loss.detach()})
+            loss = regression_loss(prediction, x0, norm=self.config.warm_start_loss)
+            return self._guarded({"loss": loss, self.config.warm_start_loss: loss.detach()})
         noise = torch.randn_like(x0)
         timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=x0.device)
         if self.sampler_timesteps is not None:  # half of the batch on the levels the sampler visits

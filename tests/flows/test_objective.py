@@ -92,6 +92,18 @@ def test_losses_by_hand():
     assert diffusion_loss(prediction, target) == pytest.approx((2.5 + 2.0) / 2)
     assert diffusion_loss(prediction, target, weights=torch.tensor([2.0, 0.0])) == pytest.approx(2.5)
     assert regression_loss(prediction, target) == pytest.approx(5 / 4)
+    assert regression_loss(prediction, target, norm="l2") == pytest.approx((1 + 4 + 0 + 4) / 4)
+    with pytest.raises(ValueError, match="loss norm"):
+        regression_loss(prediction, target, norm="huber")
+
+
+def test_warm_start_loss_is_validated():
+    from medm2g_core.flows.config import FlowConfig
+
+    assert FlowConfig().warm_start_loss == "l1"
+    assert FlowConfig(warm_start_loss="l2").warm_start_loss == "l2"
+    with pytest.raises(ValueError, match="warm_start_loss"):
+        FlowConfig(warm_start_loss="l3")
 
 
 def test_keep_mask_rates_and_seed():
