@@ -17,25 +17,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-FINDINGS = ("cardiomegaly", "effusion", "pacemaker")
-NEGATED = re.compile(r"\b(?:no|without|removed|absent)\b", re.IGNORECASE)
-
-
-def findings_of(text: str) -> list[int]:
-    """0/1 per ``FINDINGS``: the rule-based labeler for cardiomegaly and effusion (uncertain = positive), a
-    non-negated sentence naming a pacemaker for the device (the labeler pools every device into one label)."""
-    from medm2g_core.data.labeler import RuleBasedLabeler
-
-    labels = RuleBasedLabeler()([text])[0]
-    pacemaker = any("pacemaker" in s.lower() and not NEGATED.search(s) for s in re.split(r"(?<=[.;])\s+", text))
-    return [int(labels.get("cardiomegaly") in (1, -1)), int(labels.get("effusion") in (1, -1)), int(pacemaker)]
+from medm2g_core.data.labeler import PROBE_FINDINGS as FINDINGS
+from medm2g_core.data.labeler import probe_findings as findings_of
+from medm2g_core.metrics.clinical import roc_auc as auc
 
 
 def image_of(path: Path, size: int) -> torch.Tensor:
@@ -68,15 +58,6 @@ def train(x: torch.Tensor, y: torch.Tensor, *, steps: int, seed: int = 0, batch:
         loss.backward()
         optimizer.step()
     return model.eval()
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """ROC AUC (Mann–Whitney, ties counted half); None when only one class is present."""
-    positive, negative = scores[labels == 1], scores[labels == 0]
-    if not len(positive) or not len(negative):
-        return None
-    greater = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
-    return float(greater / (len(positive) * len(negative)))
 
 
 @torch.no_grad()

@@ -10,6 +10,10 @@ Used twice where a cohort has image labels (Kermany's normal / bacterial / viral
   last-block features are the FID/KID extractor. Its name carries the sha256 of its weights, so numbers of
   different runs compare only when the probe is the same file.
 
+Where the labels are findings rather than one class per image (the phantom chest X-rays: cardiomegaly, effusion,
+pacemaker, read from the reports by ``data.labeler.probe_findings``), ``multi_label`` trains it with a sigmoid per
+finding, and ``per_finding_auc`` scores generated images against the findings their reports name.
+
 Images are standardised per image (0.5/99.5 percentiles → [-1, 1]) and resized to ``size`` pixels per side, so a
 JPEG in 0..255 and a generated 16-bit PNG are seen alike. Trained by the one training loop (``training.loop.train``:
 Accelerate, seeds, resumable state) with small random translations. Stored as ``config.json`` + ``model.safetensors``.
@@ -40,6 +44,7 @@ class ImageClassifierConfig:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
     strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     shift: int = 3  # training only: random translations up to this many pixels
+    multi_label: bool = False  # classes are findings, each present or not (sigmoid + binary cross-entropy)
 
 
 def standardise(images: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
@@ -75,6 +80,12 @@ class ImageClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C) mean of the last conv block's channels."""
         return self.net.net(x).mean(dim=(-2, -1))
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """(N, classes) logits."""
+        return torch.cat([self.net(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
+            torch.zeros(0, len(self.config.classes))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
@@ -133,17 +144,22 @@ class _ClassifierTask:
         if shift:
             dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
             images = torch.roll(images, shifts=(dy, dx), dims=(-2, -1))
-        return {"loss": F.cross_entropy(self.model(images), batch["label"])}
+        logits = self.model(images)
+        if self.model.config.multi_label:
+            return {"loss": F.binary_cross_entropy_with_logits(logits, batch["label"].float())}
+        return {"loss": F.cross_entropy(logits, batch["label"])}
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         logits = self.model(batch["image"])
+        if self.model.config.multi_label:
+            return {"loss": float(F.binary_cross_entropy_with_logits(logits, batch["label"].float()))}
         return {"loss": float(F.cross_entropy(logits, batch["label"])),
                 "accuracy": float((logits.argmax(dim=1) == batch["label"]).float().mean())}
 
 
 def train_classifier(
     images: torch.Tensor,
-    labels: Sequence[int],
+    labels: Sequence[int] | Sequence[Sequence[int]],
     *,
     config: ImageClassifierConfig,
     training: Any,
@@ -151,7 +167,8 @@ def train_classifier(
     device: str = "auto",
     progress: Any = None,
 ) -> tuple[ImageClassifier, Any]:
-    """Train an ``ImageClassifier`` on standardised ``images`` (N, 1, size, size) with class indices ``labels``.
+    """Train an ``ImageClassifier`` on standardised ``images`` (N, 1, size, size) with class indices ``labels``
+    (or, with ``config.multi_label``, one 0/1 row per image, a column per class).
 
     ``training`` is a ``TrainingConfig`` (steps, batch size, lr, seed...). Returns ``(model on the CPU in eval mode,
     TrainResult)``.
@@ -159,7 +176,9 @@ def train_classifier(
     from medm2g_core.training.loop import seed_everything, train
     from medm2g_core.types import no_progress
 
-    y = torch.as_tensor(list(labels), dtype=torch.long)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float32 if config.multi_label else np.int64))
+    if config.multi_label and (y.ndim != 2 or y.shape[1] != len(config.classes)):
+        raise ValueError(f"multi-label targets must be one 0/1 row of {len(config.classes)} per image, got shape {tuple(y.shape)}")
     if len(images) != len(y):
         raise ValueError(f"{len(images)} images but {len(y)} labels")
     seed_everything(training.seed)
@@ -167,6 +186,16 @@ def train_classifier(
     result = train(_ClassifierTask(model), train_dataset=_Images(images, y), val_dataset=None, config=training,
                    state_dir=state_dir, progress=progress or no_progress, description="classifier", device=device)
     return model.cpu().eval(), result
+
+
+def per_finding_auc(model: ImageClassifier, images: torch.Tensor, labels: Sequence[Sequence[int]]) -> dict[str, float | None]:
+    """A multi-label classifier's ROC AUC per finding (``metrics.clinical.roc_auc``) on standardised ``images``
+    whose findings are ``labels`` (0/1 rows); None for a finding all or none of them have."""
+    from medm2g_core.metrics.clinical import roc_auc
+
+    scores = model.scores(images).numpy()
+    truth = np.asarray([list(row) for row in labels], dtype=int).reshape(len(scores), -1)
+    return {name: roc_auc(scores[:, k], truth[:, k]) for k, name in enumerate(model.config.classes)}
 
 
 def per_class_accuracy(predicted: Sequence[int], truth: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:

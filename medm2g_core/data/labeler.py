@@ -177,3 +177,19 @@ def _classify(sentence: str, span: tuple[int, int], *, size_mention: bool) -> in
     if _NEGATION_AFTER.search(after):
         return NEGATIVE
     return POSITIVE
+
+
+# --------------------------------------------------------------------------- the X-ray probe's findings
+PROBE_FINDINGS = ("cardiomegaly", "effusion", "pacemaker")
+"""What the report → X-ray probe scores: the findings a 64² chest X-ray shows (``baselines.classifier``)."""
+
+_PACEMAKER_NEGATED = re.compile(r"\b(?:no|without|removed|absent)\b", re.IGNORECASE)
+
+
+def probe_findings(text: str) -> list[int]:
+    """0/1 per ``PROBE_FINDINGS``: this labeler's cardiomegaly and effusion (uncertain counts as present), and a
+    sentence naming a pacemaker without a negation for the device (the labeler pools every device into one label)."""
+    labels = label_report(text)
+    pacemaker = any("pacemaker" in s.lower() and not _PACEMAKER_NEGATED.search(s) for s in re.split(r"(?<=[.;])\s+", text))
+    return [int(labels.get("cardiomegaly") in (POSITIVE, UNCERTAIN)), int(labels.get("effusion") in (POSITIVE, UNCERTAIN)),
+            int(pacemaker)]

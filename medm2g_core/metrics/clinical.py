@@ -95,3 +95,17 @@ def label_scores(
         labeler=labeler.name, per_label=per_label, micro={k: micro[k] for k in ("precision", "recall", "f1")},
         macro=macro, support=support, undefined_labels=undefined, predicted_labels=predicted, reference_labels=reference,
     )
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """ROC AUC of ``scores`` for binary ``labels`` (Mann–Whitney: the chance that a positive outscores a negative,
+    ties counted half) — how an image probe's score for a finding separates the images whose reports name it;
+    None when only one class is present."""
+    import numpy as np
+
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if not len(positive) or not len(negative):
+        return None
+    greater = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+    return float(greater / (len(positive) * len(negative)))

@@ -17,10 +17,14 @@ What one call does, stage by stage (each stage recorded in ``OUT/demo-state.json
    ``align`` reports retrieval on the same union) — MRI T1 → CT and T1 → T2 with ``samples`` samples
    (mean + std map), X-ray → report, report → X-ray; and each baseline's predictions beside them, in
    ``OUT/predictions/<task>/<system>/<patient>/``.
-6. ``evaluate``: MRI→CT and T1→T2 (translation), report generation, X-ray generation (FID/KID on the
-   bundle's aligned X-ray encoder: the only extractor available offline) — model against baselines,
+6. ``probe``: a fixed X-ray probe (``baselines.classifier``, multi-label: cardiomegaly, effusion, pacemaker read
+   from the reports by ``data.labeler.probe_findings``) trained once on the training split's real DRRs into
+   ``OUT/xray-probe/``; its AUC on the held-out real DRRs says how far it can be trusted.
+7. ``evaluate``: MRI→CT and T1→T2 (translation), report generation, X-ray generation (per-finding probe AUC of
+   the X-rays generated from the held-out reports, FID/KID on the probe's features, named by its weights' sha256;
+   ``medm2g evaluate --features aligned`` keeps the bundle's own encoder as an option) — model against baselines,
    one HTML page and one JSON per task in ``OUT/evaluation/``.
-7. ``report``: ``OUT/report.html`` (every task's page in one, with the retrieval table and stage
+8. ``report``: ``OUT/report.html`` (every task's page in one, with the retrieval table and stage
    times), ``OUT/summary.json``; and the bundle registered as the default model
    (``bundle.set_default_bundle``), so ``medm2g translate OUT/cohort/head/P0001/mri-t1.nii.gz --to ct``
    works with no other flag.
@@ -65,6 +69,7 @@ ANATOMIES = ("chest", "head")
 FLOWS = (("xray-report", "chest"), ("report-xray", "chest"), ("mri-ct", "head"), ("t1-t2", "head"))
 BASELINE_PAIRS = (("mri-ct", "head"), ("t1-t2", "head"), ("xray-report", "chest"))
 HELD_OUT = ("val", "test")
+PROBE_DIR = "xray-probe"
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class DemoSettings:
             validation batches of the forgetting report (each new flow re-measures every earlier one).
         psnr_items: items DDIM-sampled for the PSNR of each flow's (re-)measurement (``flows.forgetting.psnr_samples``)
             and for the training sample images (``flows.sample_items``); None = the recipe's (8 and 4).
+        probe_steps: training steps of the fixed X-ray probe (``probe`` stage).
     """
 
     chest_patients: int = 64
@@ -103,6 +109,7 @@ class DemoSettings:
     batch_size: int | None = None
     val_batches: int | None = None
     psnr_items: int | None = None
+    probe_steps: int = 400
 
 
 FULL = DemoSettings(
@@ -122,7 +129,7 @@ QUICK = DemoSettings(
     chest_patients=20, head_patients=12, size=32,
     align_steps=20, text_vae_steps=30,
     flow_steps={"xray-report": 30, "report-xray": 20, "mri-ct": 20, "t1-t2": 20},
-    regression_steps=None, samples=2, sampler_steps=4, batch_size=8, val_batches=1, psnr_items=2,
+    regression_steps=None, samples=2, sampler_steps=4, batch_size=8, val_batches=1, psnr_items=2, probe_steps=10,
 )
 """``--quick``: a smaller cohort at 32³ and few steps — every stage runs, the numbers mean little (≤ 3 min)."""
 
@@ -297,7 +304,9 @@ class _Run(StageRunner):
             _Stage("predict", {"samples": s.samples, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT,
                                "translate_patients": s.translate_patients}, ("baselines",),
                    self.predict, clean=(self.predictions,)),
-            _Stage("evaluate", {"version": 1}, ("predict",), self.evaluate, clean=(self.evaluation,)),
+            _Stage("probe", {"steps": s.probe_steps, "size": s.size, "version": 1}, ("cohort",), self.train_probe,
+                   clean=(self.out_dir / PROBE_DIR,)),
+            _Stage("evaluate", {"version": 2}, ("predict", "probe"), self.evaluate, clean=(self.evaluation,)),
             _Stage("report", {"version": 3}, ("evaluate",), self.report),
         ]
         self.total = len(stages)
@@ -423,7 +432,43 @@ class _Run(StageRunner):
             raise MedM2GError(f"some demo predictions failed ({failed}); see {self.predictions}/*/model/run.json")
         return {"patients": {"head": head, "chest": chest}, "counts": counts}
 
+    def probe_images(self, patients: list[str], folder: Path | None = None) -> tuple[Any, list[list[int]]]:
+        """Standardised chest X-rays of ``patients`` (from ``folder``, default the chest cohort) and the probe findings
+        their reports in the chest cohort name."""
+        from medm2g_core import io
+        from medm2g_core.baselines.classifier import standardise
+        from medm2g_core.data.labeler import probe_findings
+
+        folder = folder or self.cohort / "chest"
+        kept = [pid for pid in patients if (folder / pid / "xray.png").is_file()]
+        images = standardise([io.read(folder / pid / "xray.png")[0] for pid in kept], self.settings.size)
+        return images, [probe_findings(io.read_report(self.cohort / "chest" / pid / "report.txt").text) for pid in kept]
+
+    def train_probe(self, resume: bool) -> dict[str, Any]:
+        """The fixed X-ray probe: a plain multi-label MONAI classifier on the training split's real DRRs, never
+        retrained; its held-out AUC on the real DRRs is stated beside every number it gives."""
+        from medm2g_core.baselines.classifier import ImageClassifierConfig, per_finding_auc, train_classifier, weights_sha256
+        from medm2g_core.config import merge_training
+        from medm2g_core.data.labeler import PROBE_FINDINGS
+        from medm2g_core.serialization import read_json
+
+        s = self.settings
+        x, y = self.probe_images(sorted(read_json(self.cohort / "chest" / "splits.json").get("train", [])))
+        training = merge_training(self.recipe().training, {
+            "steps": s.probe_steps, "batch_size": min(16, len(x)), "lr": 1e-3, "warmup_steps": min(20, s.probe_steps // 4),
+            "ema_decay": None, "save_every": 0, "val_every": 0, "seed": self.seed}, where="probe")
+        config = ImageClassifierConfig(classes=list(PROBE_FINDINGS), size=s.size, multi_label=True)
+        model, trained = train_classifier(x, y, config=config, training=training, state_dir=self.out_dir / "training" / PROBE_DIR,
+                                          device=self.device, progress=self.stage_progress("probe"))
+        directory = self.out_dir / PROBE_DIR
+        model.save(directory)
+        hx, hy = self.probe_images(self.held_out("chest"))
+        return {"steps": s.probe_steps, "seconds": round(trained.seconds, 1), "train_images": len(y),
+                "sha256": weights_sha256(directory), "held_out_positives": {k: sum(row[i] for row in hy) for i, k in enumerate(PROBE_FINDINGS)},
+                "held_out_real_auc": per_finding_auc(model, hx, hy)}
+
     def evaluate(self, resume: bool) -> dict[str, Any]:
+        from medm2g_core.baselines.classifier import ClassifierFeatures, ImageClassifier, per_finding_auc
         from medm2g_core.workflows.evaluate import evaluate
         from medm2g_core.serialization import write_json
 
@@ -433,15 +478,26 @@ class _Run(StageRunner):
             "xray-report": ("report", "chest", ("retrieval", "most-frequent")),
             "report-xray": ("xray", "chest", ()),
         }
+        probe = self.results["probe"]
+        probe_model = ImageClassifier.load(self.out_dir / PROBE_DIR)
+        probe_name = f"xray-probe[{probe['train_images']} training DRRs, sha256 {probe['sha256'][:12]}]"
         tables: dict[str, Any] = {}
         for pair, (task, anatomy, baselines) in tasks.items():
             folder = self.predictions / pair
-            features = _AlignedXrayFeatures(self.bundle, image_size=self.settings.size) if task == "xray" else None
+            features = ClassifierFeatures(probe_model, name=probe_name) if task == "xray" else None
             evaluation = evaluate(task, pred_dir=folder / "model", ref_dir=self.cohort / anatomy,
                                   html=self.evaluation / f"{pair}.html",
                                   baselines={name: folder / name for name in baselines}, features=features,
                                   progress=self.stage_progress(f"evaluate {pair}"))
             table = table_json(evaluation)
+            if task == "xray":  # does each generated X-ray show what its report asks for? (the probe's AUC per finding)
+                held = self.held_out("chest")
+                x, y = self.probe_images(held, folder / "model")
+                generated = per_finding_auc(probe_model, x, y)
+                table["values"]["model"].update({f"AUC[{probe_name}, {k}]": v for k, v in generated.items() if v is not None})
+                table["values"]["real held-out"] = {f"AUC[{probe_name}, {k}]": v for k, v in probe["held_out_real_auc"].items()
+                                                    if v is not None}
+                table["probe"] = {"name": probe_name, **probe}
             write_json(self.evaluation / f"{pair}.json", {"task": task, "pair": pair, "synthetic": True, **table})
             tables[pair] = table
         return {"tables": tables}
@@ -551,7 +607,8 @@ def write_montage(path: str | Path, *, cohort: Path, predictions: Path, head: li
 # --------------------------------------------------------------------------- summary and page
 NO_TRAINING = {"identity": "intensity map, no gradient steps",
                "retrieval": "nearest training report, no gradient steps",
-               "most-frequent": "one constant report, no gradient steps"}
+               "most-frequent": "one constant report, no gradient steps",
+               "real held-out": "the held-out real DRRs themselves: how far the probe can be trusted"}
 """What the budget column says for baselines that do not train."""
 
 
@@ -559,7 +616,8 @@ HEADLINES = {
     "mri-ct": {"PSNR dB": r"^ct: PSNR", "MAE HU": r"^ct: MAE", "SSIM": r"^ct: SSIM"},
     "t1-t2": {"PSNR dB": r"^mri-t2: PSNR", "SSIM": r"^mri-t2: SSIM"},
     "xray-report": {"BLEU-4": r"^BLEU-4", "ROUGE-L": r"^ROUGE-L", "CE-F1": r"^CE-f1\[[^]]*micro", "CE-F1 (any)": r"^CE-f1"},
-    "report-xray": {"FID": r"^FID", "KID": r"^KID"},
+    "report-xray": {"FID": r"^FID", "KID": r"^KID", "AUC cardiomegaly": r"^AUC\[.*cardiomegaly\]", "AUC effusion": r"^AUC\[.*effusion\]",
+                    "AUC pacemaker": r"^AUC\[.*pacemaker\]"},
 }
 
 
@@ -581,7 +639,7 @@ def headline_metrics(tables: dict[str, Any], retrieval: dict[str, Any]) -> dict[
 
 
 TASK_TITLES = {"mri-ct": "MRI T1 → CT (translation)", "t1-t2": "MRI T1 → T2 (translation)",
-               "xray-report": "X-ray → report (report generation)", "report-xray": "report → X-ray (generation, FID/KID)"}
+               "xray-report": "X-ray → report (report generation)", "report-xray": "report → X-ray (generation: probe AUC, FID/KID)"}
 
 
 def render_report(summary: dict[str, Any], *, tables: dict[str, Any], retrieval: dict[str, Any], pages: dict[str, Path],

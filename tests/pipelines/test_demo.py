@@ -70,6 +70,11 @@ def test_report_page_shows_model_and_baselines(demo) -> None:
     assert {"BLEU-4", "ROUGE-L", "CE-F1"} <= set(metrics["xray-report"]["model"])
     assert set(metrics["xray-report"]) == {"model", "retrieval", "most-frequent"}
     assert "FID" in metrics["report-xray"]["model"]
+    # the fixed probe: per-finding AUC of the generated X-rays beside its AUC on the real held-out DRRs, FID on its features
+    probe = json.loads((demo["out"] / "evaluation" / "report-xray.json").read_text())
+    assert probe["probe"]["name"].startswith("xray-probe[") and len(probe["probe"]["sha256"]) == 64
+    assert any(k.startswith("FID[xray-probe[") for k in probe["values"]["model"])
+    assert (demo["out"] / "xray-probe" / "model.safetensors").is_file()
     assert any("R@1" in values for values in metrics["retrieval"].values())
 
 
@@ -125,7 +130,7 @@ def test_changed_settings_rerun_only_later_stages(demo) -> None:
     before = json.loads((out / STATE_FILE).read_text())["stages"]
     again = run_demo(out, settings=replace(TINY, samples=1))
     reused = {stage.name for stage in again.stages if stage.reused}
-    assert reused == {"cohort", "align", "flow xray-report", "flow report-xray", "flow mri-ct", "flow t1-t2", "baselines"}
+    assert reused == {"cohort", "align", "flow xray-report", "flow report-xray", "flow mri-ct", "flow t1-t2", "baselines", "probe"}
     after = json.loads((out / STATE_FILE).read_text())["stages"]
     assert after["align"] == before["align"] and after["predict"]["key"] != before["predict"]["key"]
     assert not list((out / "predictions" / "mri-ct" / "model").glob("*/*.std.nii.gz"))  # one sample: no std map
