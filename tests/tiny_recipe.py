@@ -59,3 +59,25 @@ def aligned_phantoms(root, recipe_text: str, *, anatomy: str, patients: int, see
     bundle = root / "b.m2g"
     align(cohort, bundle, recipe=recipe)
     return cohort, recipe, bundle
+
+
+def trained_chest_flow(root, recipe_text: str, pair: str):
+    """Align 12 chest phantoms (seed 0) with ``recipe_text``, train the flow ``pair`` on them, and load it:
+    ``(flow, cohort, patients, xrays)`` — ``xrays`` (12, 1, H, W) are the patients' X-rays as the flow sees them."""
+    import torch
+
+    from medm2g_core import io
+    from medm2g_core.flows.model import FlowModel
+    from medm2g_core.inference.generate import _image_tensor
+    from medm2g_core.inference.processing import Processing
+    from medm2g_core.modalities import Modality
+    from medm2g_core.workflows.train_flow import train_flow
+
+    chest, recipe, bundle = aligned_phantoms(root, recipe_text, anatomy="chest", patients=12, seed=0)
+    train_flow(chest, bundle, pair=pair, recipe=recipe)
+    patients = sorted(p.name for p in chest.iterdir() if p.is_dir())
+    flow = FlowModel.load(bundle, pair)
+    processing = Processing.of(flow)
+    xrays = torch.cat([_image_tensor(io.read(chest / p / "xray.png"), Modality.XRAY, size=flow.image_size, channels=1,
+                                     processing=processing) for p in patients])
+    return flow, chest, patients, xrays

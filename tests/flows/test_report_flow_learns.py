@@ -16,10 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny_recipe import aligned_phantoms, tiny_recipe  # noqa: E402
+from tiny_recipe import tiny_recipe, trained_chest_flow  # noqa: E402
 
 MARGIN = 0.15  # macro CE-F1 above the most-frequent report's, on the same X-rays
 RECIPE = tiny_recipe(
@@ -37,22 +36,11 @@ RECIPE = tiny_recipe(
 def test_tiny_xray_to_report_flow_reads_the_image(tmp_path):
     from medm2g_core import io
     from medm2g_core.data.labeler import RuleBasedLabeler
-    from medm2g_core.flows.model import FlowModel
-    from medm2g_core.inference.generate import _image_tensor
-    from medm2g_core.inference.processing import Processing
     from medm2g_core.metrics.clinical import label_scores
     from medm2g_core.modalities import Modality
-    from medm2g_core.workflows.train_flow import train_flow
 
-    chest, recipe, bundle = aligned_phantoms(tmp_path, RECIPE, anatomy="chest", patients=12, seed=0)
-    train_flow(chest, bundle, pair="xray-report", recipe=recipe)
-
-    patients = sorted(p.name for p in chest.iterdir() if p.is_dir())
+    flow, chest, patients, xrays = trained_chest_flow(tmp_path, RECIPE, "xray-report")
     references = {p: io.read_report(chest / p / "report.txt").text for p in patients}
-    flow = FlowModel.load(bundle, "xray-report")
-    processing = Processing.of(flow)
-    xrays = torch.cat([_image_tensor(io.read(chest / p / "xray.png"), Modality.XRAY, size=flow.image_size, channels=1,
-                                     processing=processing) for p in patients])
     texts = flow.predict({Modality.XRAY: xrays}, seed=0).texts
     generated = {p: t[0] for p, t in zip(patients, texts)}
     most_frequent = Counter(references.values()).most_common(1)[0][0]

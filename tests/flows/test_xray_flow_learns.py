@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny_recipe import aligned_phantoms, tiny_recipe  # noqa: E402
+from tiny_recipe import tiny_recipe, trained_chest_flow  # noqa: E402
 
 MARGIN = 0.7  # mean |generated − own X-ray| at most 70 % of |mean training X-ray − own X-ray|
 RECIPE = tiny_recipe(
@@ -34,20 +33,9 @@ RECIPE = tiny_recipe(
 @pytest.mark.slow
 def test_tiny_report_to_xray_flow_draws_the_reported_chest(tmp_path):
     from medm2g_core import io
-    from medm2g_core.flows.model import FlowModel
-    from medm2g_core.inference.generate import _image_tensor
-    from medm2g_core.inference.processing import Processing
     from medm2g_core.modalities import Modality
-    from medm2g_core.workflows.train_flow import train_flow
 
-    chest, recipe, bundle = aligned_phantoms(tmp_path, RECIPE, anatomy="chest", patients=12, seed=0)
-    train_flow(chest, bundle, pair="report-xray", recipe=recipe)
-
-    patients = sorted(p.name for p in chest.iterdir() if p.is_dir())
-    flow = FlowModel.load(bundle, "report-xray")
-    processing = Processing.of(flow)
-    real = torch.cat([_image_tensor(io.read(chest / p / "xray.png"), Modality.XRAY, size=flow.image_size, channels=1,
-                                    processing=processing) for p in patients])
+    flow, chest, patients, real = trained_chest_flow(tmp_path, RECIPE, "report-xray")
     reports = [io.read_report(chest / p / "report.txt").text for p in patients]
     generated = flow.predict({Modality.REPORT: reports}, seed=0).mean
     assert generated.shape == real.shape
