@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 @pytest.fixture(scope="module")
 def bench(load_benchmark):
     return load_benchmark("bench_quality")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+
 @pytest.fixture(scope="module")
 def probe(load_benchmark):
     return load_benchmark("probe_xray")
