@@ -89,8 +89,7 @@ class ImageClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-        return torch.cat([self.net(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]) if len(x) else \
-            torch.zeros(0, dtype=torch.long)
+        return self.scores(x, batch_size=batch_size).argmax(dim=1)
 
     def save(self, directory: str | Path) -> Path:
         """``config.json`` + ``model.safetensors`` into ``directory`` (created)."""
@@ -194,7 +193,7 @@ def per_finding_auc(model: ImageClassifier, images: torch.Tensor, labels: Sequen
     from medm2g_core.metrics.clinical import roc_auc
 
     scores = model.scores(images).numpy()
-    truth = np.asarray([list(row) for row in labels], dtype=int).reshape(len(scores), -1)
+    truth = np.asarray(labels, dtype=int).reshape(len(scores), -1)
     return {name: roc_auc(scores[:, k], truth[:, k]) for k, name in enumerate(model.config.classes)}
 
 

@@ -117,11 +117,7 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, *, weights: t
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor, *, norm: str = "l1") -> torch.Tensor:
     """Loss of the warm-start regressor (``FlowConfig.warm_start_loss``; DESIGN.md §8: L1 beat L2 by 1.6–2 dB on
     registered translation); scalar."""
-    if norm not in LOSS_NORMS:
-        raise ValueError(f"loss norm {norm!r}; valid: {', '.join(LOSS_NORMS)}")
-    if norm == "l1":
-        return F.l1_loss(prediction.float(), target.float())
-    return F.mse_loss(prediction.float(), target.float())
+    return diffusion_loss(prediction, target, norm=norm)
 
 
 def sample_keep_mask(batch: int, *, num_sources: int, source_dropout: float | Sequence[float] = 0.0,

@@ -524,34 +524,6 @@ class _Run(StageRunner):
         return {"metrics": metrics, "tables": tables, "budgets": summary["budgets"]}
 
 
-# --------------------------------------------------------------------------- X-ray features for FID/KID
-class _AlignedXrayFeatures:
-    """The bundle's aligned X-ray encoder as a ``FeatureExtractor``: images (N, H, W) in [0, 1] → (N, D)
-    pooled embeddings. Named after the bundle so that FIDs are never compared across extractors."""
-
-    def __init__(self, bundle: Path, *, image_size: int):
-        self.name = f"aligned-xray-encoder:{bundle.name}"
-        self.bundle = bundle
-        self.image_size = image_size
-        self._model: Any = None
-
-    def __call__(self, images: Any) -> Any:
-        import numpy as np
-        import torch
-
-        from medm2g_core.align.model import AlignModel
-        from medm2g_core.bundle import align_dir
-        from medm2g_core.data.transforms import resize_image
-
-        if self._model is None:
-            self._model = AlignModel.from_pretrained(align_dir(self.bundle)).eval()
-        values = np.asarray(images, dtype=np.float32) * 2.0 - 1.0
-        batch = torch.stack([resize_image(image[None], self.image_size) for image in values])
-        with torch.no_grad():
-            pooled, _ = self._model.encode_image(batch, "xray")
-        return pooled.detach().cpu().numpy().astype(np.float64)
-
-
 # --------------------------------------------------------------------------- montage
 MONTAGE_TILE = 120
 MONTAGE_CT_WINDOW = (-200.0, 1500.0)
