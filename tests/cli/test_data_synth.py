@@ -33,9 +33,10 @@ def test_options_reach_the_core(monkeypatch, tmp_path):
 
 
 def test_bad_choices_exit_2(tmp_path):
-    for extra in (["--anatomy", "knee"], ["--size", "50"]):
-        result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path), *extra])
+    for extra in (["--anatomy", "knee"], ["--size", "50"], ["--reports-only", "--preview"]):
+        result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "never"), *extra])
         assert result.exit_code == 2
+    assert not (tmp_path / "never").exists()  # refused before anything was written
 
 
 def test_tiny_real_cohort_with_preview(tmp_path):
@@ -47,3 +48,16 @@ def test_tiny_real_cohort_with_preview(tmp_path):
     assert summary["patients"] == 2 and Path(summary["preview"]).is_file()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["P0001", "P0002"]
     assert (out / "P0002" / "xray.png").is_file()
+
+
+def test_reports_only_writes_a_report_corpus_the_index_reads(tmp_path):
+    """`data synth --reports-only`: report.txt and labels.json per patient (the demo trains its text autoencoder on one)."""
+    corpus = tmp_path / "corpus"
+    result = runner.invoke(app, ["data", "synth", "--out", str(corpus), "--patients", "3", "--seed", "4", "--workers", "0",
+                                 "--reports-only", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["reports_only"] is True and summary["patients"] == 3 and summary["synthetic"] is True
+    assert sorted(f.name for f in (corpus / "P0003").iterdir()) == ["labels.json", "report.txt"]
+    index = runner.invoke(app, ["data", "index", str(corpus), "--json"])
+    assert index.exit_code == 0 and '"report"' in index.stdout, index.output

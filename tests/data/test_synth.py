@@ -283,3 +283,17 @@ def test_invalid_requests_are_refused_with_the_valid_choices(tmp_path):
         resolve_prevalence("chest", {"tumour": 0.5})
     with pytest.raises(ValueError, match="probability"):
         resolve_prevalence("chest", {"nodule": 1.5})
+
+
+def test_reports_only_writes_the_same_report_without_images(tmp_path):
+    """A report corpus: each patient's report and labels, the very text the full patient gets, and no image."""
+    _, images, report = build_patient(index=4, anatomy="chest", seed=6, size=32)
+    phantom, none, same = build_patient(index=4, anatomy="chest", seed=6, size=32, images=False)
+    assert none == {} and same == report and "cardiothoracic_ratio" in phantom.measurements and images
+    folders = synthesize_cohort(tmp_path / "corpus", patients=5, anatomy="chest", seed=6, size=32, workers=0, reports_only=True)
+    assert [sorted(f.name for f in folder.iterdir()) for folder in folders] == [["labels.json", "report.txt"]] * 5
+    assert io.read_report(folders[4] / "report.txt").text == report.strip()
+    full = synthesize_cohort(tmp_path / "full", patients=1, anatomy="head", seed=6, size=32, workers=0)[0]
+    head = synthesize_cohort(tmp_path / "head", patients=1, anatomy="head", seed=6, size=32, workers=0, reports_only=True)[0]
+    assert (head / "report.txt").read_bytes() == (full / "report.txt").read_bytes()
+    assert json.loads((head / "labels.json").read_text()) == json.loads((full / "labels.json").read_text())
