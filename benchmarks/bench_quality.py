@@ -26,6 +26,9 @@ On the real cohorts that ``medm2g demo --real`` imports (``OUT/cohort/brain/{bra
     .venv/bin/python benchmarks/bench_quality.py --cohort OUT/cohort/brain/aanlib --pairs t2-ct --ct-8bit \
         --steps 500 --budgets 1 --size 64 --align-batch 4 --out benchmarks/out/aanlib
 
+``--set KEY=VALUE`` (repeatable) changes the medm2g side's recipe (``--set flows.training.lr=4e-3``); the peer keeps
+its own settings (``--peer-lr``).
+
 ``--ct-8bit``: the cohort's CT is an 8-bit display window (AANLIB), trained with ``data.ct_window: [0, 255]`` and
 ``data.ct_units`` recorded (a recipe written into OUT), and the peer uses the same window.
 """
@@ -113,11 +116,12 @@ LATENT_AUTOENCODER = {"channels": [32, 64, 64], "attention_levels": [False, Fals
 """--latent: the autoencoder of each image modality (64² → 16² × 4), trained before the flow (its seconds not in the flow's)."""
 
 
-def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int | None = None, latent: bool = False
-                 ) -> tuple[list[str], list[str]]:
-    """demo-cpu with the image size, (AANLIB) the 8-bit CT window and (``latent``) latent flows → ``OUT/recipe.yaml``;
-    returns the ``--recipe`` arguments of the medm2g commands and the matching peer options."""
-    if size is None and not ct_8bit and align_batch is None and not latent:
+def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int | None = None, latent: bool = False,
+                 settings: dict | None = None) -> tuple[list[str], list[str]]:
+    """demo-cpu with the image size, (AANLIB) the 8-bit CT window, (``latent``) latent flows and any further recipe
+    ``settings`` (dotted key → value, e.g. ``flows.training.lr``) → ``OUT/recipe.yaml``; returns the ``--recipe``
+    arguments of the medm2g commands and the matching peer options."""
+    if size is None and not ct_8bit and align_batch is None and not latent and not settings:
         return [], []
     import yaml
 
@@ -137,10 +141,30 @@ def write_recipe(out: Path, *, size: int | None, ct_8bit: bool, align_batch: int
         overrides["align.modalities"] = ["ct", "mri-t1", "mri-t2", "mri-flair", "mri-t1c"]
     if latent:
         overrides.update({"flows.objective.latent": True, "autoencoders": LATENT_AUTOENCODER})
+    overrides.update(settings or {})
     recipe = recipe_to_dict(apply_overrides(load_recipe("demo-cpu"), overrides))
     path = out / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return ["--recipe", str(path)], peer
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["flows.training.lr=4e-3", ...]`` → ``{"flows.training.lr": 0.004}`` (values read as YAML: numbers, lists)."""
+    import yaml
+
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. flows.training.lr=4e-3")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 4e-3 (no dot) as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        settings[key.strip()] = parsed
+    return settings
 
 
 def mean_over_seeds(results: list[dict]) -> list[dict]:
@@ -196,6 +220,9 @@ def main() -> None:
     parser.add_argument("--peer-lr", type=float, default=4e-3,
                         help="the peer's AdamW learning rate (4e-3: the best of 1e-3/2e-3/4e-3 for mri-ct at 56 s on the head "
                              "phantoms, 58.9 vs 72.5 vs 77.5 HU; re-tune it for other cohorts and budgets)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="a recipe setting for the medm2g side (YAML value), e.g. --set flows.training.lr=4e-3 or "
+                             "--set 'flows.image_denoiser.block_out_channels=[32,32,64,128,256]'; repeatable")
     parser.add_argument("--latent", action="store_true", help="latent flows (autoencoders trained first; see LATENT_AUTOENCODER)")
     parser.add_argument("--aligned", type=Path, default=None, help="reuse this aligned bundle (same cohort) instead of aligning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
@@ -209,7 +236,8 @@ def main() -> None:
         if not (cohort / "splits.json").is_file():
             subprocess.run([sys.executable, str(HERE / "make_cohort.py"), str(cohort), "--anatomy", "head", "--patients", "32",
                             "--seed", "1"], check=True)
-    recipe, peer_options = write_recipe(out, size=args.size, ct_8bit=args.ct_8bit, align_batch=args.align_batch, latent=args.latent)
+    recipe, peer_options = write_recipe(out, size=args.size, ct_8bit=args.ct_8bit, align_batch=args.align_batch, latent=args.latent,
+                                        settings=parse_settings(args.settings))
     peer_options += ["--lr", str(args.peer_lr)]
     aligned = args.aligned or out / "aligned.m2g"
     if not (aligned / "bundle.json").is_file():

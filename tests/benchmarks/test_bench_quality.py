@@ -25,3 +25,17 @@ def test_mean_over_seeds_and_its_table_row(bench) -> None:
     assert mean["systems"]["peer"]["MAE"] == pytest.approx((56.1 + 67.9) / 2)
     rows = [line for line in bench.table(runs + means).splitlines() if "mean of 2" in line and "| MAE |" in line]
     assert len(rows) == 1 and rows[0].rstrip().endswith(f"| {59.6 / 62.0:.2f} |")
+
+
+def test_set_reaches_the_recipe_the_medm2g_commands_get(bench, tmp_path) -> None:
+    import yaml
+
+    settings = bench.parse_settings(["flows.training.lr=4e-3", "flows.image_denoiser.block_out_channels=[32, 32, 64, 128, 256]"])
+    assert settings == {"flows.training.lr": 0.004, "flows.image_denoiser.block_out_channels": [32, 32, 64, 128, 256]}
+    arguments, peer = bench.write_recipe(tmp_path, size=None, ct_8bit=False, settings=settings)
+    assert arguments == ["--recipe", str(tmp_path / "recipe.yaml")] and peer == []  # the peer keeps its own settings
+    recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert recipe["flows"]["training"]["lr"] == 0.004 and recipe["flows"]["image_denoiser"]["block_out_channels"][0] == 32
+    assert bench.write_recipe(tmp_path / "none", size=None, ct_8bit=False) == ([], [])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.parse_settings(["flows.training.lr"])
