@@ -57,7 +57,8 @@ def evaluate(
     ] = None,
     features: Annotated[
         Optional[str], typer.Option("--features", help="xray task, required: the FID/KID feature extractor — 'aligned' (the "
-                                    "--model bundle's aligned X-ray encoder) or FILE.safetensors (DenseNet-121 weights).")
+                                    "--model bundle's aligned X-ray encoder), a saved classifier folder (the demo's "
+                                    "OUT/xray-probe) or FILE.safetensors (DenseNet-121 weights).")
     ] = None,
     cleaning: Annotated[str, typer.Option("--cleaning", help="report task: R2Gen cleaning, iu_xray|mimic_cxr.")] = "iu_xray",
     strict: Annotated[

@@ -224,3 +224,11 @@ class ClassifierFeatures:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         x = standardise(list(np.asarray(images)), self.model.config.size)
         return self.model.features(x).double().numpy()
+
+
+def classifier_features(directory: str | Path, *, what: str | None = None) -> ClassifierFeatures:
+    """The FID/KID extractor of a saved ``ImageClassifier`` (e.g. the demo's ``OUT/xray-probe``), named
+    ``<folder>[<what>, sha256 <first 12>]``: numbers compare only between runs whose sha256 is the same."""
+    directory = Path(directory)
+    digest = weights_sha256(directory)[:12]
+    return ClassifierFeatures(ImageClassifier.load(directory), name=f"{directory.name}[{what + ', ' if what else ''}sha256 {digest}]")

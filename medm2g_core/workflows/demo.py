@@ -469,7 +469,7 @@ class _Run(StageRunner):
                 "held_out_real_auc": per_finding_auc(model, hx, hy)}
 
     def evaluate(self, resume: bool) -> dict[str, Any]:
-        from medm2g_core.baselines.classifier import ClassifierFeatures, ImageClassifier, per_finding_auc
+        from medm2g_core.baselines.classifier import classifier_features, per_finding_auc
         from medm2g_core.workflows.evaluate import evaluate
         from medm2g_core.serialization import write_json
 
@@ -480,12 +480,12 @@ class _Run(StageRunner):
             "report-xray": ("xray", "chest", ()),
         }
         probe = self.results["probe"]
-        probe_model = ImageClassifier.load(self.out_dir / PROBE_DIR)
-        probe_name = f"xray-probe[{probe['train_images']} training DRRs, sha256 {probe['sha256'][:12]}]"
+        extractor = classifier_features(self.out_dir / PROBE_DIR, what=f"{probe['train_images']} training DRRs")
+        probe_model, probe_name = extractor.model, extractor.name
         tables: dict[str, Any] = {}
         for pair, (task, anatomy, baselines) in tasks.items():
             folder = self.predictions / pair
-            features = ClassifierFeatures(probe_model, name=probe_name) if task == "xray" else None
+            features = extractor if task == "xray" else None
             evaluation = evaluate(task, pred_dir=folder / "model", ref_dir=self.cohort / anatomy,
                                   html=self.evaluation / f"{pair}.html",
                                   baselines={name: folder / name for name in baselines}, features=features,

@@ -17,8 +17,10 @@ Tasks (folders hold patient folders, matched by their path relative to the root,
   precision/recall/F1 from a labeler (rule-based unless one is given).
 * ``xray`` — FID and KID between the predicted and reference ``xray.png`` sets, on features from a
   ``FeatureExtractor`` named beside every number: ``features="aligned"`` — the pooled embedding of the
-  ``model`` bundle's aligned X-ray encoder (``aligned_xray_extractor``); a local safetensors DenseNet-121
-  (``features=Path``); or any extractor object. There is no default: the value means nothing without it.
+  ``model`` bundle's aligned X-ray encoder (``aligned_xray_extractor``); a saved classifier folder such as the demo's
+  fixed probe ``OUT/xray-probe`` (``baselines.classifier.classifier_features``, named by its weights' sha256); a local
+  safetensors DenseNet-121 (``features=Path``); or any extractor object. There is no default: the value means nothing
+  without it.
 
 Baselines are evaluated by the same code from their own prediction folders (``baselines={name: dir}``)
 and appear as extra columns. Bare baseline names (``bundle_baselines=["identity", "regression"]`` for
@@ -151,8 +153,8 @@ def evaluate(
         ref_dir: folder of patient folders holding the references (and the inputs for the image panel).
         html: write a self-contained HTML page there (atomically).
         baselines: name → folder of that baseline's predictions (same layout as ``pred_dir``).
-        features: xray task only — ``"aligned"`` (``model``'s aligned X-ray encoder), a ``.safetensors`` path or a
-            ``FeatureExtractor`` (``name`` + call).
+        features: xray task only — ``"aligned"`` (``model``'s aligned X-ray encoder), a saved classifier folder, a
+            ``.safetensors`` path or a ``FeatureExtractor`` (``name`` + call).
         labeler: report task only — a clinical ``Labeler``; default the rule-based one.
         cleaning: report task only — R2Gen cleaning style, "iu_xray" or "mimic_cxr".
         model: the bundle holding fitted baselines (needed by ``bundle_baselines``).
@@ -494,14 +496,23 @@ def _resolve_extractor(features: Any, *, model: str | Path | None) -> Any:
 
     if features is None:
         raise InputError(None, "the xray task (FID/KID) needs a feature extractor, and none was given",
-                         "pass --features aligned (the --model bundle's aligned X-ray encoder) or --features FILE.safetensors "
-                         "(torchvision or torchxrayvision DenseNet-121 weights)")
+                         "pass --features aligned (the --model bundle's aligned X-ray encoder), --features DIR (a saved "
+                         "classifier, e.g. medm2g-demo/xray-probe) or --features FILE.safetensors (torchvision or "
+                         "torchxrayvision DenseNet-121 weights)")
     if isinstance(features, str) and features == ALIGNED_FEATURES:
         return aligned_xray_extractor(model)
+    if isinstance(features, (str, Path)) and Path(features).is_dir():
+        from medm2g_core.baselines.classifier import WEIGHTS, classifier_features
+
+        if not (Path(features) / WEIGHTS).is_file() or not (Path(features) / "config.json").is_file():
+            raise InputError(Path(features), f"not a saved classifier (config.json + {WEIGHTS})",
+                             "pass the folder `medm2g demo` writes as OUT/xray-probe, or --features FILE.safetensors")
+        return classifier_features(features)
     if isinstance(features, (str, Path)):
         return load_feature_extractor(features)
     if not callable(features) or not isinstance(getattr(features, "name", None), str):
-        raise InputError(None, "features must be 'aligned', a .safetensors path or an extractor with a name and __call__(images)")
+        raise InputError(None, "features must be 'aligned', a classifier folder, a .safetensors path or an extractor with a "
+                               "name and __call__(images)")
     return features
 
 

@@ -97,3 +97,43 @@ def test_xray_fid_on_the_bundles_aligned_encoder(tmp_path: Path):
     features = {side: np.concatenate([extractor(_unit_float(io.read(root / p / "xray.png")[0])[None]) for p in patients])
                 for side, root in (("pred", tmp_path / "pred"), ("ref", cohort))}
     assert metrics[name]["value"] == pytest.approx(frechet_distance(features["pred"], features["ref"]))
+
+
+def test_xray_fid_on_a_saved_classifier_folder(tmp_path: Path):
+    """`--features OUT/xray-probe` (the demo's fixed probe): FID/KID on that classifier's features, named by the folder
+    and its weights' sha256; a folder that holds no classifier is refused with exit 2."""
+    import sys
+
+    import numpy as np
+
+    from medm2g_core import io
+    from medm2g_core.baselines.classifier import ImageClassifier, ImageClassifierConfig, classifier_features, weights_sha256
+    from medm2g_core.metrics.distribution import frechet_distance
+    from medm2g_core.workflows.evaluate import _unit_float
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tiny_cohort import write_cohort
+
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, patients=6, size=16)
+    probe = ImageClassifier(ImageClassifierConfig(classes=["effusion", "pacemaker"], size=16, channels=[4, 8], strides=[2, 2],
+                                                  multi_label=True)).save(tmp_path / "xray-probe")
+    rng = np.random.default_rng(1)
+    patients = sorted(p.name for p in cohort.iterdir() if p.is_dir())
+    for name in patients:
+        image, meta = io.read(cohort / name / "xray.png")
+        noisy = np.clip(image.astype(np.float64) + rng.normal(0, 0.2 * float(np.ptp(image)) + 1, image.shape), 0, np.iinfo(image.dtype).max)
+        io.write(tmp_path / "pred" / name / "xray.png", noisy.astype(image.dtype), meta)
+    args = ["evaluate", "--task", "xray", "--pred", str(tmp_path / "pred"), "--ref", str(cohort), "--json"]
+    result = runner.invoke(app, [*args, "--features", str(probe)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])["systems"]["model"]["metrics"]
+    name = next(n for n in metrics if n.startswith("FID["))
+    assert name == f"FID[xray-probe[sha256 {weights_sha256(probe)[:12]}]]" and metrics[name]["count"] == 6
+    extractor = classifier_features(probe)
+    features = {side: np.concatenate([extractor(_unit_float(io.read(root / p / "xray.png")[0])[None]) for p in patients])
+                for side, root in (("pred", tmp_path / "pred"), ("ref", cohort))}
+    assert metrics[name]["value"] == pytest.approx(frechet_distance(features["pred"], features["ref"]))
+    (tmp_path / "empty").mkdir()
+    refused = runner.invoke(app, [*args, "--features", str(tmp_path / "empty")])
+    assert refused.exit_code == 2 and "not a saved classifier" in refused.output
