@@ -119,7 +119,8 @@ FULL = DemoSettings(
     # was starved: at 150/150 every held-out X-ray got one report; at 300/400, in the flow space, 10 of 14 differ.
     # The image flows train long enough to learn (benchmarks/bench_quality.py, 2 quiet cores): mri-ct at 720 steps
     # (56 s) 71.4 HU, at 240 steps (20 s) 153. The plain peer in those 56 s: 72.5 HU at lr 2e-3, 58.9 at lr 4e-3.
-    # Report → X-ray is a v-prediction flow (demo-cpu): 1,200 steps ≈ 135 s; at 600 its probe AUCs were 0.05–0.12 lower.
+    # Report → X-ray is a v-prediction flow (demo-cpu): 1,200 steps ≈ 115 s; at 600 (seed 0) its effusion AUC was 0.12
+    # lower, cardiomegaly and pacemaker within 0.03.
     flow_steps={"xray-report": 400, "report-xray": 1200, "mri-ct": 720, "t1-t2": 540},
     regression_steps=None, samples=2, translate_patients=3, val_batches=1, psnr_items=4,
 )

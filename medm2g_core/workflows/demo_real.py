@@ -358,10 +358,11 @@ class _RealRun(StageRunner):
             text_vae = {**dict(recipe.text_vae), "max_tokens": 32}
             text_vae.pop("query_init_std", None)  # the IU autoencoder's; the label text keeps demo-cpu's init
             text_vae["training"] = {**dict(text_vae.get("training") or {}), "steps": s.cxr_text_vae_steps}
-            # Label → X-ray keeps L1 and the cosine decay (demo-cpu's report-xray override is L2 for the phantoms'
-            # small devices): with L2 the probe's accuracy on the generated X-rays was 0.682 against 0.705 with L1
-            # (real held-out X-rays 0.864; one run each, 2026-12-07), below the 0.8 ratio #18 asks for. The classes
-            # here are diffuse patterns, not a device a few pixels across.
+            # Label → X-ray keeps the x0 flow with L1 and the cosine decay, not demo-cpu's report-xray override (made for
+            # the phantoms' small devices; v-prediction since 2026-12-08, not measured here): with that override's
+            # earlier L2 x0 form the probe's accuracy on the generated X-rays was 0.682 against 0.705 with L1 (real
+            # held-out X-rays 0.864; one run each, 2026-12-07), below the 0.8 ratio #18 asks for. The classes here
+            # are diffuse patterns, not a device a few pixels across.
             flows = dict(recipe.flows)
             flows["pairs"] = {**dict(flows.get("pairs") or {}), "report-xray": {"training": {"min_lr_ratio": 0.0}}}
             self._cxr_recipe = apply_overrides(recipe, {
