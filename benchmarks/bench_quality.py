@@ -29,6 +29,10 @@ On the real cohorts that ``medm2g demo --real`` imports (``OUT/cohort/brain/{bra
 ``--set KEY=VALUE`` (repeatable) changes the medm2g side's recipe (``--set flows.training.lr=4e-3``); the peer keeps
 its own settings (``--peer-lr``).
 
+``--mirror``: also translate with ``medm2g translate --mirror`` (test-time left–right mirroring) and have the peer
+predict mirrored too (``peer.py --mirror-out``, the same trained network), scored as systems ``mirror`` and
+``peer-mirror``; the table adds a "(mirrored)" row per metric: flow and peer each with mirroring.
+
 ``--ct-8bit``: the cohort's CT is an 8-bit display window (AANLIB), trained with ``data.ct_window: [0, 255]`` and
 ``data.ct_units`` recorded (a recipe written into OUT), and the peer uses the same window.
 """
@@ -78,7 +82,8 @@ def metrics_of(evaluation: dict, system: str) -> dict[str, float]:
 
 
 def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path, patients: int, seed: int, seed_dir: bool = False,
-             recipe: list[str], peer_options: list[str], steps: int | None = None, regression: bool = True) -> dict:
+             recipe: list[str], peer_options: list[str], steps: int | None = None, regression: bool = True,
+             mirror: bool = False) -> dict:
     target = TARGET[pair][0]
     sources = SOURCES[pair]
     steps = int(round((steps or demo_steps(pair)) * budget))
@@ -98,6 +103,10 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
         inputs = [str(cohort / p) for p in held] + ["--from", ",".join(sources)]
     medm2g("translate", *inputs, "--to", target, "--model", str(bundle), "--out", str(work / "model"), "--overwrite",
            "--batch-size", "64", "--seed", str(seed), log=log)
+    if mirror:
+        medm2g("translate", *inputs, "--to", target, "--model", str(bundle), "--out", str(work / "model-mirror"), "--overwrite",
+               "--batch-size", "64", "--seed", str(seed), "--mirror", log=log)
+        peer_options = [*peer_options, "--mirror-out", str(work / "peer-mirror")]
     started = time.monotonic()
     subprocess.run([sys.executable, str(HERE / "peer.py"), "--cohort", str(cohort), "--sources", ",".join(sources), "--target", target,
                     "--train", ",".join(train), "--predict", ",".join(held), "--seconds", str(seconds), "--seed", str(seed),
@@ -105,7 +114,9 @@ def run_pair(pair: str, budget: float, *, cohort: Path, aligned: Path, out: Path
     peer_seconds = time.monotonic() - started
     evaluation = medm2g("evaluate", "--task", "translation", "--pred", str(work / "model"), "--ref", str(cohort),
                         "--model", str(bundle), "--pair", pair, "--baseline", "identity", *(["--baseline", "regression"] if regression else []),
-                        "--baseline", f"peer={work / 'peer'}", log=log)
+                        "--baseline", f"peer={work / 'peer'}",
+                        *(["--baseline", f"mirror={work / 'model-mirror'}", "--baseline", f"peer-mirror={work / 'peer-mirror'}"]
+                          if mirror else []), log=log)
     return {"pair": pair, "budget": budget, "seed": seed, "steps": steps, "seconds": seconds, "peer_seconds_total": round(peer_seconds, 1),
             "peer": json.loads((work / "peer.json").read_text()),
             "systems": {name: metrics_of(evaluation, name) for name in evaluation["systems"]}}
@@ -199,6 +210,10 @@ def table(results: list[dict]) -> str:
             cells = " | ".join(f"{values[n]:.3g}" if values[n] is not None else "–" for n in ("model", "regression", "identity", "peer"))
             lines.append(f"| {r['pair']} | {r['budget']:g}× ({r['steps']}, {r['seconds']:.0f} s) | {r.get('seed', 0)} | {metric} | {cells} "
                          f"| {ratio:.2f} |")
+            flow, peer = (r["systems"].get(n, {}).get(metric) for n in ("mirror", "peer-mirror"))
+            if flow is not None and peer is not None:
+                lines.append(f"| {r['pair']} | {r['budget']:g}× ({r['steps']}, {r['seconds']:.0f} s) | {r.get('seed', 0)} | {metric} (mirrored) "
+                             f"| {flow:.3g} | – | – | {peer:.3g} | {flow / peer:.2f} |")
     return "\n".join(lines)
 
 
@@ -224,6 +239,7 @@ def main() -> None:
                         help="a recipe setting for the medm2g side (YAML value), e.g. --set flows.training.lr=4e-3 or "
                              "--set 'flows.image_denoiser.block_out_channels=[32,32,64,128,256]'; repeatable")
     parser.add_argument("--latent", action="store_true", help="latent flows (autoencoders trained first; see LATENT_AUTOENCODER)")
+    parser.add_argument("--mirror", action="store_true", help="also score flow and peer with test-time left–right mirroring")
     parser.add_argument("--aligned", type=Path, default=None, help="reuse this aligned bundle (same cohort) instead of aligning")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     args = parser.parse_args()
@@ -250,7 +266,7 @@ def main() -> None:
             for seed in seeds:
                 results.append(run_pair(pair, budget, cohort=cohort, aligned=aligned, out=out, patients=args.patients, seed=seed,
                                         seed_dir=bool(args.seeds), recipe=recipe, peer_options=peer_options, steps=args.steps,
-                                        regression=not args.latent))  # the regression baseline is pixel-space only
+                                        regression=not args.latent, mirror=args.mirror))  # the regression baseline is pixel-space only
                 (out / "results.json").write_text(json.dumps(results, indent=1))
                 print(table(results[-1:]), flush=True)
     means = mean_over_seeds(results)

@@ -10,6 +10,9 @@ as ``OUT/<patient>/<target file>`` so that ``medm2g evaluate`` scores it beside 
         --predict P0003 --seconds 137 --out OUT [--ct-window 0,255] [--size 64]
 
 ``--ct-window`` is the CT window in the cohort's units (an 8-bit display-window CT such as AANLIB: ``0,255``);
+``--mirror-out DIR`` also writes the predictions with test-time mirroring (each slice predicted as is and mirrored
+left–right, the two averaged: what ``medm2g translate --mirror`` does) to ``DIR``, from the same trained network.
+
 ``--size`` trains and predicts on slices resized to that many pixels per side, as the medm2g flow does
 (predictions are resized back to the input grid), so that equal seconds buy equal-resolution work.
 """
@@ -96,12 +99,16 @@ def train(x: torch.Tensor, y: torch.Tensor, *, seconds: float, batch: int = 16, 
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, cohort: Path, patient: str, sources: list[str], target: str, out: Path) -> Path:
+def predict(model: torch.nn.Module, cohort: Path, patient: str, sources: list[str], target: str, out: Path, *,
+            mirror: bool = False) -> Path:
     loaded = [load(cohort / patient / f"{s}.nii.gz") for s in sources]
     units = [to_unit(volume, s) for (volume, _), s in zip(loaded, sources)]
     stack = torch.from_numpy(np.stack([u[0] for u in units])).permute(3, 0, 1, 2)  # (depth, S, H, W)
     plane = tuple(stack.shape[-2:])
-    predicted = torch.cat([resize(model(resize(stack[i:i + 32])), plane) for i in range(0, stack.shape[0], 32)]).clamp(-1, 1)
+    def run(batch: torch.Tensor) -> torch.Tensor:  # axis -2 of a canonical slice is left–right
+        return (model(batch) + model(batch.flip(-2)).flip(-2)) / 2 if mirror else model(batch)
+
+    predicted = torch.cat([resize(run(resize(stack[i:i + 32])), plane) for i in range(0, stack.shape[0], 32)]).clamp(-1, 1)
     volume = predicted[:, 0].permute(1, 2, 0).numpy()
     low, high = CT_WINDOW if target == "ct" else units[0][1]  # an MRI target takes the source's range
     physical = (volume + 1) / 2 * (high - low) + low
@@ -129,6 +136,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ct-window", default=None, help="LOW,HIGH of the CT window in the cohort's units (default -1024,3000 HU)")
     parser.add_argument("--size", type=int, default=None, help="train and predict on SIZE² slices (default: native)")
+    parser.add_argument("--mirror-out", type=Path, default=None, help="also write test-time mirrored predictions here")
     args = parser.parse_args()
     global CT_WINDOW, SIZE
     if args.ct_window:
@@ -140,6 +148,8 @@ def main() -> None:
     model, steps = train(x, y, seconds=args.seconds, seed=args.seed, lr=args.lr)
     for patient in args.predict.split(","):
         predict(model, args.cohort, patient, sources, args.target, args.out)
+        if args.mirror_out is not None:
+            predict(model, args.cohort, patient, sources, args.target, args.mirror_out, mirror=True)
     print(json.dumps({"steps": steps, "seconds": args.seconds, "lr": args.lr, "slices": int(x.shape[0])}))
 
 

@@ -30,6 +30,7 @@ def translate(
     shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: this job's share of the sorted inputs (k = 0..N-1).")] = None,
     device: Device = "auto",
     batch_size: BatchSize = None,
+    mirror: Annotated[bool, typer.Option("--mirror", help="Test-time mirroring: also translate each slice mirrored left–right and average the two (for left–right symmetric anatomy such as the head; twice the time).")] = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Refuse volumes needing more than this (4G, 512M); default half the RAM.")] = None,
     json_out: JsonOut = False,
 ) -> None:
@@ -62,5 +63,6 @@ def translate(
         shard=parsing.parse_shard(shard),
         device=device,
         batch_size=batch_size,
+        mirror=mirror,
         max_memory=parsing.parse_memory(max_memory),
     )

@@ -155,6 +155,7 @@ class MedM2G:
         guidance: float | None = None,
         weights: Sequence[float] | Mapping[ModalityLike, float] | None = None,
         batch_size: int | None = None,
+        mirror: bool = False,
         progress: ProgressFn = no_progress,
     ) -> TranslationResult:
         """Translate a volume ``(i, j, k)`` to modality ``to`` on the same grid.
@@ -169,6 +170,7 @@ class MedM2G:
             seed: same seed → identical output; slice k uses ``translate.slice_seed(seed, k)``.
             weights: composition weights, one per source in order (primary first) or by modality.
             batch_size: slices per forward pass (memory/speed only).
+            mirror: also translate each slice mirrored left–right and average (test-time mirroring; twice the time).
 
         Returns:
             ``TranslationResult(image, std, meta, flow, warnings, seconds)``; ``image`` float32 in HU for
@@ -182,7 +184,8 @@ class MedM2G:
         pair = self.select_flow(target=target, available=list(arrays))
         weight_map = _weights(weights, list(arrays))
         result = translate_volume(self.flow(pair), arrays, meta, samples=samples, seed=seed, steps=steps, guidance=guidance,
-                                  weights=weight_map, batch_size=batch_size, bundle_name=self.path.name, progress=progress)
+                                  weights=weight_map, batch_size=batch_size, mirror=mirror, bundle_name=self.path.name,
+                                  progress=progress)
         if self.synthetic:
             result.warnings.append(self.synthetic_warning)
         return result
@@ -241,6 +244,7 @@ class MedM2G:
         steps: int | None = None,
         guidance: float | None = None,
         batch_size: int | None = None,
+        mirror: bool = False,
         progress: ProgressFn = no_progress,
     ) -> dict[Modality, TranslationResult]:
         """Translate a volume to two targets in ONE sampling loop (the bundle's joint stage of their flows).
@@ -257,7 +261,8 @@ class MedM2G:
         _check_samples(samples)
         pairs = self.joint_pairs(wanted, available=list(arrays))
         results = translate_volume_jointly(self.joint(pairs), arrays, meta, samples=samples, seed=seed, steps=steps,
-                                           guidance=guidance, batch_size=batch_size, bundle_name=self.path.name, progress=progress)
+                                           guidance=guidance, batch_size=batch_size, mirror=mirror, bundle_name=self.path.name,
+                                           progress=progress)
         by_target = {_modality(r.meta.modality): r for r in results}
         if self.synthetic:
             for result in results:

@@ -17,7 +17,12 @@ Per volume:
    channels in the training order ``[src0 k-c..k+c, src1 k-c..k+c, ...]``, resized to the flow's
    ``image_size``.
 4. **Sampling** in batches of ``batch_size`` slices. Each slice's noise comes from its own seed,
-   ``slice_seed(seed, k)``, so the output is identical whatever the batch size.
+   ``slice_seed(seed, k)``, so the output is identical whatever the batch size. With ``mirror`` each batch is
+   also run mirrored across the canonical left–right axis (the same seeds) and the mirrored prediction, flipped
+   back, is averaged with the plain one (test-time mirroring, as nnU-Net does by default; for left–right
+   symmetric anatomy such as the head). It averages out the errors the network does not make symmetrically, for
+   twice the sampling time; the std map then pools both passes' samples (with one sample each: half their
+   difference, where the network disagrees with its mirrored self).
 5. **Reassembly**: each slice is resized back to its original in-plane size, the mean (and the
    per-voxel std of ``samples`` > 1 samples: an uncertainty map) denormalised to physical units — HU
    for CT, clipped to ``CT_HU_RANGE`` — and restacked; the inverse reorientation puts it back on the
@@ -52,7 +57,8 @@ class TranslationResult:
 
     Attributes:
         image: ``(i, j, k)`` float32 in the target's physical units (HU for CT, clipped to ``modalities.CT_HU_RANGE``).
-        std: per-voxel standard deviation over ``samples`` samples in the same units, or None when samples == 1.
+        std: per-voxel standard deviation over ``samples`` samples (and both passes with ``mirror``) in the same
+            units, or None for one sample without ``mirror``.
         meta: the input's geometry with the target's modality/units, ``synthetic=True`` and a derivation note.
         flow: the flow used (``mri-t1__ct``).
         warnings: things the caller should tell the user (the CLI prints them on stderr).
@@ -109,6 +115,7 @@ def translate_volume(
     guidance: float | None = None,
     weights: Mapping[Modality, float] | None = None,
     batch_size: int | None = None,
+    mirror: bool = False,
     bundle_name: str = "",
     progress: ProgressFn = no_progress,
 ) -> TranslationResult:
@@ -121,12 +128,13 @@ def translate_volume(
         samples: samples per slice; > 1 gives their mean and a std map.
         seed: one seed for the whole volume; slice k uses ``slice_seed(seed, k)``.
         batch_size: slices per ``predict`` call (default 8); does not change the result.
+        mirror: also predict each slice mirrored left–right and average the two (module docstring, step 4).
     """
     def predict(inputs: dict[Modality, Any], seeds: list[int]) -> list[Any]:
         return [_predict(flow, inputs, samples=samples, seeds=seeds, steps=steps, guidance=guidance, weights=weights)]
 
     (result,) = _translate(flow, [flow], predict, sources, meta, samples=samples, seed=seed, batch_size=batch_size,
-                           bundle_name=bundle_name, progress=progress)
+                           mirror=mirror, bundle_name=bundle_name, progress=progress)
     return result
 
 
@@ -140,6 +148,7 @@ def translate_volume_jointly(
     steps: int | None = None,
     guidance: float | None = None,
     batch_size: int | None = None,
+    mirror: bool = False,
     bundle_name: str = "",
     progress: ProgressFn = no_progress,
 ) -> list[TranslationResult]:
@@ -153,14 +162,15 @@ def translate_volume_jointly(
         return joint.predict(inputs, seed=list(seeds), samples=samples, steps=steps, guidance=guidance)
 
     results = _translate(joint, joint.flows, predict, sources, meta, samples=samples, seed=seed, batch_size=batch_size,
-                         bundle_name=bundle_name, progress=progress)
+                         mirror=mirror, bundle_name=bundle_name, progress=progress)
     for result in results:
         result.meta = result.meta.replace(extra={**result.meta.extra, "medm2g_joint": joint.name})
     return results
 
 
 def _translate(model: Any, flows: Sequence[Any], predict: Any, sources: Mapping[Modality, np.ndarray], meta: ImageMeta, *,
-               samples: int, seed: int, batch_size: int | None, bundle_name: str, progress: ProgressFn) -> list[TranslationResult]:
+               samples: int, seed: int, batch_size: int | None, mirror: bool, bundle_name: str,
+               progress: ProgressFn) -> list[TranslationResult]:
     """The per-volume algorithm (module docstring) for ``flows`` that share one slicing (``model``'s image size, 2.5D
     context and normalisation); ``predict(inputs, seeds)`` returns one ``Prediction`` per flow for a slice batch."""
     import torch
@@ -190,7 +200,7 @@ def _translate(model: Any, flows: Sequence[Any], predict: Any, sources: Mapping[
     size = int(model.image_size)
     batch_size = max(1, int(batch_size or 8))
     means = [np.empty(canonical_shape, dtype=np.float32) for _ in flows]
-    spreads = [np.empty(canonical_shape, dtype=np.float32) if samples > 1 else None for _ in flows]
+    spreads = [np.empty(canonical_shape, dtype=np.float32) if samples > 1 or mirror else None for _ in flows]
     flow_sources = [m for m in flows[0].pair.sources if m in normalised]
     for first in range(0, depth, batch_size):
         indices = list(range(first, min(first + batch_size, depth)))
@@ -202,22 +212,37 @@ def _translate(model: Any, flows: Sequence[Any], predict: Any, sources: Mapping[
                 channels = [volume[:, :, min(max(k + offset, 0), depth - 1)] for offset in range(-context, context + 1)]
                 stacks.append(resize_image(np.stack(channels), size))
             batch_inputs[modality] = torch.stack(stacks)
-        predictions = predict(batch_inputs, [slice_seed(seed, k) for k in indices])
-        for prediction, mean, spread in zip(predictions, means, spreads):
-            predicted_mean = prediction.mean.detach().float().cpu()
-            predicted_std = None if prediction.std is None else prediction.std.detach().float().cpu()
+        seeds = [slice_seed(seed, k) for k in indices]
+        predictions = predict(batch_inputs, seeds)
+        mirrored = predict({m: t.flip(-2) for m, t in batch_inputs.items()}, seeds) if mirror else [None] * len(predictions)
+        for prediction, flipped, mean, spread in zip(predictions, mirrored, means, spreads):
+            predicted_mean, predicted_std = _moments(prediction, flipped)
             for row, k in enumerate(indices):
                 mean[:, :, k] = resize_back(predicted_mean[row], plane)[0].numpy()
                 if spread is not None and predicted_std is not None:
                     spread[:, :, k] = resize_back(predicted_std[row], plane)[0].numpy()
         progress(ProgressEvent(task="slices", completed=indices[-1] + 1, total=depth))
     seconds = time.monotonic() - started
-    return [_result(flow, processing, mean, spread, states, ornt, meta, samples=samples, seed=seed, bundle_name=bundle_name,
-                    seconds=seconds) for flow, mean, spread in zip(flows, means, spreads)]
+    return [_result(flow, processing, mean, spread, states, ornt, meta, samples=samples, seed=seed, mirror=mirror,
+                    bundle_name=bundle_name, seconds=seconds) for flow, mean, spread in zip(flows, means, spreads)]
+
+
+def _moments(prediction: Any, mirrored: Any | None) -> tuple[Any, Any | None]:
+    """Mean and std (None for one sample) of a batch's prediction, pooled with its mirrored twin (flipped back along
+    the canonical left–right axis, dim −2 of a slice) when there is one: the two passes' samples as one set, so one
+    sample per pass gives half their difference — where the network disagrees with itself when mirrored."""
+    mean = prediction.mean.detach().float().cpu()
+    std = None if prediction.std is None else prediction.std.detach().float().cpu()
+    if mirrored is None:
+        return mean, std
+    other_mean = mirrored.mean.detach().float().cpu().flip(-2)
+    within = 0.0 if std is None else (std ** 2 + mirrored.std.detach().float().cpu().flip(-2) ** 2) / 2
+    return (mean + other_mean) / 2, (within + ((mean - other_mean) / 2) ** 2).sqrt()
 
 
 def _result(flow: Any, processing: Processing, mean: np.ndarray, spread: np.ndarray | None, states: Mapping[Modality, Any],
-            ornt: np.ndarray, meta: ImageMeta, *, samples: int, seed: int, bundle_name: str, seconds: float) -> TranslationResult:
+            ornt: np.ndarray, meta: ImageMeta, *, samples: int, seed: int, mirror: bool, bundle_name: str,
+            seconds: float) -> TranslationResult:
     """One flow's reassembled canonical mean/std → physical units on the input grid, with its output ``ImageMeta``."""
     from medm2g_core._version import __version__
     from medm2g_core.io.meta import units_for
@@ -231,7 +256,8 @@ def _result(flow: Any, processing: Processing, mean: np.ndarray, spread: np.ndar
         modality=target.value,
         units=state.units if target is Modality.CT else units_for(target.value),  # an 8-bit-window CT flow: never "HU"
         synthetic=True,
-        extra={**meta.extra, "derivation": derivation, "medm2g_flow": flow.pair.name, "samples": samples, "seed": seed},
+        extra={**meta.extra, "derivation": derivation, "medm2g_flow": flow.pair.name, "samples": samples, "seed": seed,
+               **({"mirror": True} if mirror else {})},
     )
     return TranslationResult(image=image, std=std, meta=out_meta, flow=flow.pair.name, seconds=seconds)
 

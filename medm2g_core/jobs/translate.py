@@ -118,6 +118,7 @@ def translate_batch(
     shard: tuple[int, int] | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    mirror: bool = False,
     max_memory: int | None = None,
     stdin: Any = None,
     progress: ProgressFn = no_progress,
@@ -164,7 +165,7 @@ def translate_batch(
                           output=Path(output) if output is not None else None, output_format=output_format)
     arguments = {"to": [t.value for t in targets] if jointly else target.value, "from": [m.value for m in sources] if sources else None,
                  "format": output_format, "samples": samples, "seed": seed, "steps": steps, "guidance": guidance,
-                 "weights": weight_values}  # not the batch size: each slice has its own seed, so it cannot change an output
+                 "weights": weight_values, "mirror": mirror}  # not the batch size: each slice has its own seed, so it cannot change an output
 
     def work(job: runs.Job, expected: str) -> runs.ItemResult:
         primary_modality, primary_path = next(iter(job.sources.items()))
@@ -182,7 +183,7 @@ def translate_batch(
                                  "register the sources to one grid first (e.g. with ANTs or SimpleITK)")
             additional[modality] = (array, other)
         options = dict(source=primary_modality, additional=additional, samples=samples, seed=seed, steps=steps, guidance=guidance,
-                       batch_size=batch_size, progress=progress)
+                       batch_size=batch_size, mirror=mirror, progress=progress)
         if jointly:
             results = loaded.translate_jointly(volume, meta, to=targets, **options)
             outputs = {t: (job.output if t is target else sibling_output(job.output, t, output_format)) for t in targets}
@@ -213,13 +214,15 @@ def sibling_output(path: Path, target: Modality, output_format: str) -> Path:
 
 def write_translation(path: Path, result: Any, *, output_format: str, fingerprint_value: str, model: Any,
                       arguments: dict[str, Any], seed: int, sources: Sequence[Modality]) -> list[str]:
-    """Write one ``TranslationResult`` (its volume, its std map when sampled K > 1, its sidecar); the paths written."""
+    """Write one ``TranslationResult`` (its volume, its std map when sampled K > 1 or mirrored, its sidecar); the paths
+    written."""
     from medm2g_core import io
 
     runs.remove_stale_sidecar(path)
     written = [str(write_volume(path, result.image, result.meta, output_format))]
     if result.std is not None:
-        std_meta = result.meta.replace(extra={**result.meta.extra, "map": "per-voxel standard deviation over samples"})
+        over = "samples and mirrored passes" if result.meta.extra.get("mirror") else "samples"
+        std_meta = result.meta.replace(extra={**result.meta.extra, "map": f"per-voxel standard deviation over {over}"})
         written.append(str(io.write(runs.std_path(path), result.std.astype(np.float32), std_meta)))
     runs.write_sidecar(path, kind="translate", fingerprint_value=fingerprint_value, model=model, flow=result.flow,
                        arguments=arguments, seed=seed, outputs=written,

@@ -370,6 +370,7 @@ def predict_baselines(
     split: str | None = "test",
     patients: Sequence[str] | None = None,
     device: str = "cpu",
+    mirror: bool = False,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Path]:
     """Write each baseline's predictions for the patients of ``inputs`` (a cohort folder).
@@ -379,6 +380,8 @@ def predict_baselines(
         split: run on this split of the cohort (the split recorded at fitting); None = every patient.
         patients: run on exactly these patient ids (relative folder paths); overrides ``split``.
         device: ``auto|cpu|cuda[:N]|mps`` (a requested device that is missing is a ``ConfigError``).
+        mirror: the regression baseline translates with test-time mirroring, as ``translate --mirror`` does (give it
+            when the model's predictions it is compared with were mirrored: the same inference for both).
 
     Returns:
         ``{baseline name: out_dir/<baseline>}``; patients lacking the source are skipped.
@@ -416,14 +419,15 @@ def predict_baselines(
         folder.mkdir(parents=True, exist_ok=True)
     normalisation = record.get("normalisation", {})
     if pair.is_paired_image:
-        _predict_translation(bundle_dir, pair, records, outputs, normalisation, synthetic=handle.synthetic, device=device, progress=progress)
+        _predict_translation(bundle_dir, pair, records, outputs, normalisation, synthetic=handle.synthetic, device=device, mirror=mirror,
+                             progress=progress)
     else:
         _predict_reports(bundle_dir, pair, records, outputs, normalisation, device=device, progress=progress)
     return outputs
 
 
 def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: dict[str, Path], normalisation: dict, *,
-                         synthetic: bool, device: str, progress: ProgressFn) -> None:
+                         synthetic: bool, device: str, mirror: bool, progress: ProgressFn) -> None:
     from medm2g_core import io
     from medm2g_core._version import __version__
     from medm2g_core.baselines.intensity import IntensityMap
@@ -460,7 +464,7 @@ def _predict_translation(bundle_dir: Path, pair: Pair, records: list, outputs: d
                                            "medm2g_baseline": "identity"})
             write_volume(outputs["identity"] / record.patient_id / filename, image, out_meta, "nifti")
         if regression is not None:
-            result = translate_volume(regression, arrays, meta, bundle_name=bundle_dir.name)
+            result = translate_volume(regression, arrays, meta, mirror=mirror, bundle_name=bundle_dir.name)
             out_meta = result.meta.replace(extra={**result.meta.extra, "medm2g_baseline": "regression",
                                                   "derivation": result.meta.extra["derivation"] + " (L1 regression baseline)"})
             write_volume(outputs["regression"] / record.patient_id / filename, result.image, out_meta, "nifti")

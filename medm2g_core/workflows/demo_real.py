@@ -147,6 +147,8 @@ class RealDemoSettings:
         size: pixels per side the models see (``data.image_size``); outputs are resized back to the input grid.
         align_steps, text_vae_steps: training steps. flow_steps: pair → steps (the regression baseline gets the same).
         samples, sampler_steps: samples averaged per translated slice, DDIM steps (None = the flow's, 10).
+        mirror: translate with test-time left–right mirroring (``translate --mirror``; brains are symmetric), the
+            regression baseline and the peer too (``peer.py --mirror-out``), so all are compared at equal inference.
         batch_size, val_batches, psnr_items: as in ``workflows.demo.DemoSettings``.
         aanlib_slices: AANLIB slices imported per case (None = all 144 pairs).
         iu_reports: IU studies kept per split, train and val (None = all: 2,069 train / 296 val in R2Gen's split).
@@ -166,7 +168,8 @@ class RealDemoSettings:
     align_steps: int = 60
     flow_steps: dict[str, int] = field(default_factory=lambda: {"t1-t2": 500, "t2+flair-t1": 500, "t2-ct": 500})
     text_vae_steps: int = 1500
-    samples: int = 2
+    samples: int = 1
+    mirror: bool = True
     sampler_steps: int | None = None
     batch_size: int | None = None
     val_batches: int | None = 1
@@ -397,8 +400,8 @@ class _RealRun(StageRunner):
             name = f"flow {pair}"
             stages.append(Stage(name, {"flows": recipe["flows"], "steps": s.flow_steps.get(pair), "sets": brain}, (previous,),
                                 self.flow_action(pair), resumable=True))
-            stages.append(Stage(f"peer {pair}", {"lr": s.peer_lr, "size": s.size, "version": 1}, (name,), self.peer_action(pair),
-                                clean=(self.out_dir / "peer" / pair,)))
+            stages.append(Stage(f"peer {pair}", {"lr": s.peer_lr, "size": s.size, "mirror": s.mirror, "version": 1}, (name,),
+                                self.peer_action(pair), clean=(self.out_dir / "peer" / pair, self.out_dir / "peer" / f"{pair}-mirror")))
             previous = f"peer {pair}"
         if "kermany" in self.found:
             cxr = recipe_to_dict(self.cxr_recipe())
@@ -422,7 +425,8 @@ class _RealRun(StageRunner):
                                 self.text_vae, resumable=True))
             previous = "text-vae"
         stages += [
-            Stage("predict", {"samples": s.samples, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT, "version": 2},
+            Stage("predict", {"samples": s.samples, "mirror": s.mirror, "sampler_steps": s.sampler_steps, "held_out": HELD_OUT,
+                              "version": 2},
                   (previous,) + ((previous_cxr,) if previous_cxr else ()), self.predict, clean=(self.predictions,)),
             Stage("evaluate", {"version": 2}, ("predict",), self.evaluate, clean=(self.evaluation,)),
             Stage("report", {"version": 2}, ("evaluate",), self.report),
@@ -529,6 +533,8 @@ class _RealRun(StageRunner):
                        "--target", first.target, "--train", ",".join(train), "--predict", ",".join(predict),
                        "--seconds", f"{seconds:.1f}", "--threads", str(torch.get_num_threads()), "--seed", str(self.seed),
                        "--lr", str(self.settings.peer_lr), "--size", str(self.settings.size), "--out", str(out)]
+            if self.settings.mirror:  # the same network's mirrored predictions, beside the plain ones
+                command += ["--mirror-out", str(out.with_name(f"{pair}-mirror"))]
             if first.target == "ct" or "ct" in first.sources:
                 command += ["--ct-window", "0,255"]  # this demo's CT is AANLIB's 8-bit window
             done = subprocess.run(command, capture_output=True, text=True)
@@ -748,7 +754,8 @@ class _RealRun(StageRunner):
         """The peer's predictions of ``task``'s set, or None when the peer did not run."""
         if self.results.get(f"peer {task.pair}", {}).get("skipped"):
             return None
-        folder = self.out_dir / "peer" / task.pair / SET_OF[task.set].cohort.split("/", 1)[1]
+        name = f"{task.pair}-mirror" if self.settings.mirror else task.pair  # at the model's inference
+        folder = self.out_dir / "peer" / name / SET_OF[task.set].cohort.split("/", 1)[1]
         return folder if folder.is_dir() else None
 
     def predict(self, resume: bool) -> dict[str, Any]:
@@ -770,14 +777,15 @@ class _RealRun(StageRunner):
             out = self.predictions / task.id
             started = time.monotonic()
             batch = translate_batch(inputs, to=parse_modality(task.target), sources=sources, out=out / "model", model=self.bundle,
-                                    samples=s.samples, seed=self.seed, steps=s.sampler_steps, device=self.device, overwrite=True,
-                                    progress=self.stage_progress(f"predict {task.id}"))
+                                    samples=s.samples, seed=self.seed, steps=s.sampler_steps, mirror=s.mirror, device=self.device,
+                                    overwrite=True, progress=self.stage_progress(f"predict {task.id}"))
             seconds = round(time.monotonic() - started, 1)
             if batch.counts.get("failed"):
                 from medm2g_core.errors import MedM2GError
 
                 raise MedM2GError(f"translating the held-out {task.set} patients failed ({batch.counts}); see {out / 'model' / 'run.json'}")
             predict_baselines(self.bundle, pair=task.pair, inputs=folder, out_dir=out, patients=patients, device=self.device,
+                              mirror=s.mirror,
                               progress=self.stage_progress(f"predict {task.id} baselines"))
             done[task.id] = {"patients": len(patients), "seconds": seconds}
         if "kermany" in self.found:

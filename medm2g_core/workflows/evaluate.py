@@ -32,6 +32,7 @@ recorded per patient and never stop the run.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -247,7 +248,19 @@ def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[st
     if missing:
         raise BundleError(f"{bundle} has no fitted {', '.join(missing)} baseline for {flow}; run `{fit_command(flow, bundle)}` first")
     return predict_baselines(bundle, pair=flow, inputs=ref_dir, out_dir=out_dir, names=list(names), split=None,
-                             patients=sorted(patients), progress=progress)
+                             patients=sorted(patients), mirror=_mirrored(pred_dir), progress=progress)
+
+
+def _mirrored(pred_dir: Path) -> bool:
+    """Whether ``medm2g translate --mirror`` wrote ``pred_dir`` (its ``run.json``): the bundle's regression baseline
+    then translates with the same test-time mirroring, so model and baseline are compared at equal inference."""
+    record = pred_dir / "run.json"
+    if not record.is_file():
+        return False
+    try:
+        return bool(json.loads(record.read_text()).get("arguments", {}).get("mirror"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pred_dir: Path, html: Any, features: Any,

@@ -52,6 +52,10 @@ def test_summary_has_every_task_beside_its_baselines_and_budgets(real_demo: dict
     peer = rows[("t2-ct", "peer")]
     assert peer["budget"]["seconds"] == pytest.approx(model["budget"]["seconds"], abs=0.1) and peer["budget"]["steps"] > 0
     assert {"MAE", "PSNR dB", "SSIM"} <= set(peer["metrics"])
+    # model, regression and peer at equal inference: all three translated with test-time mirroring
+    assert summary["settings"]["mirror"] is True
+    assert json.loads((real_demo["out"] / "predictions" / "t2-ct" / "model" / "run.json").read_text())["arguments"]["mirror"]
+    assert any((real_demo["out"] / "peer" / "t2-ct-mirror").rglob("*.nii.gz"))
     assert {"MAE", "PSNR dB", "SSIM"} <= set(model["metrics"]) and "8-bit" in model["convention"]  # grey levels, never HU
     assert model["held_out"] == 2  # two held-out AANLIB cases (val + test), never trained on
     text = rows[("report-autoencoder", "model")]

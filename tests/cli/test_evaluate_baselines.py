@@ -63,3 +63,21 @@ def test_missing_fitted_baseline_is_a_usage_error(built, tmp_path):
                                  "--model", str(bundle), "--baseline", "regression"])
     assert result.exit_code == 2 and "regression" in result.output
     assert "medm2g train-flow --pair mri-ct" in " ".join(result.output.split()) and "--baselines" in result.output
+
+
+def test_regression_baseline_is_mirrored_when_the_predictions_were(built, tmp_path):
+    """Predictions written by `translate --mirror` (their run.json says so): the regression baseline is translated with
+    the same test-time mirroring, so model and baseline are compared at equal inference."""
+    from medm2g_core import io
+
+    pred = _model_predictions(built["head"], tmp_path / "pred")
+    kept = {}
+    for mirrored in (False, True):
+        (pred / "run.json").write_text(json.dumps({"command": "translate", "arguments": {"to": "ct", "mirror": mirrored}}))
+        out = tmp_path / f"kept-{mirrored}"
+        result = runner.invoke(app, ["evaluate", "--task", "translation", "--pred", str(pred), "--ref", str(built["head"]),
+                                     "--model", str(built["bundle"]), "--baseline", "regression", "--baseline-out", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        kept[mirrored] = io.read(out / "regression" / "P0001" / "ct.nii.gz")[0]
+    assert kept[False].shape == kept[True].shape
+    assert float(np.abs(kept[True].astype(np.float32) - kept[False]).mean()) > 0.5  # the regression is deterministic

@@ -108,7 +108,7 @@ def test_oblique_nifti_keeps_its_grid_in_nibabel_and_simpleitk(tiny, tmp_path: P
     io.write(source, volume, _oblique(volume, meta))
     out = tmp_path / "out"
     run = _cli("translate", str(source), "--to", "ct", "--out", str(out), "--model", str(tiny["bundle"]), "--device", "cpu",
-               "--samples", "2", *STEPS)
+               "--samples", "2", "--mirror", *STEPS)  # test-time mirroring happens in the canonical frame: geometry as without
     assert run.returncode == 0, run.stderr
     assert "trained on synthetic phantoms" in run.stderr
     ct = out / "P0001" / "ct.nii.gz"
@@ -126,6 +126,7 @@ def test_oblique_nifti_keeps_its_grid_in_nibabel_and_simpleitk(tiny, tmp_path: P
     assert card["trained_on_synthetic_phantoms"] and card["flow"] == "mri-t1__ct" and card["seed"] == 0
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["counts"] == {"ok": 1, "failed": 0, "skipped": 0} and run_json["bundle"]["hash"] == card["bundle"]["hash"]
+    assert run_json["arguments"]["mirror"] is True
 
 
 def test_dicom_series_in_and_out(tiny, tmp_path: Path) -> None:

@@ -122,3 +122,37 @@ def test_nan_volume_is_an_input_error() -> None:
     volume = np.full(meta.shape, np.nan, np.float32)
     with pytest.raises(InputError, match="NaN"):
         translate_volume(EchoFlow(), {Modality.MRI_T1: volume}, meta)
+
+
+class LopsidedFlow(EchoFlow):
+    """The echo plus a left–right ramp (an error that mirroring cancels): +0.2 on one side, −0.2 on the other."""
+
+    def predict(self, sources, **kwargs):
+        prediction = super().predict(sources, **kwargs)
+        ramp = 0.2 * torch.linspace(-1.0, 1.0, 16).view(16, 1)  # along dim −2: the canonical left–right axis
+        return _Prediction(prediction.mean + ramp, prediction.std, prediction.samples + ramp)
+
+
+def test_mirror_averages_a_left_right_mirrored_pass_and_cancels_a_lopsided_error() -> None:
+    meta = _oblique_meta((8, 16, 16))  # canonically 16 × 16 slices, 8 deep
+    volume = np.random.default_rng(3).uniform(0, 500, meta.shape).astype(np.float32)
+    echo = translate_volume(EchoFlow(), {Modality.MRI_T1: volume}, meta, seed=0)
+    lopsided = translate_volume(LopsidedFlow(), {Modality.MRI_T1: volume}, meta, seed=0)
+    flow = LopsidedFlow()
+    mirrored = translate_volume(flow, {Modality.MRI_T1: volume}, meta, seed=0, mirror=True, batch_size=4)
+    assert flow.calls == [4, 4, 4, 4]  # two batches of 4 slices, each run plain and mirrored
+    # the ramp (±0.2 of the [-1, 1] range: ±400 HU) is in the plain output and cancels in the mirrored one, which is
+    # the echo up to its 0.01 noise (20 HU; interpolation adds a little at the edges)
+    assert np.abs(lopsided.image - echo.image).max() > 300
+    assert np.abs(mirrored.image - echo.image).mean() < 20
+    assert mirrored.meta.extra["mirror"] is True and "mirror" not in echo.meta.extra
+    # one sample per pass: the std map is half the passes' difference (the ramp's |0.2·r|, ~200 HU on average)
+    assert echo.std is None and mirrored.std is not None and 100 < mirrored.std.mean() < 300
+    # samples > 1: the std map pools both passes' samples — the echo's own spread when the passes agree, plus their
+    # disagreement when they do not (the lopsided flow's ramp: ~200 HU on average)
+    single = translate_volume(EchoFlow(), {Modality.MRI_T1: volume}, meta, seed=0, samples=3)
+    agreeing = translate_volume(EchoFlow(), {Modality.MRI_T1: volume}, meta, seed=0, samples=3, mirror=True)
+    disagreeing = translate_volume(LopsidedFlow(), {Modality.MRI_T1: volume}, meta, seed=0, samples=3, mirror=True)
+    assert agreeing.std.shape == meta.shape
+    assert 0.7 * single.std.mean() < agreeing.std.mean() < 1.5 * single.std.mean()
+    assert disagreeing.std.mean() > 5 * single.std.mean()
