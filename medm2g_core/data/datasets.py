@@ -402,7 +402,10 @@ class PairSliceDataset(Dataset):
         target_array, target_state = self.reader.image(record.files[self.target], self.target)
         original_shape = tuple(int(s) for s in target_array.shape[:2])
         source = torch.stack(channels)
-        target = resize_image(axial_slice(target_array, k), self.image_size)
+        # The target is shrunk without antialiasing: a prediction is resized back to the input grid and scored there,
+        # and an antialiased target averages thin bright structures (the skull of a 256² CT) into their neighbours,
+        # which the flow then learns as blur (AANLIB, README Real data). Sources keep it (a clean input).
+        target = resize_image(axial_slice(target_array, k), self.image_size, antialias=False)
         if self.augment is not None:
             joint = augment_view(torch.cat([source, target]), self.augment, generator=item_generator(self.seed, index))
             source, target = joint[:-1], joint[-1:]

@@ -116,8 +116,8 @@ def slice_indices(depth: int, slices: str | int) -> list[int]:
     return sorted({int(round(low + (high - low) * i / max(count - 1, 1))) for i in range(count)}) if count > 1 else [depth // 2]
 
 
-def resize_image(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) or (C, H, W) → (C, size, size) float32, bilinear with antialiasing.
+def resize_image(image: np.ndarray | torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tensor:
+    """(H, W) or (C, H, W) → (C, size, size) float32, bilinear (with antialiasing unless ``antialias=False``).
 
     Non-square images are stretched (the original shape is kept by the caller for ``resize_back``).
     """
@@ -126,7 +126,7 @@ def resize_image(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
         tensor = tensor[None]
     if tuple(tensor.shape[-2:]) == (size, size):
         return tensor.clone()
-    return F.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return F.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=antialias, align_corners=False)[0]
 
 
 def resize_back(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

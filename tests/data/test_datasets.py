@@ -236,3 +236,26 @@ def test_real_ixi_is_refused_until_registered(shared_data, tmp_path):
     import_dataset("ixi", source, out=tmp_path / "registered", register=True)
     dataset = PairSliceDataset(scan_cohort(tmp_path / "registered"), sources=["t1"], target="t2", image_size=16, slices=2)
     assert len(dataset) == 2 and dataset[0]["source"].shape == (1, 16, 16)
+
+
+def test_pair_slice_target_keeps_a_thin_bright_structure_when_shrunk(tmp_path):
+    """A one-voxel-wide bright line (a skull in a 256² CT) stays bright in the shrunk target — no antialiasing, which
+    would average it into its neighbours and teach the flow blur — while the source is antialiased."""
+    from medm2g_core import io
+    from medm2g_core.data.manifest import scan_cohort
+    from medm2g_core.types import ImageMeta
+
+    grid = ImageMeta(spacing=(1.0, 1.0, 1.0), shape=(32, 32, 2))
+    image = np.zeros(grid.shape, np.float32)
+    image[:, 10, :] = 1000.0  # one line of voxels, 4× thinner than an output pixel
+    patient = tmp_path / "cohort" / "S1"
+    io.write(patient / "ct.nii.gz", (image - 1000.0).astype(np.int16), grid.replace(modality="ct", units="HU"))
+    io.write(patient / "mri-t1.nii.gz", image.astype(np.int16), grid.replace(modality="mri-t1"))
+    dataset = PairSliceDataset(scan_cohort(tmp_path / "cohort"), sources=["t1"], target="ct", image_size=8)
+    item = dataset[0]
+    background = float(item["target"].min())
+    target_peak = float(item["target"].max()) - background
+    source_peak = float(item["source"].max() - item["source"].min())
+    full = 1000.0 / 4024.0 * 2  # the line's height in the [-1, 1] CT window
+    assert target_peak > 0.45 * full  # bilinear at the sample points: at least half of it survives
+    assert item["source"].shape == (1, 8, 8) and source_peak < 0.45 * 2  # the antialiased source: spread over 4 rows
