@@ -211,6 +211,11 @@ class RunRecord:
         return write_json(folder / name, self.to_json())
 
 
+def run_records(folder: Path) -> list[Path]:
+    """The ``run.json`` and ``run.shard-k-of-N.json`` files ``RunRecord.write`` left in ``folder`` (sorted)."""
+    return sorted(p for p in [Path(folder) / "run.json", *Path(folder).glob("run.shard-*-of-*.json")] if p.is_file())
+
+
 def summary_counts(items: Iterable[ItemResult]) -> dict[str, int]:
     counts = {STATUS_OK: 0, STATUS_FAILED: 0, STATUS_SKIPPED: 0}
     for item in items:

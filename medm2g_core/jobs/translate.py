@@ -165,7 +165,8 @@ def translate_batch(
                           output=Path(output) if output is not None else None, output_format=output_format)
     arguments = {"to": [t.value for t in targets] if jointly else target.value, "from": [m.value for m in sources] if sources else None,
                  "format": output_format, "samples": samples, "seed": seed, "steps": steps, "guidance": guidance,
-                 "weights": weight_values, "mirror": mirror}  # not the batch size: each slice has its own seed, so it cannot change an output
+                 "weights": weight_values,  # not the batch size: each slice has its own seed, so it cannot change an output
+                 **({"mirror": True} if mirror else {})}  # only when on: outputs made before --mirror keep their fingerprint
 
     def work(job: runs.Job, expected: str) -> runs.ItemResult:
         primary_modality, primary_path = next(iter(job.sources.items()))

@@ -401,7 +401,8 @@ class _RealRun(StageRunner):
             stages.append(Stage(name, {"flows": recipe["flows"], "steps": s.flow_steps.get(pair), "sets": brain}, (previous,),
                                 self.flow_action(pair), resumable=True))
             stages.append(Stage(f"peer {pair}", {"lr": s.peer_lr, "size": s.size, "mirror": s.mirror, "version": 1}, (name,),
-                                self.peer_action(pair), clean=(self.out_dir / "peer" / pair, self.out_dir / "peer" / f"{pair}-mirror")))
+                                self.peer_action(pair),
+                                clean=(self.peer_dir(pair, mirrored=False), self.peer_dir(pair, mirrored=True))))
             previous = f"peer {pair}"
         if "kermany" in self.found:
             cxr = recipe_to_dict(self.cxr_recipe())
@@ -528,13 +529,13 @@ class _RealRun(StageRunner):
             train = [pid for pid in splits.get("train", []) if all((self.cohort / "brain" / pid / f"{m}.nii.gz").is_file() for m in needed)]
             predict = [f"{SET_OF[t.set].cohort.split('/', 1)[1]}/{pid}" for t in tasks for pid in self.held_out(t.set)]
             seconds = float(self.results[f"flow {pair}"]["budget"]["model"]["seconds"])
-            out = self.out_dir / "peer" / pair
+            out = self.peer_dir(pair, mirrored=False)
             command = [sys.executable, str(script), "--cohort", str(self.cohort / "brain"), "--sources", ",".join(first.sources),
                        "--target", first.target, "--train", ",".join(train), "--predict", ",".join(predict),
                        "--seconds", f"{seconds:.1f}", "--threads", str(torch.get_num_threads()), "--seed", str(self.seed),
                        "--lr", str(self.settings.peer_lr), "--size", str(self.settings.size), "--out", str(out)]
             if self.settings.mirror:  # the same network's mirrored predictions, beside the plain ones
-                command += ["--mirror-out", str(out.with_name(f"{pair}-mirror"))]
+                command += ["--mirror-out", str(self.peer_dir(pair, mirrored=True))]
             if first.target == "ct" or "ct" in first.sources:
                 command += ["--ct-window", "0,255"]  # this demo's CT is AANLIB's 8-bit window
             done = subprocess.run(command, capture_output=True, text=True)
@@ -750,12 +751,16 @@ class _RealRun(StageRunner):
         report = result.stages[0]
         return {"steps": report.steps, "seconds": round(report.seconds, 1), "val_end": report.val_end}
 
+    def peer_dir(self, pair: str, *, mirrored: bool) -> Path:
+        """Where the peer of ``pair`` writes its predictions: ``OUT/peer/<pair>/``, its mirrored ones
+        ``OUT/peer/<pair>-mirror/`` (scored when the model is translated mirrored: equal inference)."""
+        return self.out_dir / "peer" / (f"{pair}-mirror" if mirrored else pair)
+
     def peer_folder(self, task: ImageTask) -> Path | None:
         """The peer's predictions of ``task``'s set, or None when the peer did not run."""
         if self.results.get(f"peer {task.pair}", {}).get("skipped"):
             return None
-        name = f"{task.pair}-mirror" if self.settings.mirror else task.pair  # at the model's inference
-        folder = self.out_dir / "peer" / name / SET_OF[task.set].cohort.split("/", 1)[1]
+        folder = self.peer_dir(task.pair, mirrored=self.settings.mirror) / SET_OF[task.set].cohort.split("/", 1)[1]
         return folder if folder.is_dir() else None
 
     def predict(self, resume: bool) -> dict[str, Any]:

@@ -32,7 +32,6 @@ recorded per patient and never stop the run.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -252,15 +251,17 @@ def _bundle_baselines(task: str, *, model: str | Path | None, names: Sequence[st
 
 
 def _mirrored(pred_dir: Path) -> bool:
-    """Whether ``medm2g translate --mirror`` wrote ``pred_dir`` (its ``run.json``): the bundle's regression baseline
-    then translates with the same test-time mirroring, so model and baseline are compared at equal inference."""
-    record = pred_dir / "run.json"
-    if not record.is_file():
-        return False
-    try:
-        return bool(json.loads(record.read_text()).get("arguments", {}).get("mirror"))
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Whether ``medm2g translate --mirror`` wrote ``pred_dir`` (its ``run.json``, or every shard's): the bundle's
+    regression baseline then translates with the same test-time mirroring, so model and baseline are compared at equal
+    inference. A folder whose runs disagree is refused rather than scored against one of the two."""
+    from medm2g_core.jobs.runs import run_records
+    from medm2g_core.serialization import read_json
+
+    flags = {bool((read_json(path).get("arguments") or {}).get("mirror")) for path in run_records(pred_dir)}
+    if len(flags) > 1:
+        raise InputError(pred_dir, "holds runs translated with and without --mirror",
+                         "translate every input the same way (or score the two sets apart)")
+    return flags == {True}
 
 
 def _evaluate_folders(task: str, folders: dict[str, Path], *, ref_dir: Path, pred_dir: Path, html: Any, features: Any,

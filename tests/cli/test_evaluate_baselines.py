@@ -81,3 +81,8 @@ def test_regression_baseline_is_mirrored_when_the_predictions_were(built, tmp_pa
         kept[mirrored] = io.read(out / "regression" / "P0001" / "ct.nii.gz")[0]
     assert kept[False].shape == kept[True].shape
     assert float(np.abs(kept[True].astype(np.float32) - kept[False]).mean()) > 0.5  # the regression is deterministic
+    # shards of one folder translated both ways: refused, not scored against either
+    (pred / "run.shard-1-of-2.json").write_text(json.dumps({"command": "translate", "arguments": {"to": "ct"}}))
+    result = runner.invoke(app, ["evaluate", "--task", "translation", "--pred", str(pred), "--ref", str(built["head"]),
+                                 "--model", str(built["bundle"]), "--baseline", "regression"])
+    assert result.exit_code == 2 and "--mirror" in result.output
